@@ -1,0 +1,334 @@
+//! EfficientNet-Lite (Tan & Le, "EfficientNet: Rethinking Model Scaling for
+//! Convolutional Neural Networks", 2019; the Lite variants of the TensorFlow TPU
+//! repository: no squeeze-excitation, ReLU6, stem and head not scaled).
+//!
+//! Weights: the TF checkpoints as converted to PyTorch by the
+//! `efficientnet_lite_pytorch` package, tensor names as in its state dict
+//! (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...). Convolutions use TF
+//! "SAME" padding and batch norm uses eps = 1e-3, as the TF originals did.
+//! Batch norm is folded into the convolutions when the model is loaded, and
+//! the forward pass runs on NHWC activations with the kernels in
+//! [`super::kernels`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::kernels::{self, DepthwiseShape};
+use crate::{Error, Result};
+
+const BN_EPS: f64 = 1e-3;
+/// (repeats, kernel, stride, expand ratio, input filters, output filters) of B0/Lite0.
+const BASE_STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+
+/// Which EfficientNet-Lite, with its scaling coefficients and input size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub name: &'static str,
+    pub width: f64,
+    pub depth: f64,
+    /// Square input size in pixels.
+    pub image_size: usize,
+    pub num_classes: usize,
+}
+
+impl Config {
+    pub fn lite0() -> Self {
+        Self { name: "lite0", width: 1.0, depth: 1.0, image_size: 224, num_classes: 1000 }
+    }
+
+    pub fn lite2() -> Self {
+        Self { name: "lite2", width: 1.1, depth: 1.2, image_size: 260, num_classes: 1000 }
+    }
+
+    /// A preset by name (`lite0`, `lite2`).
+    pub fn by_name(name: &str) -> Option<Self> {
+        match name {
+            "lite0" => Some(Self::lite0()),
+            "lite2" => Some(Self::lite2()),
+            _ => None,
+        }
+    }
+
+    /// Dimension of the pooled embedding (the head is not scaled in Lite).
+    pub fn embedding_dim(&self) -> usize {
+        1280
+    }
+
+    fn round_filters(&self, filters: usize) -> usize {
+        let divisor = 8.0;
+        let f = filters as f64 * self.width;
+        let mut new = ((f + divisor / 2.0) / divisor).floor() * divisor;
+        new = new.max(divisor);
+        if new < 0.9 * f {
+            new += divisor;
+        }
+        new as usize
+    }
+
+    /// Every MBConv block in order.
+    pub fn blocks(&self) -> Vec<BlockSpec> {
+        let last = BASE_STAGES.len() - 1;
+        let mut blocks = Vec::new();
+        for (i, &(repeats, kernel, stride, expand, c_in, c_out)) in BASE_STAGES.iter().enumerate() {
+            // Lite keeps the first and last stage's repeats and the stem width fixed.
+            let repeats = if i == 0 || i == last { repeats } else { (repeats as f64 * self.depth).ceil() as usize };
+            let c_in = if i == 0 { 32 } else { self.round_filters(c_in) };
+            let c_out = self.round_filters(c_out);
+            for r in 0..repeats {
+                blocks.push(BlockSpec {
+                    kernel,
+                    stride: if r == 0 { stride } else { 1 },
+                    expand,
+                    c_in: if r == 0 { c_in } else { c_out },
+                    c_out,
+                });
+            }
+        }
+        blocks
+    }
+}
+
+/// One MBConv block's shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockSpec {
+    pub kernel: usize,
+    pub stride: usize,
+    pub expand: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+}
+
+impl BlockSpec {
+    fn c_mid(&self) -> usize {
+        self.c_in * self.expand
+    }
+}
+
+/// A 1x1 convolution with batch norm folded in: weights `[c_in, c_out]`.
+struct Pointwise {
+    w_t: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+struct Block {
+    spec: BlockSpec,
+    expand: Option<Pointwise>,
+    /// `[k, k, c]`, batch norm folded.
+    depthwise_w: Vec<f32>,
+    depthwise_b: Vec<f32>,
+    project: Pointwise,
+}
+
+/// What the network returns for a batch of images.
+#[derive(Debug)]
+pub struct Features {
+    /// `(n, 1280)`: the pooled output of the head, before the classifier.
+    pub embeddings: Tensor,
+    /// `(n, 1000)`: ImageNet logits.
+    pub logits: Tensor,
+}
+
+/// EfficientNet-Lite, ready to run.
+pub struct EfficientNet {
+    config: Config,
+    /// `[3, 3, 3, 32]`, batch norm folded.
+    stem_w: Vec<f32>,
+    stem_b: Vec<f32>,
+    blocks: Vec<Block>,
+    head: Pointwise,
+    /// `(1000, 1280)`: the classifier's weights, one row per ImageNet class.
+    fc_w: Tensor,
+    fc_b: Tensor,
+}
+
+/// The tensors of a checkpoint, looked up by name with their shape checked.
+struct Weights<'a> {
+    tensors: HashMap<String, Tensor>,
+    path: &'a Path,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::Checkpoint {
+            path: self.path.to_path_buf(),
+            reason: format!("tensor {name} missing (is this the right --backbone?)"),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::Checkpoint {
+                path: self.path.to_path_buf(),
+                reason: format!("tensor {name} has shape {:?}, expected {shape:?} (is this the right --backbone?)", t.dims()),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// A convolution weight `(c_out, c_in/groups, k, k)` and its batch norm,
+    /// folded: returns the scaled weight (same layout) and the bias.
+    fn conv_bn(&self, conv: &str, bn: &str, shape: &[usize]) -> Result<(Tensor, Vec<f32>)> {
+        let w = self.get(&format!("{conv}.weight"), shape)?;
+        let c = shape[0];
+        let gamma = self.get(&format!("{bn}.weight"), &[c])?;
+        let beta = self.get(&format!("{bn}.bias"), &[c])?;
+        let mean = self.get(&format!("{bn}.running_mean"), &[c])?;
+        let var = self.get(&format!("{bn}.running_var"), &[c])?;
+        let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+        let bias = (beta - (mean * &scale)?)?;
+        let w = w.broadcast_mul(&scale.reshape((c, 1, 1, 1))?)?;
+        Ok((w, bias.to_vec1()?))
+    }
+
+    fn pointwise(&self, conv: &str, bn: &str, c_in: usize, c_out: usize) -> Result<Pointwise> {
+        let (w, bias) = self.conv_bn(conv, bn, &[c_out, c_in, 1, 1])?;
+        let w_t = w.reshape((c_out, c_in))?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Pointwise { w_t, bias })
+    }
+}
+
+impl EfficientNet {
+    /// Loads a model from a safetensors file written by `imgsearch models fetch`
+    /// (or any file with the checkpoint's tensor names).
+    pub fn load(path: &Path, config: Config) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::ModelMissing { path: path.to_path_buf() });
+        }
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_tensors(tensors, path, config)
+    }
+
+    /// Builds the model from named tensors (PyTorch layout), folding batch norm.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, path: &Path, config: Config) -> Result<Self> {
+        let w = Weights { tensors, path };
+        let (stem, stem_b) = w.conv_bn("_conv_stem", "_bn0", &[32, 3, 3, 3])?;
+        // (c_out, c_in, ky, kx) -> (ky, kx, c_in, c_out)
+        let stem_w = stem.permute((2, 3, 1, 0))?.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut blocks = Vec::new();
+        for (i, spec) in config.blocks().into_iter().enumerate() {
+            let p = format!("_blocks.{i}");
+            let c_mid = spec.c_mid();
+            let expand = if spec.expand != 1 {
+                Some(w.pointwise(&format!("{p}._expand_conv"), &format!("{p}._bn0"), spec.c_in, c_mid)?)
+            } else {
+                None
+            };
+            let (dw, depthwise_b) = w.conv_bn(
+                &format!("{p}._depthwise_conv"),
+                &format!("{p}._bn1"),
+                &[c_mid, 1, spec.kernel, spec.kernel],
+            )?;
+            // (c, 1, ky, kx) -> (ky, kx, c)
+            let depthwise_w = dw.squeeze(1)?.permute((1, 2, 0))?.contiguous()?.flatten_all()?.to_vec1()?;
+            let project = w.pointwise(&format!("{p}._project_conv"), &format!("{p}._bn2"), c_mid, spec.c_out)?;
+            blocks.push(Block { spec, expand, depthwise_w, depthwise_b, project });
+        }
+        let n_blocks = blocks.len();
+        if w.tensors.contains_key(&format!("_blocks.{n_blocks}._project_conv.weight")) {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("has more than {n_blocks} blocks: not EfficientNet-{} (is this the right --backbone?)", config.name),
+            });
+        }
+        let last = blocks.last().map(|b| b.spec.c_out).unwrap_or(32);
+        let head = w.pointwise("_conv_head", "_bn1", last, 1280)?;
+        let fc_w = w.get("_fc.weight", &[config.num_classes, 1280])?.contiguous()?;
+        let fc_b = w.get("_fc.bias", &[config.num_classes])?;
+        Ok(Self { config, stem_w, stem_b, blocks, head, fc_w, fc_b })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The classifier's weights, `(1000, 1280)`: row `i` reweights an embedding
+    /// towards ImageNet class `i` (class-weighted search).
+    pub fn class_weights(&self) -> &Tensor {
+        &self.fc_w
+    }
+
+    /// Runs the network on `(n, size, size, 3)` normalised NHWC images.
+    pub fn forward(&self, images: &Tensor) -> Result<Features> {
+        let (n, h, w, c) = images.dims4()?;
+        let size = self.config.image_size;
+        if (h, w, c) != (size, size, 3) {
+            return Err(Error::Msg(format!(
+                "EfficientNet-{} expects (n, {size}, {size}, 3) images, got {:?}",
+                self.config.name,
+                images.dims()
+            )));
+        }
+        let input = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let pooled = self.forward_slice(&input, n)?;
+        let embeddings = Tensor::from_vec(pooled, (n, 1280), &Device::Cpu)?;
+        let logits = embeddings.matmul(&self.fc_w.t()?)?.broadcast_add(&self.fc_b)?;
+        Ok(Features { embeddings, logits })
+    }
+
+    /// The convolutional trunk on a raw NHWC batch; returns `n x 1280` pooled features.
+    fn forward_slice(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        let size = self.config.image_size;
+        let (mut x, mut h, mut w) = kernels::stem(input, n, size, size, &self.stem_w, &self.stem_b);
+        // Whether `x` still needs its ReLU6 (an expansion's output is activated lazily).
+        for block in &self.blocks {
+            let s = block.spec;
+            let c_mid = s.c_mid();
+            let (mid, relu6_input) = match &block.expand {
+                Some(pw) => {
+                    let mut e = vec![0f32; n * h * w * c_mid];
+                    kernels::pointwise(&x, s.c_in, &pw.w_t, &pw.bias, None, &mut e);
+                    (Some(e), true)
+                }
+                None => (None, false),
+            };
+            let dw_in = mid.as_deref().unwrap_or(&x);
+            let shape = DepthwiseShape::same(n, h, w, c_mid, s.kernel, s.stride);
+            let mut d = vec![0f32; n * shape.out_height * shape.out_width * c_mid];
+            kernels::depthwise(dw_in, shape, &block.depthwise_w, &block.depthwise_b, relu6_input, &mut d);
+            drop(mid);
+            let residual = s.stride == 1 && s.c_in == s.c_out;
+            let mut out = vec![0f32; n * shape.out_height * shape.out_width * s.c_out];
+            kernels::pointwise(&d, c_mid, &block.project.w_t, &block.project.bias, residual.then_some(&x[..]), &mut out);
+            x = out;
+            h = shape.out_height;
+            w = shape.out_width;
+        }
+        let c_last = self.blocks.last().map(|b| b.spec.c_out).unwrap_or(32);
+        let mut head = vec![0f32; n * h * w * 1280];
+        kernels::pointwise(&x, c_last, &self.head.w_t, &self.head.bias, None, &mut head);
+        Ok(kernels::relu6_mean_pool(&head, n, 1280))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lite0_has_16_blocks_with_known_widths() {
+        let blocks = Config::lite0().blocks();
+        assert_eq!(blocks.len(), 16);
+        assert_eq!(blocks[0], BlockSpec { kernel: 3, stride: 1, expand: 1, c_in: 32, c_out: 16 });
+        assert_eq!(blocks[15].c_out, 320);
+    }
+
+    #[test]
+    fn lite2_scales_depth_and_width_but_not_stem_or_last_stage() {
+        let blocks = Config::lite2().blocks();
+        assert_eq!(blocks.len(), 1 + 3 + 3 + 4 + 4 + 5 + 1);
+        assert_eq!(blocks[0].c_in, 32);
+        assert_eq!(blocks[0].c_out, 16);
+        assert_eq!(blocks.last().unwrap().c_out, 352);
+        assert_eq!(blocks[4].c_out, 48);
+    }
+}

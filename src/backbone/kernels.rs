@@ -1,0 +1,366 @@
+//! CPU kernels for the EfficientNet forward pass, on NHWC activations.
+//!
+//! Why our own: candle's grouped convolution runs a depthwise layer one
+//! channel at a time (~0.4 GFLOP/s measured on the 2-core dev machine, see
+//! `shared/notes/performance.md`), which would make Lite0 run at a few img/s.
+//! In NHWC the channels of one pixel are contiguous, so a depthwise kernel
+//! vectorises across channels, and a 1x1 convolution is one matrix product
+//! `[pixels, c_in] x [c_in, c_out]` for the `gemm` crate (the one candle's
+//! CPU matmul uses). Bias, ReLU6 and the residual are fused into these passes
+//! so that no layer makes an extra trip through memory:
+//! - a 1x1 convolution starts its output from `bias (+ residual)` and lets
+//!   gemm accumulate into it;
+//! - ReLU6 of an expansion is applied by the depthwise kernel as it reads;
+//! - ReLU6 of the head is applied by the pooling.
+
+use rayon::prelude::*;
+
+/// TF "SAME" padding: the output size and the padding before the first pixel.
+/// The total padding is split with the extra pixel (if any) after the input.
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let output = input.div_ceil(stride);
+    let total = ((output - 1) * stride + kernel).saturating_sub(input);
+    (output, total / 2)
+}
+
+#[inline(always)]
+fn relu6(x: f32) -> f32 {
+    x.clamp(0.0, 6.0)
+}
+
+/// A 1x1 convolution: `out[m, :] = bias + residual[m, :] + x[m, :] @ w_t`.
+///
+/// `x` is `[m, c_in]`, `w_t` is `[c_in, c_out]`, `out` is `[m, c_out]`, all
+/// row-major.
+pub fn pointwise(
+    x: &[f32],
+    c_in: usize,
+    w_t: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let c_out = bias.len();
+    let m = x.len() / c_in;
+    assert_eq!(x.len(), m * c_in, "pointwise: input is not [m, c_in]");
+    assert_eq!(w_t.len(), c_in * c_out, "pointwise: weights are not [c_in, c_out]");
+    assert_eq!(out.len(), m * c_out, "pointwise: output is not [m, c_out]");
+    // Start the output from the bias (and residual), in parallel row chunks.
+    let rows_per_task = (16384 / c_out).max(1);
+    out.par_chunks_mut(rows_per_task * c_out)
+        .enumerate()
+        .for_each(|(chunk, dst)| match residual {
+            Some(res) => {
+                let base = chunk * rows_per_task * c_out;
+                let res = &res[base..base + dst.len()];
+                for (d_row, r_row) in dst.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
+                    for ((d, r), b) in d_row.iter_mut().zip(r_row).zip(bias) {
+                        *d = r + b;
+                    }
+                }
+            }
+            None => {
+                for d_row in dst.chunks_exact_mut(c_out) {
+                    d_row.copy_from_slice(bias);
+                }
+            }
+        });
+    // SAFETY: the asserts above pin every slice to the extents passed here.
+    unsafe {
+        gemm::gemm(
+            m,
+            c_out,
+            c_in,
+            out.as_mut_ptr(),
+            1,
+            c_out as isize,
+            true,
+            x.as_ptr(),
+            1,
+            c_in as isize,
+            w_t.as_ptr(),
+            1,
+            c_out as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+/// Shape of a depthwise convolution over NHWC activations.
+#[derive(Debug, Clone, Copy)]
+pub struct DepthwiseShape {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub out_height: usize,
+    pub out_width: usize,
+}
+
+impl DepthwiseShape {
+    /// A depthwise layer with TF "SAME" padding.
+    pub fn same(batch: usize, height: usize, width: usize, channels: usize, kernel: usize, stride: usize) -> Self {
+        let (out_height, pad_top) = same_padding(height, kernel, stride);
+        let (out_width, pad_left) = same_padding(width, kernel, stride);
+        Self {
+            batch,
+            height,
+            width,
+            channels,
+            kernel,
+            stride,
+            pad_top,
+            pad_left,
+            out_height,
+            out_width,
+        }
+    }
+}
+
+/// Depthwise convolution + bias + ReLU6 over NHWC activations.
+///
+/// `w` is `[kernel, kernel, channels]`. With `relu6_input`, ReLU6 is applied
+/// to every input value as it is read (the fused activation of the previous
+/// 1x1 expansion); padding is zero either way.
+pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, out: &mut [f32]) {
+    let s = shape;
+    let c = s.channels;
+    assert_eq!(x.len(), s.batch * s.height * s.width * c, "depthwise: input shape");
+    assert_eq!(w.len(), s.kernel * s.kernel * c, "depthwise: weight shape");
+    assert_eq!(bias.len(), c, "depthwise: bias shape");
+    assert_eq!(out.len(), s.batch * s.out_height * s.out_width * c, "depthwise: output shape");
+    let row_len = s.out_width * c;
+    out.par_chunks_mut(row_len).enumerate().for_each(|(row, out_row)| {
+        let n = row / s.out_height;
+        let oy = row % s.out_height;
+        let image = &x[n * s.height * s.width * c..(n + 1) * s.height * s.width * c];
+        depthwise_row(image, s, w, bias, relu6_input, oy, out_row);
+    });
+}
+
+/// One output row of [`depthwise`], dispatched to the widest SIMD the CPU has.
+fn depthwise_row(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features this copy was compiled for.
+            return unsafe { depthwise_row_avx512(image, s, w, bias, relu6_input, oy, out_row) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { depthwise_row_avx2(image, s, w, bias, relu6_input, oy, out_row) };
+        }
+    }
+    depthwise_row_generic(image, s, w, bias, relu6_input, oy, out_row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_row_avx512(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
+    depthwise_row_generic(image, s, w, bias, relu6_input, oy, out_row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_row_avx2(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
+    depthwise_row_generic(image, s, w, bias, relu6_input, oy, out_row)
+}
+
+#[inline(always)]
+fn depthwise_row_generic(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
+    let c = s.channels;
+    for px in out_row.chunks_exact_mut(c) {
+        px.copy_from_slice(bias);
+    }
+    for ky in 0..s.kernel {
+        let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
+        if iy < 0 || iy >= s.height as isize {
+            continue;
+        }
+        let in_row = &image[iy as usize * s.width * c..(iy as usize + 1) * s.width * c];
+        for kx in 0..s.kernel {
+            let wk = &w[(ky * s.kernel + kx) * c..(ky * s.kernel + kx + 1) * c];
+            // The output columns whose input column ix = ox*stride + kx - pad is in range.
+            let first = (s.pad_left.saturating_sub(kx)).div_ceil(s.stride);
+            for ox in first..s.out_width {
+                let ix = ox * s.stride + kx - s.pad_left;
+                if ix >= s.width {
+                    break;
+                }
+                let src = &in_row[ix * c..(ix + 1) * c];
+                let dst = &mut out_row[ox * c..(ox + 1) * c];
+                if relu6_input {
+                    for ((d, &v), &k) in dst.iter_mut().zip(src).zip(wk) {
+                        *d += relu6(v) * k;
+                    }
+                } else {
+                    for ((d, &v), &k) in dst.iter_mut().zip(src).zip(wk) {
+                        *d += v * k;
+                    }
+                }
+            }
+        }
+    }
+    for v in out_row.iter_mut() {
+        *v = relu6(*v);
+    }
+}
+
+/// The stem: a dense 3x3 stride-2 convolution from RGB, + bias + ReLU6, with
+/// TF "SAME" padding. `x` is `[n, h, w, 3]`, `w` is `[3, 3, 3, c_out]`.
+/// Returns the output and its (height, width).
+pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bias: &[f32]) -> (Vec<f32>, usize, usize) {
+    const K: usize = 3;
+    const STRIDE: usize = 2;
+    const C_IN: usize = 3;
+    let c_out = bias.len();
+    assert_eq!(x.len(), batch * height * width * C_IN, "stem: input shape");
+    assert_eq!(w.len(), K * K * C_IN * c_out, "stem: weight shape");
+    let (oh, pad_top) = same_padding(height, K, STRIDE);
+    let (ow, pad_left) = same_padding(width, K, STRIDE);
+    let mut out = vec![0f32; batch * oh * ow * c_out];
+    out.par_chunks_mut(ow * c_out).enumerate().for_each(|(row, out_row)| {
+        let n = row / oh;
+        let oy = row % oh;
+        let image = &x[n * height * width * C_IN..(n + 1) * height * width * C_IN];
+        for (ox, px) in out_row.chunks_exact_mut(c_out).enumerate() {
+            px.copy_from_slice(bias);
+            for ky in 0..K {
+                let iy = (oy * STRIDE + ky) as isize - pad_top as isize;
+                if iy < 0 || iy >= height as isize {
+                    continue;
+                }
+                for kx in 0..K {
+                    let ix = (ox * STRIDE + kx) as isize - pad_left as isize;
+                    if ix < 0 || ix >= width as isize {
+                        continue;
+                    }
+                    let src = (iy as usize * width + ix as usize) * C_IN;
+                    for ci in 0..C_IN {
+                        let v = image[src + ci];
+                        let wk = &w[((ky * K + kx) * C_IN + ci) * c_out..][..c_out];
+                        for (d, &k) in px.iter_mut().zip(wk) {
+                            *d += v * k;
+                        }
+                    }
+                }
+            }
+            for v in px.iter_mut() {
+                *v = relu6(*v);
+            }
+        }
+    });
+    (out, oh, ow)
+}
+
+/// ReLU6 then global average pooling: `[n, pixels, c] -> [n, c]`.
+pub fn relu6_mean_pool(x: &[f32], batch: usize, channels: usize) -> Vec<f32> {
+    let per_image = x.len() / batch;
+    let pixels = per_image / channels;
+    let mut out = vec![0f32; batch * channels];
+    out.par_chunks_mut(channels).enumerate().for_each(|(n, acc)| {
+        for px in x[n * per_image..(n + 1) * per_image].chunks_exact(channels) {
+            for (a, &v) in acc.iter_mut().zip(px) {
+                *a += relu6(v);
+            }
+        }
+        let scale = 1.0 / pixels as f32;
+        for a in acc.iter_mut() {
+            *a *= scale;
+        }
+    });
+    out
+}
+
+/// The depthwise kernel as a candle op, for tests and for callers holding tensors:
+/// `(n, h, w, c)` input, `(k, k, c)` weights, `(c,)` bias -> ReLU6 output, TF SAME padding.
+pub fn depthwise_tensor(
+    x: &candle_core::Tensor,
+    w: &candle_core::Tensor,
+    bias: &candle_core::Tensor,
+    stride: usize,
+) -> candle_core::Result<candle_core::Tensor> {
+    let (n, h, wd, c) = x.dims4()?;
+    let (k, _, _) = w.dims3()?;
+    let shape = DepthwiseShape::same(n, h, wd, c, k, stride);
+    let xv = x.flatten_all()?.to_vec1::<f32>()?;
+    let wv = w.flatten_all()?.to_vec1::<f32>()?;
+    let bv = bias.to_vec1::<f32>()?;
+    let mut out = vec![0f32; n * shape.out_height * shape.out_width * c];
+    depthwise(&xv, shape, &wv, &bv, false, &mut out);
+    candle_core::Tensor::from_vec(out, (n, shape.out_height, shape.out_width, c), x.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        // 224 -> 112 with k3 s2: one pixel of padding, after the input.
+        assert_eq!(same_padding(224, 3, 2), (112, 0));
+        // 56 -> 28 with k5 s2: three pixels, one before.
+        assert_eq!(same_padding(56, 5, 2), (28, 1));
+        // stride 1 keeps the size, symmetric padding.
+        assert_eq!(same_padding(14, 5, 1), (14, 2));
+        // odd sizes (Lite2 at 260 px): 65 -> 33 with k5 s2 pads 2 before.
+        assert_eq!(same_padding(65, 5, 2), (33, 2));
+    }
+
+    /// candle's own grouped convolution is the ground truth for the depthwise kernel.
+    #[test]
+    fn depthwise_matches_candle_grouped_conv() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for &(h, w, c, k, stride) in &[(9, 7, 16, 3, 1), (10, 10, 24, 3, 2), (11, 8, 5, 5, 2), (6, 6, 3, 5, 1)] {
+            let x = Tensor::randn(0f32, 1.0, (2, h, w, c), &dev)?;
+            let wt = Tensor::randn(0f32, 0.5, (k, k, c), &dev)?;
+            let b = Tensor::randn(0f32, 0.5, c, &dev)?;
+            let ours = depthwise_tensor(&x, &wt, &b, stride)?;
+
+            let shape = DepthwiseShape::same(2, h, w, c, k, stride);
+            let pad_b = (shape.out_height - 1) * stride + k - h - shape.pad_top;
+            let pad_r = (shape.out_width - 1) * stride + k - w - shape.pad_left;
+            let xn = x
+                .permute((0, 3, 1, 2))?
+                .pad_with_zeros(2, shape.pad_top, pad_b)?
+                .pad_with_zeros(3, shape.pad_left, pad_r)?;
+            let wn = wt.permute((2, 0, 1))?.unsqueeze(1)?.contiguous()?;
+            let reference = xn
+                .conv2d(&wn, 0, stride, 1, c)?
+                .broadcast_add(&b.reshape((1, c, 1, 1))?)?
+                .clamp(0f32, 6f32)?
+                .permute((0, 2, 3, 1))?;
+            let diff = (ours - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "h{h} w{w} c{c} k{k} s{stride}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn pointwise_adds_bias_and_residual() {
+        // x: 2 pixels x 3 channels; w_t: 3 x 2.
+        let x = [1.0, 2.0, 3.0, -1.0, 0.0, 1.0];
+        let w_t = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let bias = [0.5, -0.5];
+        let residual = [10.0, 20.0, 30.0, 40.0];
+        let mut out = [0f32; 4];
+        pointwise(&x, 3, &w_t, &bias, Some(&residual), &mut out);
+        assert_eq!(out, [1.0 + 3.0 + 0.5 + 10.0, 2.0 + 3.0 - 0.5 + 20.0, -1.0 + 1.0 + 0.5 + 30.0, 0.0 + 1.0 - 0.5 + 40.0]);
+    }
+
+    #[test]
+    fn pool_applies_relu6_before_averaging() {
+        let x = [-1.0, 8.0, 3.0, 2.0]; // one image, two pixels, two channels
+        assert_eq!(relu6_mean_pool(&x, 1, 2), vec![1.5, 4.0]);
+    }
+}

@@ -1,0 +1,15 @@
+//! Images in, CNN embeddings out: decoding and preprocessing, the
+//! EfficientNet-Lite backbone, its checkpoint reader and the batched,
+//! overlapped embedding pipeline.
+
+pub mod checkpoint;
+mod classes;
+mod efficientnet;
+mod embedder;
+pub mod kernels;
+mod preprocess;
+
+pub use classes::{imagenet_classes, ImageNetClass};
+pub use efficientnet::{BlockSpec, Config, EfficientNet, Features};
+pub use embedder::{softmax, top_k, Embedded, Embedder};
+pub use preprocess::{decode_rgb, Preprocess, DEFAULT_MAX_PIXELS};

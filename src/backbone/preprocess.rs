@@ -1,0 +1,147 @@
+//! Image decoding and preprocessing: bytes -> oriented RGB -> resized,
+//! centre-cropped, normalised NHWC floats.
+//!
+//! Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF. EXIF orientation
+//! is applied; grayscale, CMYK, 16-bit and alpha images become 8-bit RGB (alpha
+//! is composited onto white). The pixel limit is checked from the header, before
+//! anything is decoded.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::{Error, Result};
+
+/// Default pixel limit: 100 megapixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// How images are prepared for a backbone.
+#[derive(Debug, Clone, Copy)]
+pub struct Preprocess {
+    /// Square crop size fed to the network.
+    pub size: u32,
+    /// Shorter side after resizing, before the crop (`size * 256 / 224`).
+    pub resize: u32,
+    /// Per-channel mean and std on the 0-255 scale. The Lite weights were
+    /// trained on `(x - 127) / 128` (inception-style, for quantisation).
+    pub mean: f32,
+    pub std: f32,
+    /// Images with more pixels than this are refused before decoding.
+    pub max_pixels: u64,
+}
+
+impl Preprocess {
+    /// The preprocessing for a square input of `size` pixels.
+    pub fn for_size(size: u32) -> Self {
+        Self {
+            size,
+            resize: (size as f64 * 256.0 / 224.0).round() as u32,
+            mean: 127.0,
+            std: 128.0,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+
+    /// Reads, decodes and preprocesses one image file into `size*size*3` floats (HWC).
+    pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let rgb = decode_rgb(&bytes, path, self.max_pixels)?;
+        Ok(self.tensorize(&rgb))
+    }
+
+    /// Resizes the shorter side, centre-crops and normalises an RGB image.
+    pub fn tensorize(&self, rgb: &RgbImage) -> Vec<f32> {
+        let (w, h) = rgb.dimensions();
+        let short = w.min(h).max(1) as f64;
+        let scale = self.resize as f64 / short;
+        // Like torchvision's Resize(int): the long side is truncated, not rounded.
+        let (nw, nh) = if w <= h {
+            (self.resize, ((h as f64 * scale) as u32).max(self.resize))
+        } else {
+            (((w as f64 * scale) as u32).max(self.resize), self.resize)
+        };
+        let resized = image::imageops::resize(rgb, nw, nh, image::imageops::FilterType::Triangle);
+        let left = ((nw - self.size) as f64 / 2.0).round() as u32;
+        let top = ((nh - self.size) as f64 / 2.0).round() as u32;
+        let inv_std = 1.0 / self.std;
+        let mut out = Vec::with_capacity((self.size * self.size * 3) as usize);
+        for y in top..top + self.size {
+            let row = &resized.as_raw()[((y * nw + left) * 3) as usize..((y * nw + left + self.size) * 3) as usize];
+            out.extend(row.iter().map(|&v| (v as f32 - self.mean) * inv_std));
+        }
+        out
+    }
+}
+
+/// Decodes image bytes into 8-bit RGB, applying EXIF orientation.
+///
+/// `path` only names the file in errors.
+pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    let bad = |reason: String| Error::BadImage { path: path.to_path_buf(), reason };
+    if bytes.is_empty() {
+        return Err(bad("the file is empty (0 bytes)".into()));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(bad("not a recognised image format (JPEG, PNG, WebP, GIF, BMP or TIFF)".into()));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = width as u64 * height as u64;
+    if pixels > max_pixels {
+        return Err(Error::TooLarge { path: path.to_path_buf(), width, height, pixels, limit: max_pixels });
+    }
+    if pixels == 0 {
+        return Err(bad(format!("image has no pixels ({width}x{height})")));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
+    image.apply_orientation(orientation);
+    Ok(to_rgb_on_white(image))
+}
+
+/// Converts any colour type to RGB8, compositing transparency onto white.
+fn to_rgb_on_white(image: DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.into_rgb8();
+    }
+    let rgba = image.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut rgb = RgbImage::new(w, h);
+    for (dst, src) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let a = src[3] as u32;
+        for c in 0..3 {
+            dst[c] = ((src[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    rgb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_then_centre_crop_gives_the_square_size() {
+        let p = Preprocess::for_size(224);
+        assert_eq!(p.resize, 256);
+        let img = RgbImage::from_pixel(500, 375, image::Rgb([127, 255, 0]));
+        let t = p.tensorize(&img);
+        assert_eq!(t.len(), 224 * 224 * 3);
+        assert_eq!(&t[..3], &[0.0, 1.0, -127.0 / 128.0]);
+    }
+
+    #[test]
+    fn lite2_resizes_to_297_before_cropping_260() {
+        assert_eq!(Preprocess::for_size(260).resize, 297);
+    }
+
+    #[test]
+    fn transparent_pixels_become_white() {
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(2, 2, image::Rgba([0, 0, 0, 0])));
+        assert_eq!(to_rgb_on_white(img).get_pixel(0, 0).0, [255, 255, 255]);
+    }
+}

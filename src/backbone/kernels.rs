@@ -23,6 +23,37 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
     (output, total / 2)
 }
 
+/// Runs `f` compiled for AVX-512 (or AVX2+FMA) when the CPU has it. `f` and
+/// everything it calls should be `#[inline(always)]` so that the loops inside
+/// are vectorised for the wider registers; `gemm` dispatches the same way.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features this copy is compiled for.
+            return unsafe { run_avx512(f) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { run_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 #[inline(always)]
 fn relu6(x: f32) -> f32 {
     x.clamp(0.0, 6.0)
@@ -31,25 +62,60 @@ fn relu6(x: f32) -> f32 {
 /// A 1x1 convolution: `out[m, :] = bias + residual[m, :] + x[m, :] @ w_t`.
 ///
 /// `x` is `[m, c_in]`, `w_t` is `[c_in, c_out]`, `out` is `[m, c_out]`, all
-/// row-major.
+/// row-major. Without `bias` (and residual) gemm writes the bare product
+/// without reading `out` first: the consumer adds the bias as it reads.
 pub fn pointwise(
     x: &[f32],
     c_in: usize,
     w_t: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    let c_out = bias.len();
+    let c_out = w_t.len() / c_in;
     let m = x.len() / c_in;
     assert_eq!(x.len(), m * c_in, "pointwise: input is not [m, c_in]");
-    assert_eq!(w_t.len(), c_in * c_out, "pointwise: weights are not [c_in, c_out]");
+    assert_eq!(w_t.len() % c_in, 0, "pointwise: weights are not [c_in, c_out]");
     assert_eq!(out.len(), m * c_out, "pointwise: output is not [m, c_out]");
-    // Start the output from the bias (and residual), in parallel row chunks.
+    assert!(bias.is_none_or(|b| b.len() == c_out), "pointwise: bias is not [c_out]");
+    let read_dst = bias.is_some() || residual.is_some();
+    if read_dst {
+        init_bias_residual(bias, residual, c_out, out);
+    }
+    // SAFETY: the asserts above pin every slice to the extents passed here.
+    unsafe {
+        gemm::gemm(
+            m,
+            c_out,
+            c_in,
+            out.as_mut_ptr(),
+            1,
+            c_out as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            c_in as isize,
+            w_t.as_ptr(),
+            1,
+            c_out as isize,
+            if read_dst { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+/// Starts an output from `bias + residual`, in parallel row chunks.
+fn init_bias_residual(bias: Option<&[f32]>, residual: Option<&[f32]>, c_out: usize, out: &mut [f32]) {
+    let zeros = vec![0f32; c_out];
+    let bias = bias.unwrap_or(&zeros);
     let rows_per_task = (16384 / c_out).max(1);
     out.par_chunks_mut(rows_per_task * c_out)
         .enumerate()
-        .for_each(|(chunk, dst)| match residual {
+        .for_each(|(chunk, dst)| simd(#[inline(always)] || match residual {
             Some(res) => {
                 let base = chunk * rows_per_task * c_out;
                 let res = &res[base..base + dst.len()];
@@ -64,31 +130,7 @@ pub fn pointwise(
                     d_row.copy_from_slice(bias);
                 }
             }
-        });
-    // SAFETY: the asserts above pin every slice to the extents passed here.
-    unsafe {
-        gemm::gemm(
-            m,
-            c_out,
-            c_in,
-            out.as_mut_ptr(),
-            1,
-            c_out as isize,
-            true,
-            x.as_ptr(),
-            1,
-            c_in as isize,
-            w_t.as_ptr(),
-            1,
-            c_out as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        );
-    }
+        }));
 }
 
 /// Shape of a depthwise convolution over NHWC activations.
@@ -128,10 +170,10 @@ impl DepthwiseShape {
 
 /// Depthwise convolution + bias + ReLU6 over NHWC activations.
 ///
-/// `w` is `[kernel, kernel, channels]`. With `relu6_input`, ReLU6 is applied
-/// to every input value as it is read (the fused activation of the previous
-/// 1x1 expansion); padding is zero either way.
-pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, out: &mut [f32]) {
+/// `w` is `[kernel, kernel, channels]`. With `input_bias`, every input value
+/// `v` is read as `relu6(v + input_bias[c])`: the bias and activation of the
+/// 1x1 expansion before it, fused here. Padding is zero either way.
+pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, out: &mut [f32]) {
     let s = shape;
     let c = s.channels;
     assert_eq!(x.len(), s.batch * s.height * s.width * c, "depthwise: input shape");
@@ -139,86 +181,129 @@ pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], relu
     assert_eq!(bias.len(), c, "depthwise: bias shape");
     assert_eq!(out.len(), s.batch * s.out_height * s.out_width * c, "depthwise: output shape");
     let row_len = s.out_width * c;
-    out.par_chunks_mut(row_len).enumerate().for_each(|(row, out_row)| {
+    out.par_chunks_mut(row_len).enumerate().for_each_init(Vec::new, |scratch, (row, out_row)| {
         let n = row / s.out_height;
         let oy = row % s.out_height;
         let image = &x[n * s.height * s.width * c..(n + 1) * s.height * s.width * c];
-        depthwise_row(image, s, w, bias, relu6_input, oy, out_row);
+        depthwise_row(image, s, w, bias, input_bias, oy, out_row, scratch);
     });
 }
 
-/// One output row of [`depthwise`], dispatched to the widest SIMD the CPU has.
-fn depthwise_row(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features this copy was compiled for.
-            return unsafe { depthwise_row_avx512(image, s, w, bias, relu6_input, oy, out_row) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { depthwise_row_avx2(image, s, w, bias, relu6_input, oy, out_row) };
-        }
-    }
-    depthwise_row_generic(image, s, w, bias, relu6_input, oy, out_row)
+/// Width of the zero-padded input rows one output row reads.
+fn padded_width(s: &DepthwiseShape) -> usize {
+    (s.out_width - 1) * s.stride + s.kernel
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn depthwise_row_avx512(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
-    depthwise_row_generic(image, s, w, bias, relu6_input, oy, out_row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn depthwise_row_avx2(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
-    depthwise_row_generic(image, s, w, bias, relu6_input, oy, out_row)
-}
-
+/// Copies the `kernel` input rows under output row `oy` into `scratch`, as
+/// `[kernel, padded_width, c]` with the padding as zeros and, with
+/// `input_bias`, `relu6(v + bias)` applied once per value.
 #[inline(always)]
-fn depthwise_row_generic(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], relu6_input: bool, oy: usize, out_row: &mut [f32]) {
+fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy: usize, scratch: &mut Vec<f32>) {
     let c = s.channels;
-    for px in out_row.chunks_exact_mut(c) {
-        px.copy_from_slice(bias);
-    }
+    let pw = padded_width(s);
+    scratch.resize(s.kernel * pw * c, 0.0);
+    let cols = s.width.min(pw - s.pad_left);
     for ky in 0..s.kernel {
+        let slot = &mut scratch[ky * pw * c..(ky + 1) * pw * c];
         let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
         if iy < 0 || iy >= s.height as isize {
+            slot.fill(0.0);
             continue;
         }
-        let in_row = &image[iy as usize * s.width * c..(iy as usize + 1) * s.width * c];
-        for kx in 0..s.kernel {
-            let wk = &w[(ky * s.kernel + kx) * c..(ky * s.kernel + kx + 1) * c];
-            // The output columns whose input column ix = ox*stride + kx - pad is in range.
-            let first = (s.pad_left.saturating_sub(kx)).div_ceil(s.stride);
-            for ox in first..s.out_width {
-                let ix = ox * s.stride + kx - s.pad_left;
-                if ix >= s.width {
-                    break;
-                }
-                let src = &in_row[ix * c..(ix + 1) * c];
-                let dst = &mut out_row[ox * c..(ox + 1) * c];
-                if relu6_input {
-                    for ((d, &v), &k) in dst.iter_mut().zip(src).zip(wk) {
-                        *d += relu6(v) * k;
-                    }
-                } else {
-                    for ((d, &v), &k) in dst.iter_mut().zip(src).zip(wk) {
-                        *d += v * k;
+        // Only the padding columns need zeros; the rest is overwritten below.
+        slot[..s.pad_left * c].fill(0.0);
+        slot[(s.pad_left + cols) * c..].fill(0.0);
+        let src = &image[iy as usize * s.width * c..(iy as usize + 1) * s.width * c];
+        let dst = &mut scratch[(ky * pw + s.pad_left) * c..(ky * pw + s.pad_left + cols) * c];
+        match input_bias {
+            Some(b) => {
+                for (d_px, s_px) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                    for ((d, &v), &b) in d_px.iter_mut().zip(s_px).zip(b) {
+                        *d = relu6(v + b);
                     }
                 }
             }
+            None => dst.copy_from_slice(&src[..cols * c]),
         }
     }
-    for v in out_row.iter_mut() {
-        *v = relu6(*v);
+}
+
+/// One output row of [`depthwise`], compiled for the widest SIMD the CPU has.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_row(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy: usize, out_row: &mut [f32], scratch: &mut Vec<f32>) {
+    simd(
+        #[inline(always)]
+        || depthwise_row_generic(image, s, w, bias, input_bias, oy, out_row, scratch),
+    )
+}
+
+/// Channels handled together: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn depthwise_row_generic(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy: usize, out_row: &mut [f32], scratch: &mut Vec<f32>) {
+    stage_rows(image, &s, input_bias, oy, scratch);
+    let c = s.channels;
+    let vector_c = c / LANES * LANES;
+    match s.kernel {
+        3 => taps_in_registers::<3>(scratch, &s, w, bias, vector_c, out_row),
+        5 => taps_in_registers::<5>(scratch, &s, w, bias, vector_c, out_row),
+        _ => {}
+    }
+    // Whatever the vector path did not cover: other kernel sizes, leftover channels.
+    let first_c = if matches!(s.kernel, 3 | 5) { vector_c } else { 0 };
+    let pw = padded_width(&s);
+    for ox in 0..s.out_width {
+        for ch in first_c..c {
+            let mut acc = bias[ch];
+            for ky in 0..s.kernel {
+                for kx in 0..s.kernel {
+                    acc += scratch[(ky * pw + ox * s.stride + kx) * c + ch] * w[(ky * s.kernel + kx) * c + ch];
+                }
+            }
+            out_row[ox * c + ch] = relu6(acc);
+        }
+    }
+}
+
+/// For each block of [`LANES`] channels, the K*K weights stay in registers
+/// while the kernel slides along the row; each output is written once.
+#[inline(always)]
+fn taps_in_registers<const K: usize>(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[f32], vector_c: usize, out_row: &mut [f32]) {
+    let c = s.channels;
+    let pw = padded_width(s);
+    for c0 in (0..vector_c).step_by(LANES) {
+        let mut wr = [[[0f32; LANES]; K]; K];
+        for (ky, wrow) in wr.iter_mut().enumerate() {
+            for (kx, wv) in wrow.iter_mut().enumerate() {
+                wv.copy_from_slice(&w[(ky * K + kx) * c + c0..][..LANES]);
+            }
+        }
+        let b: [f32; LANES] = bias[c0..c0 + LANES].try_into().unwrap();
+        for ox in 0..s.out_width {
+            let mut acc = b;
+            for (ky, wrow) in wr.iter().enumerate() {
+                let row = &scratch[(ky * pw + ox * s.stride) * c + c0..];
+                for (kx, wv) in wrow.iter().enumerate() {
+                    let src: &[f32; LANES] = row[kx * c..kx * c + LANES].try_into().unwrap();
+                    for i in 0..LANES {
+                        acc[i] += src[i] * wv[i];
+                    }
+                }
+            }
+            let dst: &mut [f32; LANES] = (&mut out_row[ox * c + c0..ox * c + c0 + LANES]).try_into().unwrap();
+            for i in 0..LANES {
+                dst[i] = relu6(acc[i]);
+            }
+        }
     }
 }
 
 /// The stem: a dense 3x3 stride-2 convolution from RGB, + bias + ReLU6, with
 /// TF "SAME" padding. `x` is `[n, h, w, 3]`, `w` is `[3, 3, 3, c_out]`.
-/// Returns the output and its (height, width).
-pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bias: &[f32]) -> (Vec<f32>, usize, usize) {
+/// Writes `[n, oh, ow, c_out]` into the front of `out`; returns `(oh, ow)`.
+pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bias: &[f32], out: &mut [f32]) -> (usize, usize) {
     const K: usize = 3;
     const STRIDE: usize = 2;
     const C_IN: usize = 3;
@@ -227,11 +312,27 @@ pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bia
     assert_eq!(w.len(), K * K * C_IN * c_out, "stem: weight shape");
     let (oh, pad_top) = same_padding(height, K, STRIDE);
     let (ow, pad_left) = same_padding(width, K, STRIDE);
-    let mut out = vec![0f32; batch * oh * ow * c_out];
+    let out = &mut out[..batch * oh * ow * c_out];
     out.par_chunks_mut(ow * c_out).enumerate().for_each(|(row, out_row)| {
         let n = row / oh;
         let oy = row % oh;
         let image = &x[n * height * width * C_IN..(n + 1) * height * width * C_IN];
+        simd(
+            #[inline(always)]
+            || stem_row(image, height, width, w, bias, pad_top, pad_left, oy, out_row),
+        )
+    });
+    (oh, ow)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn stem_row(image: &[f32], height: usize, width: usize, w: &[f32], bias: &[f32], pad_top: usize, pad_left: usize, oy: usize, out_row: &mut [f32]) {
+    const K: usize = 3;
+    const STRIDE: usize = 2;
+    const C_IN: usize = 3;
+    let c_out = bias.len();
+    {
         for (ox, px) in out_row.chunks_exact_mut(c_out).enumerate() {
             px.copy_from_slice(bias);
             for ky in 0..K {
@@ -258,19 +359,19 @@ pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bia
                 *v = relu6(*v);
             }
         }
-    });
-    (out, oh, ow)
+    }
 }
 
-/// ReLU6 then global average pooling: `[n, pixels, c] -> [n, c]`.
-pub fn relu6_mean_pool(x: &[f32], batch: usize, channels: usize) -> Vec<f32> {
+/// Bias, ReLU6, then global average pooling: `[n, pixels, c] -> [n, c]`.
+pub fn relu6_mean_pool(x: &[f32], batch: usize, bias: &[f32]) -> Vec<f32> {
+    let channels = bias.len();
     let per_image = x.len() / batch;
     let pixels = per_image / channels;
     let mut out = vec![0f32; batch * channels];
     out.par_chunks_mut(channels).enumerate().for_each(|(n, acc)| {
         for px in x[n * per_image..(n + 1) * per_image].chunks_exact(channels) {
-            for (a, &v) in acc.iter_mut().zip(px) {
-                *a += relu6(v);
+            for ((a, &v), &b) in acc.iter_mut().zip(px).zip(bias) {
+                *a += relu6(v + b);
             }
         }
         let scale = 1.0 / pixels as f32;
@@ -296,7 +397,7 @@ pub fn depthwise_tensor(
     let wv = w.flatten_all()?.to_vec1::<f32>()?;
     let bv = bias.to_vec1::<f32>()?;
     let mut out = vec![0f32; n * shape.out_height * shape.out_width * c];
-    depthwise(&xv, shape, &wv, &bv, false, &mut out);
+    depthwise(&xv, shape, &wv, &bv, None, &mut out);
     candle_core::Tensor::from_vec(out, (n, shape.out_height, shape.out_width, c), x.device())
 }
 
@@ -354,13 +455,14 @@ mod tests {
         let bias = [0.5, -0.5];
         let residual = [10.0, 20.0, 30.0, 40.0];
         let mut out = [0f32; 4];
-        pointwise(&x, 3, &w_t, &bias, Some(&residual), &mut out);
+        pointwise(&x, 3, &w_t, Some(&bias), Some(&residual), &mut out);
         assert_eq!(out, [1.0 + 3.0 + 0.5 + 10.0, 2.0 + 3.0 - 0.5 + 20.0, -1.0 + 1.0 + 0.5 + 30.0, 0.0 + 1.0 - 0.5 + 40.0]);
     }
 
     #[test]
     fn pool_applies_relu6_before_averaging() {
         let x = [-1.0, 8.0, 3.0, 2.0]; // one image, two pixels, two channels
-        assert_eq!(relu6_mean_pool(&x, 1, 2), vec![1.5, 4.0]);
+        assert_eq!(relu6_mean_pool(&x, 1, &[0.0, 0.0]), vec![1.5, 4.0]);
+        assert_eq!(relu6_mean_pool(&x, 1, &[1.0, -2.0]), vec![2.0, 3.0]);
     }
 }

@@ -39,8 +39,8 @@ struct TensorRef {
 
 /// Reads every tensor of a PyTorch checkpoint, in either container format.
 ///
-/// Returns `(name, tensor)` pairs in the order of the state dict; the tensors
-/// are contiguous and on the CPU.
+/// Returns `(name, tensor)` pairs sorted by name (candle's pickle reader does
+/// not keep dict order); the tensors are contiguous and on the CPU.
 pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |reason: String| Error::Checkpoint {
@@ -74,7 +74,8 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, Strin
             .collect::<std::result::Result<_, _>>()?,
         other => return Err(format!("expected the storage key list, got {other:?}")),
     };
-    let refs = state_dict_refs(state)?;
+    let mut refs = state_dict_refs(state)?;
+    refs.sort_by(|a, b| a.0.cmp(&b.0));
     let elem_sizes = storage_elem_sizes(&refs);
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut pos = cursor.position() as usize;
@@ -110,7 +111,8 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> 
         file.read_to_end(&mut buf).map_err(|e| e.to_string())?;
         read_pickle(&mut Cursor::new(&buf[..]))?
     };
-    let refs = state_dict_refs(state)?;
+    let mut refs = state_dict_refs(state)?;
+    refs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut storages = HashMap::new();
     for r in &refs {
         if storages.contains_key(&r.1.storage_key) {
@@ -138,7 +140,7 @@ fn read_pickle<R: AsRef<[u8]>>(cursor: &mut Cursor<R>) -> std::result::Result<Ob
     stack.finalize().map_err(|e| e.to_string())
 }
 
-/// Extracts the tensor references from a state dict, keeping its order.
+/// Extracts the tensor references from a state dict.
 /// Non-tensor entries (ints, nested metadata) are skipped.
 fn state_dict_refs(state: Object) -> std::result::Result<Vec<(String, TensorRef)>, String> {
     let state = match state {

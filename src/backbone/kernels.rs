@@ -181,11 +181,17 @@ pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], inpu
     assert_eq!(bias.len(), c, "depthwise: bias shape");
     assert_eq!(out.len(), s.batch * s.out_height * s.out_width * c, "depthwise: output shape");
     let row_len = s.out_width * c;
-    out.par_chunks_mut(row_len).enumerate().for_each_init(Vec::new, |scratch, (row, out_row)| {
-        let n = row / s.out_height;
-        let oy = row % s.out_height;
+    // A task computes a band of output rows of one image, so that the input
+    // rows the band shares are staged once.
+    const BAND: usize = 8;
+    out.par_chunks_mut(s.out_height * row_len).enumerate().for_each(|(n, image_out)| {
         let image = &x[n * s.height * s.width * c..(n + 1) * s.height * s.width * c];
-        depthwise_row(image, s, w, bias, input_bias, oy, out_row, scratch);
+        image_out
+            .par_chunks_mut(BAND * row_len)
+            .enumerate()
+            .for_each_init(Vec::new, |scratch, (band, band_out)| {
+                depthwise_band(image, s, w, bias, input_bias, band * BAND, band_out, scratch);
+            });
     });
 }
 
@@ -194,18 +200,19 @@ fn padded_width(s: &DepthwiseShape) -> usize {
     (s.out_width - 1) * s.stride + s.kernel
 }
 
-/// Copies the `kernel` input rows under output row `oy` into `scratch`, as
-/// `[kernel, padded_width, c]` with the padding as zeros and, with
+/// Copies the input rows under output rows `oy0..oy0 + n_out` into `scratch`,
+/// as `[rows, padded_width, c]` with the padding as zeros and, with
 /// `input_bias`, `relu6(v + bias)` applied once per value.
 #[inline(always)]
-fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy: usize, scratch: &mut Vec<f32>) {
+fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy0: usize, n_out: usize, scratch: &mut Vec<f32>) {
     let c = s.channels;
     let pw = padded_width(s);
-    scratch.resize(s.kernel * pw * c, 0.0);
+    let rows = (n_out - 1) * s.stride + s.kernel;
+    scratch.resize(rows * pw * c, 0.0);
     let cols = s.width.min(pw - s.pad_left);
-    for ky in 0..s.kernel {
-        let slot = &mut scratch[ky * pw * c..(ky + 1) * pw * c];
-        let iy = (oy * s.stride + ky) as isize - s.pad_top as isize;
+    for r in 0..rows {
+        let slot = &mut scratch[r * pw * c..(r + 1) * pw * c];
+        let iy = (oy0 * s.stride + r) as isize - s.pad_top as isize;
         if iy < 0 || iy >= s.height as isize {
             slot.fill(0.0);
             continue;
@@ -214,7 +221,7 @@ fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy:
         slot[..s.pad_left * c].fill(0.0);
         slot[(s.pad_left + cols) * c..].fill(0.0);
         let src = &image[iy as usize * s.width * c..(iy as usize + 1) * s.width * c];
-        let dst = &mut scratch[(ky * pw + s.pad_left) * c..(ky * pw + s.pad_left + cols) * c];
+        let dst = &mut scratch[(r * pw + s.pad_left) * c..(r * pw + s.pad_left + cols) * c];
         match input_bias {
             Some(b) => {
                 for (d_px, s_px) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
@@ -228,12 +235,12 @@ fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy:
     }
 }
 
-/// One output row of [`depthwise`], compiled for the widest SIMD the CPU has.
+/// A band of output rows of [`depthwise`], compiled for the widest SIMD the CPU has.
 #[allow(clippy::too_many_arguments)]
-fn depthwise_row(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy: usize, out_row: &mut [f32], scratch: &mut Vec<f32>) {
+fn depthwise_band(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy0: usize, band_out: &mut [f32], scratch: &mut Vec<f32>) {
     simd(
         #[inline(always)]
-        || depthwise_row_generic(image, s, w, bias, input_bias, oy, out_row, scratch),
+        || depthwise_band_generic(image, s, w, bias, input_bias, oy0, band_out, scratch),
     )
 }
 
@@ -242,8 +249,21 @@ const LANES: usize = 16;
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn depthwise_row_generic(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy: usize, out_row: &mut [f32], scratch: &mut Vec<f32>) {
-    stage_rows(image, &s, input_bias, oy, scratch);
+fn depthwise_band_generic(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy0: usize, band_out: &mut [f32], scratch: &mut Vec<f32>) {
+    let row_len = s.out_width * s.channels;
+    let n_out = band_out.len() / row_len;
+    stage_rows(image, &s, input_bias, oy0, n_out, scratch);
+    let pw = padded_width(&s);
+    for (i, out_row) in band_out.chunks_exact_mut(row_len).enumerate() {
+        let rows = &scratch[i * s.stride * pw * s.channels..];
+        depthwise_row_staged(rows, &s, w, bias, out_row);
+    }
+}
+
+/// One output row from its staged input rows (`rows` starts at its first row).
+#[inline(always)]
+fn depthwise_row_staged(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[f32], out_row: &mut [f32]) {
+    let s = *s;
     let c = s.channels;
     let vector_c = c / LANES * LANES;
     match s.kernel {

@@ -51,7 +51,12 @@ impl Preprocess {
     }
 
     /// Resizes the shorter side, centre-crops and normalises an RGB image.
+    ///
+    /// Only the source region that lands in the crop is resampled (bilinear,
+    /// antialiased like PIL), straight to `size x size`: the same pixels as
+    /// resize-then-crop, without resampling the parts thrown away.
     pub fn tensorize(&self, rgb: &RgbImage) -> Vec<f32> {
+        use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
         let (w, h) = rgb.dimensions();
         let short = w.min(h).max(1) as f64;
         let scale = self.resize as f64 / short;
@@ -61,16 +66,21 @@ impl Preprocess {
         } else {
             (((w as f64 * scale) as u32).max(self.resize), self.resize)
         };
-        let resized = image::imageops::resize(rgb, nw, nh, image::imageops::FilterType::Triangle);
-        let left = ((nw - self.size) as f64 / 2.0).round() as u32;
-        let top = ((nh - self.size) as f64 / 2.0).round() as u32;
+        let left = ((nw - self.size) as f64 / 2.0).round();
+        let top = ((nh - self.size) as f64 / 2.0).round();
+        // The crop box in source pixels (per-axis scale, as the resize has).
+        let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+        let crop = (left * sx, top * sy, self.size as f64 * sx, self.size as f64 * sy);
+        let src = ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3).expect("RgbImage buffer matches its size");
+        let mut dst = Image::new(self.size, self.size, PixelType::U8x3);
+        let options = ResizeOptions::new()
+            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+            .crop(crop.0, crop.1, crop.2, crop.3);
+        Resizer::new()
+            .resize(&src, &mut dst, &options)
+            .expect("pixel types match and the crop box lies inside the image");
         let inv_std = 1.0 / self.std;
-        let mut out = Vec::with_capacity((self.size * self.size * 3) as usize);
-        for y in top..top + self.size {
-            let row = &resized.as_raw()[((y * nw + left) * 3) as usize..((y * nw + left + self.size) * 3) as usize];
-            out.extend(row.iter().map(|&v| (v as f32 - self.mean) * inv_std));
-        }
-        out
+        dst.buffer().iter().map(|&v| (v as f32 - self.mean) * inv_std).collect()
     }
 }
 

@@ -1,0 +1,82 @@
+//! The backbone against an independent implementation and on real photos (needs models).
+
+use imgsearch::backbone::{imagenet_classes, top_k};
+
+use crate::{lite0, pascal_images, test_data};
+
+/// Must match `synthetic_image` in scripts/reference_embeddings.py.
+fn synthetic_image(i: usize, size: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(size * size * 3);
+    for y in 0..size {
+        for x in 0..size {
+            for c in 0..3 {
+                let (fi, fx, fy, fc) = (i as f64, x as f64, y as f64, c as f64);
+                let v = 127.5 + 127.5 * (0.031 * (fi + 1.0) * fx * (fc + 1.0) + 0.017 * fy * (fi + 2.0) + 0.5 * fc + fi).sin();
+                out.push(((v.floor() - 127.0) / 128.0) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// Largest |ours - reference| relative to the largest |reference|.
+fn max_relative_error(ours: &[f32], reference: &[f64]) -> f64 {
+    let scale = reference.iter().fold(0f64, |m, v| m.max(v.abs()));
+    ours.iter().zip(reference).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn lite0_matches_the_numpy_reference_to_1e_3() {
+    let fixture: serde_json::Value =
+        serde_json::from_reader(std::fs::File::open(test_data("reference_lite0.json")).unwrap()).unwrap();
+    let embedder = lite0();
+    let images: Vec<Vec<f32>> = (0..3).map(|i| synthetic_image(i, 224)).collect();
+    let out = embedder.embed_tensors(&images).unwrap();
+    for (i, e) in out.iter().enumerate() {
+        let ref_emb: Vec<f64> = serde_json::from_value(fixture["embeddings"][i].clone()).unwrap();
+        let ref_logits: Vec<f64> = serde_json::from_value(fixture["logits"][i].clone()).unwrap();
+        assert_eq!(e.embedding.len(), 1280);
+        let emb_err = max_relative_error(&e.embedding, &ref_emb);
+        let logit_err = max_relative_error(&e.logits, &ref_logits);
+        assert!(emb_err < 1e-3, "image {i}: embedding off by {emb_err:.2e} (relative)");
+        assert!(logit_err < 1e-3, "image {i}: logits off by {logit_err:.2e} (relative)");
+    }
+}
+
+#[test]
+fn batching_does_not_change_an_embedding() {
+    let embedder = lite0();
+    let images: Vec<Vec<f32>> = (0..3).map(|i| synthetic_image(i, 224)).collect();
+    let batched = embedder.embed_tensors(&images).unwrap();
+    let single = embedder.embed_tensors(&images[1..2]).unwrap();
+    let diff = batched[1].embedding.iter().zip(&single[0].embedding).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "batch of 3 vs 1 differ by {diff}");
+}
+
+#[test]
+fn a_dog_photo_is_classified_as_a_dog() {
+    let e = lite0().embed_file(&pascal_images().join("dog/2008_000053.jpg")).unwrap();
+    let top = top_k(&e.logits, 1)[0];
+    assert!((151..=268).contains(&top), "top-1 is {top} {}", imagenet_classes()[top].name);
+}
+
+#[test]
+fn embed_files_reports_each_failure_and_embeds_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let paths = vec![
+        pascal_images().join("cat/2008_000116.jpg"),
+        empty.clone(),
+        dir.path().join("missing.png"),
+        pascal_images().join("bottle/2008_000112.jpg"),
+    ];
+    let mut results: Vec<Option<Result<usize, String>>> = vec![None; paths.len()];
+    lite0().embed_files(&paths, |i, r| results[i] = Some(r.map(|e| e.embedding.len()).map_err(|e| e.to_string())));
+    assert_eq!(results[0], Some(Ok(1280)));
+    assert_eq!(results[3], Some(Ok(1280)));
+    let err1 = results[1].clone().unwrap().unwrap_err();
+    assert!(err1.contains("empty.jpg") && err1.contains("empty"), "{err1}");
+    let err2 = results[2].clone().unwrap().unwrap_err();
+    assert!(err2.contains("missing.png"), "{err2}");
+}

@@ -30,6 +30,21 @@ pub enum Command {
     },
     /// Embed images: print their top-5 ImageNet classes and embedding size.
     Embed(EmbedArgs),
+    /// Print quality and speed figures over a labelled folder (`<label>/<image>`).
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Folder of label folders.
+    #[arg(long, default_value = "../shared/datasets/pascal-sentences/images")]
+    pub data: PathBuf,
+    /// Backbone network.
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +127,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Embed(a) => embed(&models_dir, a),
+        Command::Eval(a) => eval(&models_dir, a),
     }
+}
+
+/// Backbone figures: ImageNet top-5 sanity on the `cat` and `dog` folders, and
+/// end-to-end embedding throughput over the whole folder.
+fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
+    use crate::eval::{top_k_hit_rate, LabelledImages};
+    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
+    let embedder = Embedder::load(&models::backbone_weights(models_dir, &config), config)?;
+    let data = LabelledImages::read(&a.data).with_context(|| format!("reading labelled images from {}", a.data.display()))?;
+    let paths: Vec<PathBuf> = data.items.iter().map(|(p, _)| p.clone()).collect();
+    let mut top5: Vec<Option<Vec<usize>>> = vec![None; paths.len()];
+    let mut failed = Vec::new();
+    let start = std::time::Instant::now();
+    embedder.embed_files(&paths, |i, r| match r {
+        Ok(e) => top5[i] = Some(top_k(&e.logits, 5)),
+        Err(e) => failed.push(e.to_string()),
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let of_label = |label: &str| -> Vec<Vec<usize>> {
+        data.items.iter().zip(&top5).filter(|((_, l), _)| l == label).filter_map(|(_, t)| t.clone()).collect()
+    };
+    let (cats, dogs) = (of_label("cat"), of_label("dog"));
+    let report = serde_json::json!({
+        "backbone": a.backbone,
+        "images": paths.len(),
+        "failed": failed.len(),
+        "cat_top5_cat_class": top_k_hit_rate(&cats, 281..=285),
+        "cat_images": cats.len(),
+        "dog_top5_dog_class": top_k_hit_rate(&dogs, 151..=268),
+        "dog_images": dogs.len(),
+        "embed_seconds": seconds,
+        "embed_images_per_second": paths.len() as f64 / seconds,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("backbone            {}", a.backbone);
+        println!("images              {} ({} failed)", paths.len(), failed.len());
+        println!("cat: top-5 has a cat class (281-285)   {:.3} of {}", report["cat_top5_cat_class"].as_f64().unwrap_or(0.0), cats.len());
+        println!("dog: top-5 has a dog class (151-268)   {:.3} of {}", report["dog_top5_dog_class"].as_f64().unwrap_or(0.0), dogs.len());
+        println!("embedding, end to end                  {:.1} s, {:.1} img/s", seconds, paths.len() as f64 / seconds);
+    }
+    for f in &failed {
+        eprintln!("skipped: {f}");
+    }
+    Ok(())
 }
 
 fn embed(models_dir: &std::path::Path, a: EmbedArgs) -> anyhow::Result<()> {

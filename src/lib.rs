@@ -2,11 +2,13 @@
 //!
 //! Data flows: [`models`] fetches and converts pretrained weights once;
 //! [`backbone`] decodes images and turns them into CNN embeddings and ImageNet
-//! logits; [`cli`] wires it to the command line.
+//! logits; [`eval`] holds the metrics quality figures come from; [`cli`]
+//! wires it to the command line.
 
 pub mod backbone;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod models;
 
 pub use error::{Error, Result};

@@ -32,6 +32,25 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Print quality and speed figures over a labelled folder (`<label>/<image>`).
     Eval(EvalArgs),
+    /// Nearest words to a word or to several words (averaged); `-word` subtracts.
+    Words(WordsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WordsArgs {
+    /// Query words (several are averaged; `_` also separates words). A word
+    /// to subtract goes inside quotes or after `--`: `"king -man woman"`.
+    #[arg(required = true)]
+    pub words: Vec<String>,
+    /// How many neighbours.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Print JSON (`[[word, distance], ...]`) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// A word-vector file (GloVe text, word2vec text/binary, or .wv); default: GloVe 6B 50d.
+    #[arg(long, value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,7 +147,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Embed(a) => embed(&models_dir, a),
         Command::Eval(a) => eval(&models_dir, a),
+        Command::Words(a) => words(&models_dir, a),
     }
+}
+
+fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {
+    let vectors = crate::words::open(models_dir, a.vectors.as_deref())?;
+    let neighbours = vectors.nearest_to_text(&a.words.join(" "), a.k)?;
+    if a.json {
+        let pairs: Vec<(&str, f32)> = neighbours.iter().map(|n| (n.word.as_str(), n.distance)).collect();
+        println!("{}", serde_json::to_string(&pairs)?);
+    } else {
+        for n in &neighbours {
+            println!("{:<20} {:.4}", n.word, n.distance);
+        }
+    }
+    Ok(())
 }
 
 /// Backbone figures: ImageNet top-5 sanity on the `cat` and `dog` folders, and

@@ -43,6 +43,18 @@ pub enum Error {
     #[error("models fetch: {0}")]
     Fetch(String),
 
+    /// A malformed word-vector file.
+    #[error("{path}: bad word vectors: {reason}")]
+    BadVectors { path: PathBuf, reason: String },
+
+    /// A query word that is not in the vocabulary.
+    #[error("unknown word '{word}' (not in the {vocabulary}-word vocabulary){}", did_you_mean(.suggestions))]
+    UnknownWord { word: String, vocabulary: usize, suggestions: Vec<String> },
+
+    /// A query with no words in it.
+    #[error("empty query: give at least one word (e.g. `dog` or `cat sofa`)")]
+    EmptyQuery,
+
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -59,6 +71,14 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+fn did_you_mean(suggestions: &[String]) -> String {
+    if suggestions.is_empty() {
+        "; check the spelling".to_owned()
+    } else {
+        format!("; did you mean: {}?", suggestions.join(", "))
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Data flows: [`models`] fetches and converts pretrained weights once;
 //! [`backbone`] decodes images and turns them into CNN embeddings and ImageNet
-//! logits; [`eval`] holds the metrics quality figures come from; [`cli`]
+//! logits; [`words`] loads word vectors and finds nearest words; [`eval`] holds the metrics quality figures come from; [`cli`]
 //! wires it to the command line.
 
 pub mod backbone;
@@ -10,5 +10,7 @@ pub mod cli;
 pub mod error;
 pub mod eval;
 pub mod models;
+mod simd;
+pub mod words;
 
 pub use error::{Error, Result};

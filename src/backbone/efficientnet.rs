@@ -298,7 +298,9 @@ impl EfficientNet {
         let Workspace { x: xb, mid: mb, dw: db } = ws;
         let (mut x, mut mid, dw) = (xb, mb, db);
         let size = self.config.image_size;
+        let mut prof = Profile::from_env();
         let (mut h, mut w) = kernels::stem(input, n, size, size, &self.stem_w, &self.stem_b, x);
+        prof.lap("stem");
         let mut c = 32;
         for block in &self.blocks {
             let s = block.spec;
@@ -309,6 +311,7 @@ impl EfficientNet {
                 Some(pw) => {
                     let e = &mut mid[..n * h * w * c_mid];
                     kernels::pointwise(&x[..in_len], s.c_in, &pw.w_t, None, None, e);
+                    prof.lap("expand 1x1");
                     (&mid[..n * h * w * c_mid], Some(&pw.bias[..]))
                 }
                 None => (&x[..in_len], None),
@@ -316,6 +319,7 @@ impl EfficientNet {
             let shape = DepthwiseShape::same(n, h, w, c_mid, s.kernel, s.stride);
             let d_len = n * shape.out_height * shape.out_width * c_mid;
             kernels::depthwise(dw_in, shape, &block.depthwise_w, &block.depthwise_b, input_bias, &mut dw[..d_len]);
+            prof.lap(if s.kernel == 3 { "depthwise 3x3" } else { "depthwise 5x5" });
             let residual = s.stride == 1 && s.c_in == s.c_out;
             let out_len = n * shape.out_height * shape.out_width * s.c_out;
             // The block's output goes to the expansion buffer, free again by now.
@@ -327,6 +331,7 @@ impl EfficientNet {
                 residual.then_some(&x[..in_len]),
                 &mut mid[..out_len],
             );
+            prof.lap("project 1x1");
             std::mem::swap(&mut x, &mut mid);
             h = shape.out_height;
             w = shape.out_width;
@@ -334,7 +339,46 @@ impl EfficientNet {
         }
         let head_len = n * h * w * 1280;
         kernels::pointwise(&x[..n * h * w * c], c, &self.head.w_t, None, None, &mut dw[..head_len]);
-        Ok(kernels::relu6_mean_pool(&dw[..head_len], n, &self.head.bias))
+        prof.lap("head 1x1");
+        let pooled = kernels::relu6_mean_pool(&dw[..head_len], n, &self.head.bias);
+        prof.lap("pool");
+        prof.report(n);
+        Ok(pooled)
+    }
+}
+
+/// Per-stage wall time of a forward pass, printed to stderr when
+/// `IMGSEARCH_PROFILE` is set (the profile behind the performance notes).
+struct Profile {
+    start: Option<std::time::Instant>,
+    stages: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    fn from_env() -> Self {
+        let on = std::env::var_os("IMGSEARCH_PROFILE").is_some();
+        Self { start: on.then(std::time::Instant::now), stages: Vec::new() }
+    }
+
+    fn lap(&mut self, stage: &'static str) {
+        if let Some(start) = self.start {
+            let now = std::time::Instant::now();
+            let ms = (now - start).as_secs_f64() * 1e3;
+            match self.stages.iter_mut().find(|(s, _)| *s == stage) {
+                Some((_, t)) => *t += ms,
+                None => self.stages.push((stage, ms)),
+            }
+            self.start = Some(now);
+        }
+    }
+
+    fn report(&self, n: usize) {
+        if self.start.is_some() {
+            let total: f64 = self.stages.iter().map(|(_, t)| t).sum();
+            let parts: Vec<String> =
+                self.stages.iter().map(|(s, t)| format!("{s} {:.2} ms ({:.0}%)", t / n as f64, 100.0 * t / total)).collect();
+            eprintln!("forward per image: {:.2} ms = {}", total / n as f64, parts.join(", "));
+        }
     }
 }
 

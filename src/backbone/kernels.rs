@@ -299,6 +299,7 @@ pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bia
     const STRIDE: usize = 2;
     const C_IN: usize = 3;
     let c_out = bias.len();
+    assert_eq!(c_out, STEM_CHANNELS, "stem: EfficientNet-Lite's stem has 32 channels");
     assert_eq!(x.len(), batch * height * width * C_IN, "stem: input shape");
     assert_eq!(w.len(), K * K * C_IN * c_out, "stem: weight shape");
     let (oh, pad_top) = same_padding(height, K, STRIDE);
@@ -316,39 +317,43 @@ pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bia
     (oh, ow)
 }
 
+/// Output channels of the stem (fixed in every EfficientNet-Lite).
+pub const STEM_CHANNELS: usize = 32;
+
+/// One output row of the stem. The 32 accumulators of a pixel are a fixed-size
+/// array, so they stay in two AVX-512 registers across the 27 taps.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn stem_row(image: &[f32], height: usize, width: usize, w: &[f32], bias: &[f32], pad_top: usize, pad_left: usize, oy: usize, out_row: &mut [f32]) {
     const K: usize = 3;
     const STRIDE: usize = 2;
     const C_IN: usize = 3;
-    let c_out = bias.len();
-    {
-        for (ox, px) in out_row.chunks_exact_mut(c_out).enumerate() {
-            px.copy_from_slice(bias);
-            for ky in 0..K {
-                let iy = (oy * STRIDE + ky) as isize - pad_top as isize;
-                if iy < 0 || iy >= height as isize {
+    const C: usize = STEM_CHANNELS;
+    let bias: [f32; C] = bias.try_into().expect("stem has 32 output channels");
+    let taps: Vec<[f32; C]> = w.chunks_exact(C).map(|t| t.try_into().unwrap()).collect();
+    for (ox, px) in out_row.chunks_exact_mut(C).enumerate() {
+        let mut acc = bias;
+        for ky in 0..K {
+            let iy = (oy * STRIDE + ky) as isize - pad_top as isize;
+            if iy < 0 || iy >= height as isize {
+                continue;
+            }
+            for kx in 0..K {
+                let ix = (ox * STRIDE + kx) as isize - pad_left as isize;
+                if ix < 0 || ix >= width as isize {
                     continue;
                 }
-                for kx in 0..K {
-                    let ix = (ox * STRIDE + kx) as isize - pad_left as isize;
-                    if ix < 0 || ix >= width as isize {
-                        continue;
-                    }
-                    let src = (iy as usize * width + ix as usize) * C_IN;
-                    for ci in 0..C_IN {
-                        let v = image[src + ci];
-                        let wk = &w[((ky * K + kx) * C_IN + ci) * c_out..][..c_out];
-                        for (d, &k) in px.iter_mut().zip(wk) {
-                            *d += v * k;
-                        }
+                let src = &image[(iy as usize * width + ix as usize) * C_IN..][..C_IN];
+                for (ci, &v) in src.iter().enumerate() {
+                    let wk = &taps[(ky * K + kx) * C_IN + ci];
+                    for o in 0..C {
+                        acc[o] += v * wk[o];
                     }
                 }
             }
-            for v in px.iter_mut() {
-                *v = relu6(*v);
-            }
+        }
+        for (d, a) in px.iter_mut().zip(acc) {
+            *d = relu6(a);
         }
     }
 }

@@ -5,7 +5,8 @@
 //! median of several runs as img/s. Environment:
 //! - `IMGSEARCH_BENCH_BACKBONE` = lite0 (default) | lite2
 //! - `IMGSEARCH_BENCH_RUNS` (default 5), `IMGSEARCH_BENCH_BATCH` (default 16)
-//! - `IMGSEARCH_BENCH_PHASE` = forward | e2e | both (default)
+//! - `IMGSEARCH_BENCH_PHASE` = forward | decode | e2e | both (default: forward and e2e)
+//! - `IMGSEARCH_BENCH_DECODERS`: decoder threads (default one per core)
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,7 +27,10 @@ fn main() -> anyhow::Result<()> {
     let config = Config::by_name(&backbone).expect("backbone is lite0 or lite2");
     let size = config.image_size;
     let weights = models::backbone_weights(&models::models_dir(None), &config);
-    let embedder = Embedder::load(&weights, config)?.with_batch_size(batch);
+    let mut embedder = Embedder::load(&weights, config)?.with_batch_size(batch);
+    if let Some(t) = std::env::var("IMGSEARCH_BENCH_DECODERS").ok().and_then(|s| s.parse().ok()) {
+        embedder = embedder.with_decode_threads(t);
+    }
     println!("backbone {backbone}, batch {batch}, {} rayon threads, median of {runs} runs", rayon::current_num_threads());
 
     if phase == "forward" || phase == "both" {
@@ -44,6 +48,22 @@ fn main() -> anyhow::Result<()> {
             rates.push((4 * batch) as f64 / t.elapsed().as_secs_f64());
         }
         println!("forward: {:.1} img/s (median; runs {:?})", median(rates.clone()), rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>());
+    }
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
+    if phase == "decode" {
+        // Decode + preprocess alone, one thread: the CPU cost decoding adds per image.
+        let mut paths = Vec::new();
+        for label in std::fs::read_dir(&root)? {
+            for f in std::fs::read_dir(label?.path())? {
+                paths.push(f?.path());
+            }
+        }
+        let t = Instant::now();
+        for p in &paths {
+            embedder.preprocess().load(p)?;
+        }
+        println!("decode + preprocess, 1 thread: {:.1} img/s", paths.len() as f64 / t.elapsed().as_secs_f64());
     }
 
     if phase == "e2e" || phase == "both" {

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::kernels::{self, DepthwiseShape};
+use super::kernels::{self, MbConvShape, MbConvWeights};
 use crate::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
@@ -280,8 +280,9 @@ impl EfficientNet {
 
     /// The convolutional trunk on a raw NHWC batch; returns `n x 1280` pooled features.
     ///
-    /// Activations rotate through three buffers kept between calls, so a
-    /// batch touches no fresh memory (fresh pages cost ~15% in page faults).
+    /// Each MBConv block runs fused (see [`kernels::mbconv`]): only the
+    /// narrow block inputs and outputs live in memory, in buffers kept between
+    /// calls so that a batch touches no fresh pages.
     fn forward_slice(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
         let mut fresh = Workspace::default();
         let mut guard = self.workspace.try_lock();
@@ -296,7 +297,7 @@ impl EfficientNet {
             }
         }
         let Workspace { x: xb, mid: mb, dw: db } = ws;
-        let (mut x, mut mid, dw) = (xb, mb, db);
+        let (mut x, mut next, dw) = (xb, mb, db);
         let size = self.config.image_size;
         let mut prof = Profile::from_env();
         let (mut h, mut w) = kernels::stem(input, n, size, size, &self.stem_w, &self.stem_b, x);
@@ -304,37 +305,24 @@ impl EfficientNet {
         let mut c = 32;
         for block in &self.blocks {
             let s = block.spec;
-            let c_mid = s.c_mid();
-            let in_len = n * h * w * s.c_in;
-            // The expansion's bias and ReLU6 are applied by the depthwise kernel as it reads.
-            let (dw_in, input_bias): (&[f32], _) = match &block.expand {
-                Some(pw) => {
-                    let e = &mut mid[..n * h * w * c_mid];
-                    kernels::pointwise(&x[..in_len], s.c_in, &pw.w_t, None, None, e);
-                    prof.lap("expand 1x1");
-                    (&mid[..n * h * w * c_mid], Some(&pw.bias[..]))
-                }
-                None => (&x[..in_len], None),
+            let shape = MbConvShape {
+                batch: n,
+                height: h,
+                width: w,
+                c_in: s.c_in,
+                c_mid: s.c_mid(),
+                c_out: s.c_out,
+                kernel: s.kernel,
+                stride: s.stride,
             };
-            let shape = DepthwiseShape::same(n, h, w, c_mid, s.kernel, s.stride);
-            let d_len = n * shape.out_height * shape.out_width * c_mid;
-            kernels::depthwise(dw_in, shape, &block.depthwise_w, &block.depthwise_b, input_bias, &mut dw[..d_len]);
-            prof.lap(if s.kernel == 3 { "depthwise 3x3" } else { "depthwise 5x5" });
-            let residual = s.stride == 1 && s.c_in == s.c_out;
-            let out_len = n * shape.out_height * shape.out_width * s.c_out;
-            // The block's output goes to the expansion buffer, free again by now.
-            kernels::pointwise(
-                &dw[..d_len],
-                c_mid,
-                &block.project.w_t,
-                Some(&block.project.bias),
-                residual.then_some(&x[..in_len]),
-                &mut mid[..out_len],
-            );
-            prof.lap("project 1x1");
-            std::mem::swap(&mut x, &mut mid);
-            h = shape.out_height;
-            w = shape.out_width;
+            let weights = MbConvWeights {
+                expand: block.expand.as_ref().map(|e| (&e.w_t[..], &e.bias[..])),
+                depthwise: (&block.depthwise_w, &block.depthwise_b),
+                project: (&block.project.w_t, &block.project.bias),
+            };
+            (h, w) = kernels::mbconv(&x[..n * h * w * s.c_in], shape, &weights, next);
+            prof.lap(if s.kernel == 3 { "MBConv k3" } else { "MBConv k5" });
+            std::mem::swap(&mut x, &mut next);
             c = s.c_out;
         }
         let head_len = n * h * w * 1280;
@@ -390,14 +378,14 @@ struct Workspace {
     dw: Vec<f32>,
 }
 
-/// The largest activation of one image anywhere in the network, in floats.
+/// The largest activation of one image that the fused forward pass keeps in
+/// memory (stem output, block inputs and outputs, the head), in floats.
 fn max_activation(config: &Config) -> usize {
-    let (mut h, mut most) = (config.image_size.div_ceil(2), 0);
-    most = most.max(h * h * 32);
+    let mut h = config.image_size.div_ceil(2);
+    let mut most = h * h * 32;
     for s in config.blocks() {
-        most = most.max(h * h * s.c_mid());
         h = h.div_ceil(s.stride);
-        most = most.max(h * h * s.c_mid()).max(h * h * s.c_out);
+        most = most.max(h * h * s.c_out);
     }
     most.max(h * h * 1280)
 }

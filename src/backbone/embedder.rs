@@ -50,6 +50,12 @@ impl Embedder {
         self
     }
 
+    /// Threads decoding images while the network runs (default: one per core).
+    pub fn with_decode_threads(mut self, threads: usize) -> Self {
+        self.decode_threads = threads.max(1);
+        self
+    }
+
     pub fn model(&self) -> &EfficientNet {
         &self.model
     }

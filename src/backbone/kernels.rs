@@ -358,6 +358,164 @@ fn stem_row(image: &[f32], height: usize, width: usize, w: &[f32], bias: &[f32],
     }
 }
 
+/// The weights of one inverted-residual (MBConv) block, batch norm folded.
+pub struct MbConvWeights<'a> {
+    /// 1x1 expansion `[c_in, c_mid]` and its bias; `None` when the block does not expand.
+    pub expand: Option<(&'a [f32], &'a [f32])>,
+    /// Depthwise `[k, k, c_mid]` and its bias.
+    pub depthwise: (&'a [f32], &'a [f32]),
+    /// 1x1 projection `[c_mid, c_out]` and its bias.
+    pub project: (&'a [f32], &'a [f32]),
+}
+
+/// Shape of one MBConv block.
+#[derive(Debug, Clone, Copy)]
+pub struct MbConvShape {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub c_in: usize,
+    pub c_mid: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+/// One whole MBConv block (expand 1x1 + ReLU6, depthwise + ReLU6, project 1x1,
+/// residual when the shape allows), fused per band of output rows.
+///
+/// The expanded activations are `expand` times wider than the block's input
+/// and output; computing them band by band into a buffer that stays in cache
+/// means they never travel to memory. A band recomputes the `kernel - stride`
+/// input rows it shares with its neighbour; small maps are one band.
+/// Writes `[n, oh, ow, c_out]` into the front of `out`; returns `(oh, ow)`.
+pub fn mbconv(x: &[f32], shape: MbConvShape, weights: &MbConvWeights, out: &mut [f32]) -> (usize, usize) {
+    let MbConvShape { batch, height, width, c_in, c_mid, c_out, kernel, stride } = shape;
+    let dw = DepthwiseShape::same(batch, height, width, c_mid, kernel, stride);
+    let (oh, ow) = (dw.out_height, dw.out_width);
+    assert_eq!(x.len(), batch * height * width * c_in, "mbconv: input shape");
+    assert!(weights.expand.is_some() || c_in == c_mid, "mbconv: no expansion needs c_in == c_mid");
+    let residual = stride == 1 && c_in == c_out;
+    let band = if oh <= 16 { oh } else { 8 };
+    let out = &mut out[..batch * oh * ow * c_out];
+    out.par_chunks_mut(oh * ow * c_out).enumerate().for_each(|(image, image_out)| {
+        let x_image = &x[image * height * width * c_in..(image + 1) * height * width * c_in];
+        image_out
+            .par_chunks_mut(band * ow * c_out)
+            .enumerate()
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(staged, dw_out), (b, band_out)| {
+                    simd(
+                        #[inline(always)]
+                        || mbconv_band(x_image, &shape, &dw, weights, residual, b * band, band_out, staged, dw_out),
+                    )
+                },
+            );
+    });
+    (oh, ow)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn mbconv_band(
+    x_image: &[f32],
+    shape: &MbConvShape,
+    dw: &DepthwiseShape,
+    weights: &MbConvWeights,
+    residual: bool,
+    oy0: usize,
+    band_out: &mut [f32],
+    staged: &mut Vec<f32>,
+    dw_out: &mut Vec<f32>,
+) {
+    let MbConvShape { height, width, c_in, c_mid, c_out, kernel, stride, .. } = *shape;
+    let ow = dw.out_width;
+    let n_out = band_out.len() / (ow * c_out);
+    // 1. The input rows under the band, expanded (bias + ReLU6) into zero-padded staging rows.
+    let pw = padded_width(dw);
+    let rows = (n_out - 1) * stride + kernel;
+    staged.resize(rows * pw * c_mid, 0.0);
+    let cols = width.min(pw - dw.pad_left);
+    for r in 0..rows {
+        let slot = &mut staged[r * pw * c_mid..(r + 1) * pw * c_mid];
+        let iy = (oy0 * stride + r) as isize - dw.pad_top as isize;
+        if iy < 0 || iy >= height as isize {
+            slot.fill(0.0);
+            continue;
+        }
+        slot[..dw.pad_left * c_mid].fill(0.0);
+        slot[(dw.pad_left + cols) * c_mid..].fill(0.0);
+        let src = &x_image[iy as usize * width * c_in..][..cols * c_in];
+        let dst = &mut slot[dw.pad_left * c_mid..(dw.pad_left + cols) * c_mid];
+        match weights.expand {
+            Some((w_t, bias)) => {
+                matmul_serial(src, c_in, w_t, dst, false);
+                for px in dst.chunks_exact_mut(c_mid) {
+                    for (v, &b) in px.iter_mut().zip(bias) {
+                        *v = relu6(*v + b);
+                    }
+                }
+            }
+            None => dst.copy_from_slice(src),
+        }
+    }
+    // 2. Depthwise over the staged rows.
+    dw_out.resize(n_out * ow * c_mid, 0.0);
+    let (dw_w, dw_b) = weights.depthwise;
+    for (i, row_out) in dw_out.chunks_exact_mut(ow * c_mid).enumerate() {
+        depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
+    }
+    // 3. Projection, starting from bias (+ the block's input rows when residual).
+    let (p_w, p_b) = weights.project;
+    if residual {
+        let res = &x_image[oy0 * width * c_in..][..band_out.len()];
+        for (d_px, r_px) in band_out.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
+            for ((d, &r), &b) in d_px.iter_mut().zip(r_px).zip(p_b) {
+                *d = r + b;
+            }
+        }
+    } else {
+        for d_px in band_out.chunks_exact_mut(c_out) {
+            d_px.copy_from_slice(p_b);
+        }
+    }
+    matmul_serial(dw_out, c_mid, p_w, band_out, true);
+}
+
+/// `out (+)= x @ w_t` on one thread (the caller parallelises over bands):
+/// `x` is `[m, k]`, `w_t` is `[k, n]`, `out` is `[m, n]`.
+fn matmul_serial(x: &[f32], k: usize, w_t: &[f32], out: &mut [f32], accumulate: bool) {
+    let m = x.len() / k;
+    let n = w_t.len() / k;
+    assert_eq!(x.len(), m * k);
+    assert_eq!(out.len(), m * n);
+    // SAFETY: the asserts pin the slices to the extents passed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w_t.as_ptr(),
+            1,
+            n as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Bias, ReLU6, then global average pooling: `[n, pixels, c] -> [n, c]`.
 pub fn relu6_mean_pool(x: &[f32], batch: usize, bias: &[f32]) -> Vec<f32> {
     let channels = bias.len();

@@ -45,3 +45,30 @@ fn models_fetch_is_a_no_op_when_present() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(log.matches("present").count(), 2, "{log}");
 }
+
+#[test]
+fn words_json_gives_word_distance_pairs_nearest_first() {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["words", "said", "-k", "3", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pairs: Vec<(String, f32)> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pairs.len(), 3);
+    assert_eq!(pairs[0].0, "said");
+    assert!(pairs[0].1.abs() < 1e-5 && pairs[1].1 >= pairs[0].1);
+}
+
+#[test]
+fn words_with_a_user_file_and_an_unknown_word_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mini.txt");
+    std::fs::write(&file, "cat 1 0\ndog 1 0.1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--models-dir")
+        .arg(dir.path().join("models"))
+        .args(["words", "caat", "--words"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'caat'") && err.contains("cat"), "{err}");
+}

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::backbone::{imagenet_classes, softmax, top_k, Config, Embedder, DEFAULT_MAX_PIXELS};
 use crate::models;
+use crate::store::Store;
 
 /// Self-hosted semantic image search.
 #[derive(Debug, Parser)]
@@ -16,6 +17,10 @@ pub struct Args {
     /// Model directory (default: $IMGSEARCH_MODELS, else the user's cache dir).
     #[arg(long, global = true, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
+
+    /// The index's data directory.
+    #[arg(long, global = true, env = "IMGSEARCH_DB", default_value = ".imgsearch", value_name = "DIR")]
+    pub db: PathBuf,
 
     #[command(subcommand)]
     pub command: Command,
@@ -34,6 +39,45 @@ pub enum Command {
     Eval(EvalArgs),
     /// Nearest words to a word or to several words (averaged); `-word` subtracts.
     Words(WordsArgs),
+    /// Index the images under folders (recursively, incrementally).
+    Index(IndexArgs),
+    /// Search the index for images like an image (a file or an indexed key).
+    Search(SearchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// Folders to index.
+    #[arg(required = true)]
+    pub folders: Vec<PathBuf>,
+    /// Backbone network (an index holds one backbone's embeddings).
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SearchArgs {
+    /// Query image: a file (embedded on the fly if not indexed) or an indexed key.
+    #[arg(long, value_name = "FILE|KEY")]
+    pub image: String,
+    /// How many results.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Reweight embeddings by one ImageNet class's classifier weights: an index (284) or a name ("Siamese cat").
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Drop results farther than this angular distance (0..2).
+    #[arg(long)]
+    pub max_distance: Option<f32>,
+    /// Backbone network of the index.
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,7 +193,160 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Embed(a) => embed(&models_dir, a),
         Command::Eval(a) => eval(&models_dir, a),
         Command::Words(a) => words(&models_dir, a),
+        Command::Index(a) => index(&models_dir, &args.db, a),
+        Command::Search(a) => search(&models_dir, &args.db, a),
     }
+}
+
+fn load_embedder(models_dir: &std::path::Path, backbone: &str) -> anyhow::Result<Embedder> {
+    let config = Config::by_name(backbone).context("unknown backbone")?;
+    Ok(Embedder::load(&models::backbone_weights(models_dir, &config), config)?)
+}
+
+fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
+    let embedder = load_embedder(models_dir, &a.backbone)?;
+    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = crate::indexer::index_folders(&mut store, &embedder, &a.folders, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "indexed {} new, {} unchanged, {} moved, {} copies, {} removed, {} failed in {:.1} s ({} images in {})",
+            report.embedded,
+            report.unchanged,
+            report.moved,
+            report.copies,
+            report.removed,
+            report.failed.len(),
+            report.seconds,
+            store.len()?,
+            db.display()
+        );
+    }
+    for (path, reason) in &report.failed {
+        eprintln!("skipped: {}: {reason}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct SearchResult {
+    rank: usize,
+    key: i64,
+    path: String,
+    label: String,
+    distance: f32,
+}
+
+/// Resolves `--class`: an index, or a name matched against the class names
+/// and synonyms; an unknown name gets the closest names suggested.
+pub fn resolve_class(spec: &str) -> anyhow::Result<usize> {
+    let classes = imagenet_classes();
+    if let Ok(i) = spec.trim().parse::<usize>() {
+        anyhow::ensure!(i < classes.len(), "--class {i}: ImageNet classes are 0-999");
+        return Ok(i);
+    }
+    let want = spec.trim().to_lowercase();
+    let names = |c: &crate::backbone::ImageNetClass| -> Vec<String> {
+        std::iter::once(c.name.to_lowercase()).chain(c.synonyms.split(',').map(|s| s.trim().to_lowercase())).collect()
+    };
+    if let Some(c) = classes.iter().find(|c| names(c).contains(&want)) {
+        return Ok(c.index);
+    }
+    let mut scored: Vec<(usize, usize)> = classes
+        .iter()
+        .map(|c| {
+            let d = names(c)
+                .iter()
+                .map(|n| if n.contains(&want) { 0 } else { crate::words::edit_distance(&want, n) })
+                .min()
+                .unwrap_or(usize::MAX);
+            (d, c.index)
+        })
+        .collect();
+    scored.sort();
+    let suggestions: Vec<String> = scored.iter().take(5).map(|&(_, i)| format!("{i} \"{}\"", classes[i].name)).collect();
+    anyhow::bail!("unknown ImageNet class \"{spec}\"; did you mean: {}?", suggestions.join(", "))
+}
+
+fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
+    use crate::index::{ExactIndex, VectorIndex};
+    anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
+    let embedder = load_embedder(models_dir, &a.backbone)?;
+    let store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    // The query: an indexed key, an indexed file (by path or content), or a new file.
+    let by_key = a.image.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten();
+    let query: Vec<f32> = match by_key {
+        Some(r) => store.vector(r.row).to_vec(),
+        None => {
+            let path = PathBuf::from(&a.image);
+            anyhow::ensure!(path.exists(), "{}: no such file, and not an indexed key", a.image);
+            let canonical = path.canonicalize()?.to_string_lossy().into_owned();
+            let known = match store.by_path(&canonical)? {
+                Some(r) => Some(r),
+                None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
+            };
+            match known {
+                Some(r) => store.vector(r.row).to_vec(),
+                None => embedder.embed_file(&path)?.embedding,
+            }
+        }
+    };
+    let records = store.all()?;
+    let mut by_row: std::collections::HashMap<u64, Vec<&crate::store::ImageRecord>> = Default::default();
+    for r in &records {
+        by_row.entry(r.row).or_default().push(r);
+    }
+    let index = ExactIndex::new(store.vectors(), store.dim());
+    let weights = match &a.class {
+        Some(spec) => {
+            let c = resolve_class(spec)?;
+            Some(embedder.model().class_weights().get(c)?.to_vec1::<f32>()?)
+        }
+        None => None,
+    };
+    // Rows no image uses any more (deleted) are skipped: widen until k results or the end.
+    let mut want = a.k + 8;
+    let results = loop {
+        let hits = match &weights {
+            Some(w) => index.search_weighted(&query, w, want),
+            None => index.search(&query, want),
+        };
+        let mut out = Vec::new();
+        for h in &hits {
+            for r in by_row.get(&(h.id as u64)).into_iter().flatten() {
+                out.push(SearchResult { rank: 0, key: r.key, path: r.path.clone(), label: r.label.clone(), distance: h.distance });
+            }
+        }
+        if out.len() >= a.k || hits.len() < want {
+            break out;
+        }
+        want *= 4;
+    };
+    let results: Vec<SearchResult> = results
+        .into_iter()
+        .filter(|r| a.max_distance.is_none_or(|m| r.distance <= m))
+        .take(a.k)
+        .enumerate()
+        .map(|(i, r)| SearchResult { rank: i + 1, ..r })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            println!("{:>3}  {:.4}  {:>6}  {:<14} {}", r.rank, r.distance, r.key, r.label, r.path);
+        }
+    }
+    Ok(())
 }
 
 fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {
@@ -175,13 +372,24 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
     let data = LabelledImages::read(&a.data).with_context(|| format!("reading labelled images from {}", a.data.display()))?;
     let paths: Vec<PathBuf> = data.items.iter().map(|(p, _)| p.clone()).collect();
     let mut top5: Vec<Option<Vec<usize>>> = vec![None; paths.len()];
+    let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
     let mut failed = Vec::new();
     let start = std::time::Instant::now();
     embedder.embed_files(&paths, |i, r| match r {
-        Ok(e) => top5[i] = Some(top_k(&e.logits, 5)),
+        Ok(e) => {
+            top5[i] = Some(top_k(&e.logits, 5));
+            embeddings[i] = Some(e.embedding);
+        }
         Err(e) => failed.push(e.to_string()),
     });
     let seconds = start.elapsed().as_secs_f64();
+    let labelled: Vec<(&str, Vec<f32>)> = data
+        .items
+        .iter()
+        .zip(embeddings)
+        .filter_map(|((_, label), e)| e.map(|e| (label.as_str(), e)))
+        .collect();
+    let p_at_10 = crate::eval::image_precision_at_k(&labelled, 10);
     let of_label = |label: &str| -> Vec<Vec<usize>> {
         data.items.iter().zip(&top5).filter(|((_, l), _)| l == label).filter_map(|(_, t)| t.clone()).collect()
     };
@@ -194,6 +402,7 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         "cat_images": cats.len(),
         "dog_top5_dog_class": top_k_hit_rate(&dogs, 151..=268),
         "dog_images": dogs.len(),
+        "image_to_image_precision_at_10": p_at_10,
         "embed_seconds": seconds,
         "embed_images_per_second": paths.len() as f64 / seconds,
     });
@@ -204,6 +413,7 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         println!("images              {} ({} failed)", paths.len(), failed.len());
         println!("cat: top-5 has a cat class (281-285)   {:.3} of {}", report["cat_top5_cat_class"].as_f64().unwrap_or(0.0), cats.len());
         println!("dog: top-5 has a dog class (151-268)   {:.3} of {}", report["dog_top5_dog_class"].as_f64().unwrap_or(0.0), dogs.len());
+        println!("image->image mean precision@10         {p_at_10:.3} (label match, query excluded)");
         println!("embedding, end to end                  {:.1} s, {:.1} img/s", seconds, paths.len() as f64 / seconds);
     }
     for f in &failed {

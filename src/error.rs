@@ -43,6 +43,10 @@ pub enum Error {
     #[error("models fetch: {0}")]
     Fetch(String),
 
+    /// The store cannot be opened or written.
+    #[error("{path}: {reason}")]
+    Store { path: PathBuf, reason: String },
+
     /// A malformed word-vector file.
     #[error("{path}: bad word vectors: {reason}")]
     BadVectors { path: PathBuf, reason: String },

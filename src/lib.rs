@@ -2,15 +2,20 @@
 //!
 //! Data flows: [`models`] fetches and converts pretrained weights once;
 //! [`backbone`] decodes images and turns them into CNN embeddings and ImageNet
-//! logits; [`words`] loads word vectors and finds nearest words; [`eval`] holds the metrics quality figures come from; [`cli`]
-//! wires it to the command line.
+//! logits; [`indexer`] walks folders and writes new embeddings to the
+//! [`store`]; [`index`] searches them; [`words`] loads word vectors and finds
+//! nearest words; [`eval`] holds the metrics quality figures come from;
+//! [`cli`] wires it to the command line.
 
 pub mod backbone;
 pub mod cli;
 pub mod error;
 pub mod eval;
+pub mod index;
+pub mod indexer;
 pub mod models;
 mod simd;
+pub mod store;
 pub mod words;
 
 pub use error::{Error, Result};

@@ -247,6 +247,13 @@ fn partition(n: usize, pred: impl Fn(usize) -> bool) -> usize {
     lo
 }
 
+/// Edit distance between two strings (swaps of neighbours count as one edit).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let limit = a.len().max(b.len());
+    levenshtein(&a, &b, limit)
+}
+
 /// Edit distance counting a swap of neighbours as one edit (optimal string
 /// alignment), giving up (returning `limit + 1`) once it exceeds `limit`.
 fn levenshtein(a: &[char], b: &[char], limit: usize) -> usize {

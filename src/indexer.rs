@@ -1,0 +1,223 @@
+//! Indexing a collection: walk folders, decide per file what changed, embed
+//! only new content, and write to the store in atomic batches.
+//!
+//! Per file: same path, size and mtime as stored -> unchanged (not even
+//! read). Otherwise its content hash decides: a stored image with that hash
+//! whose file is gone -> a move (path updated, no re-embedding); one whose
+//! file still exists -> a copy (shares its vector row); else the file is
+//! embedded. Stored images under the indexed folders that were not seen are
+//! removed. Bad files are reported and skipped; the run goes on.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::backbone::Embedder;
+use crate::store::{ImageRecord, NewImage, NewVector, Store};
+use crate::{Error, Result};
+
+/// File extensions indexed (case-insensitive).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+/// Images written per store transaction.
+const BATCH: usize = 64;
+
+/// What an indexing run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct IndexReport {
+    pub embedded: usize,
+    pub unchanged: usize,
+    pub moved: usize,
+    pub copies: usize,
+    pub removed: usize,
+    /// Files or folders skipped, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+    pub seconds: f64,
+}
+
+/// A file found by the walk.
+struct Found {
+    path: PathBuf,
+    size: u64,
+    mtime: i64,
+}
+
+/// The label of an image: its parent folder's name (`dining_table`).
+pub fn label_of(path: &Path) -> String {
+    path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// sha256 of a file, hex.
+pub fn content_hash(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn mtime_nanos(meta: &std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn walk(dir: &Path, found: &mut Vec<Found>, failed: &mut Vec<(PathBuf, String)>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            failed.push((dir.to_path_buf(), format!("cannot read folder: {e}")));
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            failed.push((path, "cannot read file metadata (broken link?)".into()));
+            continue;
+        };
+        if meta.is_dir() {
+            walk(&path, found, failed);
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            found.push(Found { path, size: meta.len(), mtime: mtime_nanos(&meta) });
+        }
+    }
+}
+
+/// Indexes `roots` into `store`. `on_progress(done, total)` is called as files are embedded.
+pub fn index_folders(
+    store: &mut Store,
+    embedder: &Embedder,
+    roots: &[PathBuf],
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<IndexReport> {
+    let start = Instant::now();
+    let mut report = IndexReport::default();
+    let mut found = Vec::new();
+    let mut walked_roots = Vec::new();
+    for root in roots {
+        match root.canonicalize() {
+            Ok(r) if r.is_dir() => {
+                walk(&r, &mut found, &mut report.failed);
+                walked_roots.push(r);
+            }
+            Ok(r) => report.failed.push((r, "not a folder".into())),
+            Err(e) => report.failed.push((root.clone(), format!("folder not found: {e}"))),
+        }
+    }
+    let stored = store.all()?;
+    let by_path: HashMap<&str, &ImageRecord> = stored.iter().map(|r| (r.path.as_str(), r)).collect();
+    let seen: HashSet<String> = found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
+
+    // Files whose content must be identified.
+    let mut to_embed: Vec<(Found, String)> = Vec::new();
+    let mut copies: Vec<(Found, String)> = Vec::new();
+    let mut moved_from: HashSet<String> = HashSet::new();
+    let mut first_of_hash: HashSet<String> = HashSet::new();
+    for f in found {
+        let path = f.path.to_string_lossy().into_owned();
+        if let Some(r) = by_path.get(path.as_str()) {
+            if r.size == f.size && r.mtime == f.mtime {
+                report.unchanged += 1;
+                continue;
+            }
+        }
+        let hash = match content_hash(&f.path) {
+            Ok(h) => h,
+            Err(e) => {
+                report.failed.push((f.path, format!("disappeared or unreadable while indexing: {e}")));
+                continue;
+            }
+        };
+        let same_content = store.by_hash(&hash)?;
+        let gone = same_content
+            .iter()
+            .find(|r| r.path != path && !seen.contains(&r.path) && !Path::new(&r.path).exists() && !moved_from.contains(&r.path));
+        if let (Some(old), None) = (gone, by_path.get(path.as_str())) {
+            store.update_location(old.key, &path, f.size, f.mtime, &label_of(&f.path))?;
+            moved_from.insert(old.path.clone());
+            report.moved += 1;
+        } else if !same_content.is_empty() {
+            copies.push((f, hash));
+        } else if first_of_hash.insert(hash.clone()) {
+            to_embed.push((f, hash));
+        } else {
+            copies.push((f, hash)); // a copy of a file embedded in this run
+        }
+    }
+
+    // Embed new content; write a batch at a time.
+    let total = to_embed.len();
+    let paths: Vec<PathBuf> = to_embed.iter().map(|(f, _)| f.path.clone()).collect();
+    let mut pending: Vec<NewImage> = Vec::with_capacity(BATCH);
+    let mut write_error: Option<Error> = None;
+    let mut done = 0;
+    embedder.embed_files(&paths, |i, result| {
+        done += 1;
+        on_progress(done, total);
+        let (f, hash) = &to_embed[i];
+        match result {
+            Ok(e) => pending.push(NewImage {
+                path: f.path.to_string_lossy().into_owned(),
+                hash: hash.clone(),
+                size: f.size,
+                mtime: f.mtime,
+                label: label_of(&f.path),
+                vector: NewVector::Embedding(e.embedding),
+            }),
+            Err(e) => report.failed.push((f.path.clone(), e.to_string())),
+        }
+        if pending.len() >= BATCH && write_error.is_none() {
+            match store.add_batch(&pending) {
+                Ok(keys) => report.embedded += keys.len(),
+                Err(e) => write_error = Some(e),
+            }
+            pending.clear();
+        }
+    });
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    if !pending.is_empty() {
+        report.embedded += store.add_batch(&pending)?.len();
+    }
+
+    // Copies share the row of the content already stored.
+    let mut copy_batch = Vec::new();
+    for (f, hash) in copies {
+        match store.by_hash(&hash)?.into_iter().next() {
+            Some(original) => copy_batch.push(NewImage {
+                path: f.path.to_string_lossy().into_owned(),
+                hash,
+                size: f.size,
+                mtime: f.mtime,
+                label: label_of(&f.path),
+                vector: NewVector::SameAs { row: original.row, norm: original.norm },
+            }),
+            None => report.failed.push((f.path, "its identical original failed to embed".into())),
+        }
+    }
+    report.copies = copy_batch.len();
+    if !copy_batch.is_empty() {
+        store.add_batch(&copy_batch)?;
+    }
+
+    // Stored images under the indexed folders that are gone.
+    let removed: Vec<i64> = stored
+        .iter()
+        .filter(|r| !seen.contains(&r.path) && !moved_from.contains(&r.path))
+        .filter(|r| walked_roots.iter().any(|root| Path::new(&r.path).starts_with(root)))
+        .map(|r| r.key)
+        .collect();
+    report.removed = removed.len();
+    store.delete(&removed)?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -1,0 +1,394 @@
+//! Where images, embeddings and metadata persist: the embedded store, one
+//! data directory with no server to start.
+//!
+//! - `meta.sqlite` (SQLite, WAL): one row per image — stable key, path,
+//!   content hash, size, mtime, label, the vector row it uses and the
+//!   embedding's norm — and the store's settings (backbone, dimension, and
+//!   how many vector rows are committed).
+//! - `vectors.f32`: a 64-byte header, then unit-length embeddings, one row
+//!   each, appended and memory-mapped for search (nothing rebuilt at start).
+//!
+//! A batch is written in two steps: its vectors are appended and synced,
+//! then one SQLite transaction records the images and the new committed row
+//! count. A crash between the two leaves rows past the committed count; they
+//! are cut off at the next open. So a completed batch is never lost and a
+//! half-written one is never seen. Images with identical content share a row.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::{Error, Result};
+
+const VECTORS_MAGIC: &[u8; 8] = b"IMGSVEC1";
+const VECTORS_HEADER: usize = 64;
+
+/// One indexed image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    /// Stable key: never reused, survives moves and renames.
+    pub key: i64,
+    pub path: String,
+    /// sha256 of the file's bytes.
+    pub hash: String,
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime: i64,
+    /// The parent folder's name, `_` separating words.
+    pub label: String,
+    /// Row of the unit embedding in `vectors.f32`.
+    pub row: u64,
+    /// The embedding's norm (raw embedding = unit row * norm).
+    pub norm: f32,
+}
+
+/// An image to add: its file facts and either a new embedding or the row of
+/// an identical file already stored.
+#[derive(Debug, Clone)]
+pub struct NewImage {
+    pub path: String,
+    pub hash: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub label: String,
+    pub vector: NewVector,
+}
+
+#[derive(Debug, Clone)]
+pub enum NewVector {
+    Embedding(Vec<f32>),
+    SameAs { row: u64, norm: f32 },
+}
+
+/// The embedded store.
+pub struct Store {
+    dir: PathBuf,
+    conn: Connection,
+    dim: usize,
+    rows: u64,
+    mmap: Option<Mmap>,
+}
+
+fn db_err(dir: &Path, e: rusqlite::Error) -> Error {
+    Error::Store { path: dir.join("meta.sqlite"), reason: e.to_string() }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` for embeddings of `backbone`
+    /// with `dim` dimensions. Refuses a store built with another backbone and
+    /// detects corruption (SQLite's quick_check, vector file size and header).
+    pub fn open(dir: &Path, backbone: &str, dim: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let conn = Connection::open(dir.join("meta.sqlite")).map_err(|e| db_err(dir, e))?;
+        let corrupt = |reason: String| Error::Store {
+            path: dir.to_path_buf(),
+            reason: format!("{reason}; the store is damaged: move it aside and re-run `imgsearch index`"),
+        };
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        if check != "ok" {
+            return Err(corrupt(format!("SQLite integrity check: {check}")));
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS images(
+                 key INTEGER PRIMARY KEY AUTOINCREMENT,
+                 path TEXT NOT NULL UNIQUE,
+                 hash TEXT NOT NULL,
+                 size INTEGER NOT NULL,
+                 mtime INTEGER NOT NULL,
+                 label TEXT NOT NULL,
+                 row INTEGER NOT NULL,
+                 norm REAL NOT NULL);
+             CREATE INDEX IF NOT EXISTS images_hash ON images(hash);",
+        )
+        .map_err(|e| corrupt(e.to_string()))?;
+        let setting = |name: &str| -> Result<Option<String>> {
+            conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
+                .optional()
+                .map_err(|e| db_err(dir, e))
+        };
+        match (setting("backbone")?, setting("dim")?) {
+            (Some(b), Some(d)) => {
+                if b != backbone || d != dim.to_string() {
+                    return Err(Error::Store {
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                            "built with backbone {b} ({d}-d); pass --backbone {b}, or index into another --db to use {backbone}"
+                        ),
+                    });
+                }
+            }
+            _ => {
+                conn.execute_batch(&format!(
+                    "INSERT OR REPLACE INTO settings VALUES ('backbone', '{backbone}'), ('dim', '{dim}'), ('rows', '0');"
+                ))
+                .map_err(|e| db_err(dir, e))?;
+            }
+        }
+        let rows: u64 = setting("rows")?.and_then(|r| r.parse().ok()).unwrap_or(0);
+        let mut store = Self { dir: dir.to_path_buf(), conn, dim, rows, mmap: None };
+        store.open_vectors()?;
+        Ok(store)
+    }
+
+    fn vectors_path(&self) -> PathBuf {
+        self.dir.join("vectors.f32")
+    }
+
+    /// Checks the vector file against the committed row count, cuts off an
+    /// uncommitted tail, and maps it.
+    fn open_vectors(&mut self) -> Result<()> {
+        let path = self.vectors_path();
+        let row_bytes = (self.dim * 4) as u64;
+        if !path.exists() {
+            let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let mut header = [0u8; VECTORS_HEADER];
+            header[..8].copy_from_slice(VECTORS_MAGIC);
+            header[8..12].copy_from_slice(&(self.dim as u32).to_le_bytes());
+            f.write_all(&header).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))?;
+        }
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let want = VECTORS_HEADER as u64 + self.rows * row_bytes;
+        let bad = |reason: String| Error::Store {
+            path: path.clone(),
+            reason: format!("{reason}; the store is damaged: move it aside and re-run `imgsearch index`"),
+        };
+        if len < want {
+            return Err(bad(format!("holds {} bytes but {} committed rows need {want}", len, self.rows)));
+        }
+        if len > want {
+            // Rows appended by a batch that never committed.
+            file.set_len(want).map_err(|e| Error::io(&path, e))?;
+        }
+        // SAFETY: the file is only appended to by this process (one indexer per store).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        if &mmap[..8] != VECTORS_MAGIC || u32::from_le_bytes(mmap[8..12].try_into().unwrap()) as usize != self.dim {
+            return Err(bad("bad header (not an imgsearch vector file, or another dimension)".into()));
+        }
+        self.mmap = Some(mmap);
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// All committed unit vectors, row-major `[rows, dim]`.
+    pub fn vectors(&self) -> &[f32] {
+        let mmap = self.mmap.as_ref().expect("vectors are mapped on open");
+        let body = &mmap[VECTORS_HEADER..VECTORS_HEADER + self.rows as usize * self.dim * 4];
+        // SAFETY: the header is 64 bytes into a page-aligned map, so f32 alignment holds.
+        unsafe { std::slice::from_raw_parts(body.as_ptr() as *const f32, self.rows as usize * self.dim) }
+    }
+
+    /// One row's unit vector.
+    pub fn vector(&self, row: u64) -> &[f32] {
+        &self.vectors()[row as usize * self.dim..(row as usize + 1) * self.dim]
+    }
+
+    fn records(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<ImageRecord>> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| db_err(&self.dir, e))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok(ImageRecord {
+                    key: r.get(0)?,
+                    path: r.get(1)?,
+                    hash: r.get(2)?,
+                    size: r.get::<_, i64>(3)? as u64,
+                    mtime: r.get(4)?,
+                    label: r.get(5)?,
+                    row: r.get::<_, i64>(6)? as u64,
+                    norm: r.get::<_, f64>(7)? as f32,
+                })
+            })
+            .map_err(|e| db_err(&self.dir, e))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(&self.dir, e))
+    }
+
+    const COLUMNS: &'static str = "SELECT key, path, hash, size, mtime, label, row, norm FROM images";
+
+    /// Every image, by key.
+    pub fn all(&self) -> Result<Vec<ImageRecord>> {
+        self.records(&format!("{} ORDER BY key", Self::COLUMNS), [])
+    }
+
+    pub fn by_key(&self, key: i64) -> Result<Option<ImageRecord>> {
+        Ok(self.records(&format!("{} WHERE key = ?1", Self::COLUMNS), [key])?.pop())
+    }
+
+    pub fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
+        Ok(self.records(&format!("{} WHERE path = ?1", Self::COLUMNS), [path])?.pop())
+    }
+
+    pub fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
+        self.records(&format!("{} WHERE hash = ?1 ORDER BY key", Self::COLUMNS), [hash])
+    }
+
+    pub fn len(&self) -> Result<usize> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM images", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as usize)
+            .map_err(|e| db_err(&self.dir, e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Adds a batch atomically: vectors appended and synced, then one transaction.
+    /// Returns the new images' keys.
+    pub fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>> {
+        let path = self.vectors_path();
+        let mut new_rows = Vec::new();
+        let mut bytes = Vec::new();
+        for img in images {
+            if let NewVector::Embedding(e) = &img.vector {
+                if e.len() != self.dim {
+                    return Err(Error::Msg(format!("{}: embedding has {} dims, the store {}", img.path, e.len(), self.dim)));
+                }
+                let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+                let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                e.iter().for_each(|v| bytes.extend_from_slice(&(v * inv).to_le_bytes()));
+                new_rows.push((self.rows + new_rows.len() as u64, norm));
+            }
+        }
+        if !bytes.is_empty() {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+            f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(|e| Error::io(&path, e))?;
+        }
+        let rows_after = self.rows + new_rows.len() as u64;
+        let tx = self.conn.transaction().map_err(|e| db_err(&self.dir, e))?;
+        let mut keys = Vec::with_capacity(images.len());
+        {
+            let mut fresh = new_rows.iter();
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO images(path, hash, size, mtime, label, row, norm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(path) DO UPDATE SET hash = excluded.hash, size = excluded.size, mtime = excluded.mtime,
+                         label = excluded.label, row = excluded.row, norm = excluded.norm
+                     RETURNING key",
+                )
+                .map_err(|e| db_err(&self.dir, e))?;
+            for img in images {
+                let (row, norm) = match &img.vector {
+                    NewVector::Embedding(_) => *fresh.next().unwrap(),
+                    NewVector::SameAs { row, norm } => (*row, *norm),
+                };
+                let key: i64 = insert
+                    .query_row(params![img.path, img.hash, img.size as i64, img.mtime, img.label, row as i64, norm as f64], |r| r.get(0))
+                    .map_err(|e| db_err(&self.dir, e))?;
+                keys.push(key);
+            }
+            tx.execute("UPDATE settings SET value = ?1 WHERE name = 'rows'", [rows_after.to_string()])
+                .map_err(|e| db_err(&self.dir, e))?;
+        }
+        tx.commit().map_err(|e| db_err(&self.dir, e))?;
+        self.rows = rows_after;
+        if !new_rows.is_empty() {
+            self.open_vectors()?;
+        }
+        Ok(keys)
+    }
+
+    /// Records that an image moved (same content, new path): no re-embedding.
+    pub fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE images SET path = ?2, size = ?3, mtime = ?4, label = ?5 WHERE key = ?1",
+                params![key, path, size as i64, mtime, label],
+            )
+            .map_err(|e| db_err(&self.dir, e))?;
+        Ok(())
+    }
+
+    /// Deletes images by key, in one transaction.
+    pub fn delete(&mut self, keys: &[i64]) -> Result<()> {
+        let tx = self.conn.transaction().map_err(|e| db_err(&self.dir, e))?;
+        for key in keys {
+            tx.execute("DELETE FROM images WHERE key = ?1", [key]).map_err(|e| db_err(&self.dir, e))?;
+        }
+        tx.commit().map_err(|e| db_err(&self.dir, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(path: &str, hash: &str, e: Vec<f32>) -> NewImage {
+        NewImage { path: path.into(), hash: hash.into(), size: 1, mtime: 2, label: "cat".into(), vector: NewVector::Embedding(e) }
+    }
+
+    #[test]
+    fn batch_round_trips_with_unit_vectors_and_norms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
+        let keys = s.add_batch(&[image("a.jpg", "h1", vec![3.0, 4.0]), image("b.jpg", "h2", vec![0.0, 2.0])]).unwrap();
+        assert_eq!(keys.len(), 2);
+        drop(s);
+        let s = Store::open(dir.path(), "lite0", 2).unwrap();
+        let a = s.by_path("a.jpg").unwrap().unwrap();
+        assert_eq!(s.vector(a.row), &[0.6, 0.8]);
+        assert_eq!(a.norm, 5.0);
+        assert_eq!(s.len().unwrap(), 2);
+    }
+
+    #[test]
+    fn uncommitted_vector_rows_are_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
+        s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
+        drop(s);
+        // A crash after appending a batch's vectors, before its transaction.
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("vectors.f32")).unwrap();
+        f.write_all(&[0u8; 8 * 3]).unwrap();
+        drop(f);
+        let s = Store::open(dir.path(), "lite0", 2).unwrap();
+        assert_eq!(s.vectors().len(), 2);
+        assert_eq!(std::fs::metadata(dir.path().join("vectors.f32")).unwrap().len(), 64 + 8);
+    }
+
+    #[test]
+    fn truncated_vector_file_is_reported_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
+        s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
+        drop(s);
+        std::fs::OpenOptions::new().write(true).open(dir.path().join("vectors.f32")).unwrap().set_len(66).unwrap();
+        let err = Store::open(dir.path(), "lite0", 2).err().unwrap().to_string();
+        assert!(err.contains("damaged") && err.contains("vectors.f32"), "{err}");
+    }
+
+    #[test]
+    fn another_backbone_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), "lite0", 2).unwrap());
+        let err = Store::open(dir.path(), "lite2", 2).err().unwrap().to_string();
+        assert!(err.contains("--backbone lite0"), "{err}");
+    }
+
+    #[test]
+    fn same_content_shares_a_row_and_delete_keeps_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
+        s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
+        let a = s.by_path("a.jpg").unwrap().unwrap();
+        let copy = NewImage { vector: NewVector::SameAs { row: a.row, norm: a.norm }, ..image("copy.jpg", "h1", vec![]) };
+        s.add_batch(&[copy]).unwrap();
+        assert_eq!(s.vectors().len(), 2, "no new row for identical content");
+        assert_eq!(s.by_hash("h1").unwrap().len(), 2);
+        s.delete(&[a.key]).unwrap();
+        assert_eq!(s.all().unwrap().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["copy.jpg"]);
+    }
+}

@@ -8,6 +8,7 @@ mod bad_input;
 mod checkpoint;
 mod cli;
 mod embed;
+mod index;
 mod words;
 
 use std::path::PathBuf;

@@ -1,0 +1,143 @@
+//! Indexing and searching a collection (needs models): incremental re-runs,
+//! moves, copies, deletions, bad files, and a SIGKILL mid-run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use imgsearch::indexer::index_folders;
+use imgsearch::store::Store;
+
+use crate::{lite0, pascal_images};
+
+/// Copies the first `per_label` images of each of `labels` into `dir/<label>/`.
+fn copy_images(dir: &Path, labels: &[&str], per_label: usize) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for label in labels {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(pascal_images().join(label)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        std::fs::create_dir_all(dir.join(label)).unwrap();
+        for f in files.into_iter().take(per_label) {
+            let dst = dir.join(label).join(f.file_name().unwrap());
+            std::fs::copy(&f, &dst).unwrap();
+            out.push(dst);
+        }
+    }
+    out
+}
+
+fn open(db: &Path) -> Store {
+    Store::open(db, "lite0", 1280).unwrap()
+}
+
+#[test]
+fn index_is_incremental_and_follows_moves_copies_and_deletions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = copy_images(&photos, &["cat", "dog", "boat"], 3);
+    std::fs::write(photos.join("cat/broken.jpg"), b"not really a jpeg").unwrap();
+    let db = tmp.path().join("db");
+    let embedder = lite0();
+
+    let mut store = open(&db);
+    let first = index_folders(&mut store, &embedder, &[photos.clone()], |_, _| {}).unwrap();
+    assert_eq!(first.embedded, 9);
+    assert_eq!(first.failed.len(), 1, "{:?}", first.failed);
+    assert!(first.failed[0].0.ends_with("broken.jpg"));
+    assert_eq!(store.len().unwrap(), 9);
+    let labels: Vec<String> = store.all().unwrap().iter().map(|r| r.label.clone()).collect();
+    assert_eq!(labels.iter().filter(|l| *l == "dog").count(), 3);
+
+    // Nothing changed: nothing is read again.
+    let again = index_folders(&mut store, &embedder, &[photos.clone()], |_, _| {}).unwrap();
+    assert_eq!((again.embedded, again.unchanged), (0, 9));
+
+    // A move keeps the key and is not re-embedded; a copy shares its row; a deletion is dropped.
+    let moved_from = files[0].canonicalize().unwrap();
+    let key_before = store.by_path(moved_from.to_str().unwrap()).unwrap().unwrap().key;
+    std::fs::create_dir_all(photos.join("pets")).unwrap();
+    let moved_to = photos.join("pets/renamed.jpg");
+    std::fs::rename(&files[0], &moved_to).unwrap();
+    std::fs::copy(&files[3], photos.join("dog/copy.jpg")).unwrap();
+    std::fs::remove_file(&files[8]).unwrap();
+    let rows_before = store.vectors().len();
+    let third = index_folders(&mut store, &embedder, &[photos.clone()], |_, _| {}).unwrap();
+    assert_eq!((third.embedded, third.moved, third.copies, third.removed), (0, 1, 1, 1), "{third:?}");
+    assert_eq!(store.vectors().len(), rows_before, "no new embedding rows");
+    let moved = store.by_path(moved_to.canonicalize().unwrap().to_str().unwrap()).unwrap().unwrap();
+    assert_eq!(moved.key, key_before);
+    assert_eq!(moved.label, "pets");
+    assert_eq!(store.len().unwrap(), 9);
+}
+
+#[test]
+fn search_cli_by_key_with_class_weights_and_max_distance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&photos, &["cat"], 8);
+    copy_images(&photos, &["bottle"], 4);
+    let db = tmp.path().join("db");
+    let bin = env!("CARGO_BIN_EXE_imgsearch");
+    let ok = Command::new(bin).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The tutorial's example: a bottle photo whose class-284 neighbours are cats.
+    let bottle = photos.join("bottle/2008_000112.jpg");
+    assert!(bottle.exists());
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin).arg("--db").arg(&db).args(["search", "--json", "--image"]).arg(&bottle).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let plain = run(&["-k", "8"]);
+    // sqrt(2 - 2cos) turns float rounding of cos = 1 into ~3e-4.
+    assert!(plain[0]["distance"].as_f64().unwrap() < 1e-3, "an indexed query finds itself first: {plain}");
+    assert_eq!(plain[0]["label"], "bottle");
+    let cats = run(&["-k", "5", "--class", "284"]);
+    let cat_count = cats.as_array().unwrap().iter().filter(|r| r["label"] == "cat").count();
+    assert!(cat_count >= 3, "class 284 (Siamese cat) pulls cats forward: {cats}");
+    let near = run(&["-k", "8", "--max-distance", "0.5"]);
+    assert!(near.as_array().unwrap().iter().all(|r| r["distance"].as_f64().unwrap() <= 0.5));
+    // By key, and an unknown class name gets suggestions.
+    let key = plain[0]["key"].to_string();
+    let by_key = Command::new(bin).arg("--db").arg(&db).args(["search", "--json", "-k", "1", "--image", &key]).output().unwrap();
+    let by_key: serde_json::Value = serde_json::from_slice(&by_key.stdout).unwrap();
+    assert_eq!(by_key[0]["key"].to_string(), key);
+    let bad = Command::new(bin).arg("--db").arg(&db).args(["search", "--class", "siamse kat", "--image", &key]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("Siamese cat"));
+}
+
+/// Kills the indexer (SIGKILL) mid-run; the re-run completes with every image indexed once.
+#[test]
+fn killed_indexer_resumes_without_loss_or_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = copy_images(&photos, &["aeroplane", "bicycle", "bird", "boat", "bus", "car"], 50);
+    let db = tmp.path().join("db");
+    let bin = env!("CARGO_BIN_EXE_imgsearch");
+    let mut child = Command::new(bin).arg("--db").arg(&db).arg("index").arg(&photos).spawn().unwrap();
+    // Wait until at least one batch is committed, then kill.
+    let start = std::time::Instant::now();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let committed = db.join("meta.sqlite").exists()
+            && rusqlite::Connection::open(db.join("meta.sqlite"))
+                .and_then(|c| c.query_row("SELECT COUNT(*) FROM images", [], |r| r.get::<_, i64>(0)))
+                .unwrap_or(0)
+                > 0;
+        if committed || start.elapsed().as_secs() > 60 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = open(&db).len().unwrap();
+    assert!(partial < files.len(), "killed before the end ({partial} of {})", files.len());
+
+    let out = Command::new(bin).arg("--db").arg(&db).args(["index", "--json"]).arg(&photos).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let store = open(&db);
+    assert_eq!(store.len().unwrap(), files.len(), "every image indexed");
+    assert_eq!(report["embedded"].as_u64().unwrap() as usize, files.len() - partial, "committed batches are not redone");
+    assert_eq!(store.vectors().len() / 1280, files.len(), "one vector row per image, none duplicated");
+}

@@ -2,8 +2,13 @@
 //!
 //! [`VectorIndex`] is the seam; [`ExactIndex`] scans every vector (in
 //! parallel, vectorised) and is the ground truth that anything approximate
-//! is measured against. Distance is angular, as Annoy reports it:
+//! is measured against; [`HnswIndex`] is the approximate one, used above
+//! [`HNSW_MIN_ROWS`]. Distance is angular, as Annoy reports it:
 //! `sqrt(2 - 2 cos)`, 0 for the same direction, 2 for opposite.
+
+mod hnsw;
+
+pub use hnsw::{HnswIndex, HnswParams, UnitDot};
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -11,6 +16,10 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use crate::simd::simd;
+
+/// Stores with at least this many vectors are searched through HNSW
+/// (below it an exact scan takes well under a millisecond or two).
+pub const HNSW_MIN_ROWS: usize = 20_000;
 
 /// One result: the position of a vector in the index and its distance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -152,7 +161,7 @@ impl Ord for Worst {
 }
 
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
@@ -216,6 +225,78 @@ mod tests {
         ids.sort();
         assert_eq!(ids, [0, 1, 2, 4998, 4999]);
         assert_eq!(hits[0].id, 0);
+    }
+
+    /// Clustered unit vectors, deterministic.
+    fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let centers: Vec<f32> = (0..clusters * dim).map(|_| rnd()).collect();
+        (0..n)
+            .flat_map(|i| {
+                let c = &centers[(i % clusters) * dim..][..dim];
+                let v: Vec<f32> = c.iter().map(|x| x + 0.3 * rnd()).collect();
+                unit(&v)
+            })
+            .collect()
+    }
+
+    /// The same behaviour asked of every index implementation.
+    fn shared_suite(index: &dyn VectorIndex, vectors: &[f32], dim: usize) {
+        let n = vectors.len() / dim;
+        assert_eq!(index.len(), n);
+        for probe in [0, n / 3, n - 1] {
+            let row = &vectors[probe * dim..(probe + 1) * dim];
+            let hits = index.search(row, 5);
+            assert_eq!(hits.len(), 5);
+            assert_eq!(hits[0].id, probe, "a stored vector finds itself first");
+            assert!(hits[0].distance < 1e-3);
+            assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance), "nearest first");
+        }
+        assert!(index.search(&vec![0.0; dim], 5).is_empty(), "a zero query has no direction");
+        assert!(index.search(&vectors[..dim], 0).is_empty());
+    }
+
+    #[test]
+    fn exact_index_passes_the_shared_suite() {
+        let v = clustered(3000, 32, 20, 7);
+        shared_suite(&ExactIndex::new(&v, 32), &v, 32);
+    }
+
+    #[test]
+    fn hnsw_index_passes_the_shared_suite_and_agrees_with_exact() {
+        let dim = 32;
+        let v = clustered(3000, dim, 20, 11);
+        let hnsw = HnswIndex::build(&v, dim, HnswParams::default());
+        shared_suite(&hnsw, &v, dim);
+        let exact = ExactIndex::new(&v, dim);
+        let queries = clustered(50, dim, 20, 99);
+        let mut found = 0;
+        for q in queries.chunks_exact(dim) {
+            let truth: Vec<usize> = exact.search(q, 10).iter().map(|h| h.id).collect();
+            found += hnsw.search(q, 10).iter().filter(|h| truth.contains(&h.id)).count();
+        }
+        let recall = found as f64 / 500.0;
+        assert!(recall >= 0.95, "recall@10 against exact: {recall}");
+    }
+
+    #[test]
+    fn hnsw_index_survives_save_and_load() {
+        let dim = 16;
+        let v = clustered(500, dim, 10, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let built = HnswIndex::build(&v, dim, HnswParams::default());
+        built.save(dir.path()).unwrap();
+        assert!(HnswIndex::exists(dir.path()));
+        let loaded = HnswIndex::load(dir.path(), HnswParams::default()).unwrap();
+        let q = &v[42 * dim..43 * dim];
+        assert_eq!(loaded.search(q, 5), built.search(q, 5));
+        shared_suite(&loaded, &v, dim);
     }
 
     #[test]

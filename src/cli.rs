@@ -75,6 +75,9 @@ pub struct SearchArgs {
     /// Backbone network of the index.
     #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
     pub backbone: String,
+    /// Scan every vector instead of using the HNSW index (used above 20k images).
+    #[arg(long)]
+    pub exact: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -216,6 +219,7 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    let hnsw_rows = update_hnsw(&store)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -231,11 +235,37 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
             store.len()?,
             db.display()
         );
+        if let Some(rows) = hnsw_rows {
+            println!("HNSW index: {rows} vectors");
+        }
     }
     for (path, reason) in &report.failed {
         eprintln!("skipped: {}: {reason}", path.display());
     }
     Ok(())
+}
+
+/// Keeps the HNSW graph in step with the store once it is large enough:
+/// new rows are inserted into the saved graph (or it is built the first time).
+fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
+    use crate::index::{HnswIndex, HnswParams, VectorIndex, HNSW_MIN_ROWS};
+    let dim = store.dim();
+    let rows = store.vectors().len() / dim;
+    if rows < HNSW_MIN_ROWS {
+        return Ok(None);
+    }
+    let saved = if HnswIndex::exists(store.dir()) { Some(HnswIndex::load(store.dir(), HnswParams::default())?) } else { None };
+    let index = match saved {
+        Some(index) if index.len() == rows => return Ok(Some(rows)),
+        Some(mut index) if index.len() < rows => {
+            let covered = index.len();
+            index.insert_rows(store.vectors(), dim, covered);
+            index
+        }
+        _ => HnswIndex::build(store.vectors(), dim, HnswParams::default()),
+    };
+    index.save(store.dir())?;
+    Ok(Some(rows))
 }
 
 #[derive(Debug, Serialize)]
@@ -306,7 +336,19 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     for r in &records {
         by_row.entry(r.row).or_default().push(r);
     }
-    let index = ExactIndex::new(store.vectors(), store.dim());
+    let exact = ExactIndex::new(store.vectors(), store.dim());
+    let rows = store.vectors().len() / store.dim();
+    // HNSW when it covers every row; class weighting changes the metric, so it scans.
+    let hnsw = if !a.exact && a.class.is_none() && crate::index::HnswIndex::exists(store.dir()) {
+        let h = crate::index::HnswIndex::load(store.dir(), crate::index::HnswParams::default())?;
+        (h.len() == rows).then_some(h)
+    } else {
+        None
+    };
+    let index: &dyn VectorIndex = match &hnsw {
+        Some(h) => h,
+        None => &exact,
+    };
     let weights = match &a.class {
         Some(spec) => {
             let c = resolve_class(spec)?;
@@ -318,7 +360,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     let mut want = a.k + 8;
     let results = loop {
         let hits = match &weights {
-            Some(w) => index.search_weighted(&query, w, want),
+            Some(w) => exact.search_weighted(&query, w, want),
             None => index.search(&query, want),
         };
         let mut out = Vec::new();

@@ -1,0 +1,133 @@
+//! Vector search at scale, on synthetic clustered unit vectors (1280-d):
+//! HNSW build time (all cores), query p50/p99 on one thread for the exact
+//! scan and for HNSW, recall@10 of HNSW against exact full-precision search,
+//! and memory. Then the end-to-end indexing rate of the 1000 real images.
+//!
+//! `cargo bench --bench index` (N = 100k). The 1M run is the same bench:
+//! `IMGSEARCH_BENCH_N=1000000 cargo bench --bench index` (builds for a while;
+//! needs ~12 GB). `IMGSEARCH_BENCH_EF` sets HNSW's ef at query time (64).
+
+use std::time::Instant;
+
+use imgsearch::index::{ExactIndex, HnswIndex, HnswParams, VectorIndex};
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+/// `n` unit vectors around `clusters` random centres (like CNN embeddings of
+/// a collection: many near-duplicates, clear groups).
+fn clustered(n: usize, dim: usize, clusters: usize, rng: &mut Rng) -> Vec<f32> {
+    let centers: Vec<f32> = (0..clusters * dim).map(|_| rng.next()).collect();
+    let mut out = Vec::with_capacity(n * dim);
+    let mut v = vec![0f32; dim];
+    for i in 0..n {
+        let c = &centers[(i * 7919 % clusters) * dim..][..dim];
+        for (x, &m) in v.iter_mut().zip(c) {
+            *x = m + 0.25 * rng.next();
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        out.extend(v.iter().map(|x| x / norm));
+    }
+    out
+}
+
+fn time_queries(index: &dyn VectorIndex, queries: &[f32], dim: usize) -> (Vec<Vec<usize>>, Vec<f64>) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| {
+        let mut ids = Vec::new();
+        let mut ms = Vec::new();
+        for q in queries.chunks_exact(dim) {
+            let t = Instant::now();
+            let hits = index.search(q, 10);
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            ids.push(hits.iter().map(|h| h.id).collect());
+        }
+        ms.sort_by(f64::total_cmp);
+        (ids, ms)
+    })
+}
+
+fn main() {
+    let n: usize = std::env::var("IMGSEARCH_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let ef: usize = std::env::var("IMGSEARCH_BENCH_EF").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let dim = 1280;
+    let n_queries = 200;
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let rss0 = rss_mb();
+    let vectors = clustered(n, dim, (n / 100).max(10), &mut rng);
+    // Queries: fresh points from the same distribution (not in the index).
+    let queries = clustered(n_queries, dim, (n / 100).max(10), &mut Rng(0x9E3779B97F4A7C15));
+    let queries: Vec<f32> = queries.chunks_exact(dim).flat_map(|q| {
+        let noisy: Vec<f32> = q.iter().map(|x| x + 0.01 * rng.next()).collect();
+        let norm = noisy.iter().map(|x| x * x).sum::<f32>().sqrt();
+        noisy.into_iter().map(move |x| x / norm)
+    }).collect();
+    let rss_vectors = rss_mb() - rss0;
+    println!("N = {n}, dim {dim}, vectors {:.0} MB", rss_vectors);
+
+    let exact = ExactIndex::new(&vectors, dim);
+    let (truth, exact_ms) = time_queries(&exact, &queries[..dim * 50.min(n_queries)], dim);
+    let (truth_all, _) = if n <= 200_000 { time_queries(&exact, &queries, dim) } else { (truth.clone(), vec![]) };
+    println!("exact scan, 1 thread: p50 {:.2} ms, p99 {:.2} ms", pct(&exact_ms, 0.5), pct(&exact_ms, 0.99));
+
+    let rss_before = rss_mb();
+    let t = Instant::now();
+    let mut hnsw = HnswIndex::build(&vectors, dim, HnswParams::default());
+    let build_s = t.elapsed().as_secs_f64();
+    hnsw.set_ef_search(ef);
+    println!(
+        "HNSW (M=16, ef_construction=100) build: {:.1} s on {} threads, +{:.0} MB",
+        build_s,
+        rayon::current_num_threads(),
+        rss_mb() - rss_before
+    );
+    let (found, hnsw_ms) = time_queries(&hnsw, &queries, dim);
+    let truth_used = if truth_all.len() == found.len() { &truth_all } else { &truth };
+    let hits: usize = truth_used.iter().zip(&found).map(|(t, f)| f.iter().filter(|id| t.contains(id)).count()).sum();
+    let recall = hits as f64 / (truth_used.len() * 10) as f64;
+    println!(
+        "HNSW ef={ef}, 1 thread: p50 {:.3} ms, p99 {:.3} ms, recall@10 vs exact {:.3} ({} queries)",
+        pct(&hnsw_ms, 0.5),
+        pct(&hnsw_ms, 0.99),
+        recall,
+        truth_used.len()
+    );
+    println!("memory: RSS {:.0} MB in all", rss_mb());
+
+    if std::env::var_os("IMGSEARCH_BENCH_SKIP_REAL").is_none() {
+        // End-to-end indexing of the 1000 real images into a fresh store.
+        let images = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
+        let db = tempfile::tempdir().unwrap();
+        let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/imgsearch");
+        let bin = std::env::var_os("CARGO_TARGET_DIR").map(|d| std::path::PathBuf::from(d).join("release/imgsearch")).filter(|p| p.exists()).unwrap_or(bin);
+        let t = Instant::now();
+        let out = std::process::Command::new(&bin).arg("--db").arg(db.path()).arg("index").arg(&images).output();
+        match out {
+            Ok(o) if o.status.success() => println!(
+                "index 1000 real images end to end (decode, embed, store): {:.1} s, {:.0} img/s",
+                t.elapsed().as_secs_f64(),
+                1000.0 / t.elapsed().as_secs_f64()
+            ),
+            _ => println!("index of real images skipped: build the binary first (cargo build --release)"),
+        }
+    }
+}

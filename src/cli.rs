@@ -248,10 +248,10 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
 /// Keeps the HNSW graph in step with the store once it is large enough:
 /// new rows are inserted into the saved graph (or it is built the first time).
 fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
-    use crate::index::{HnswIndex, HnswParams, VectorIndex, HNSW_MIN_ROWS};
+    use crate::index::{hnsw_min_rows, HnswIndex, HnswParams, VectorIndex};
     let dim = store.dim();
     let rows = store.vectors().len() / dim;
-    if rows < HNSW_MIN_ROWS {
+    if rows < hnsw_min_rows() {
         return Ok(None);
     }
     let saved = if HnswIndex::exists(store.dir()) { Some(HnswIndex::load(store.dir(), HnswParams::default())?) } else { None };

@@ -17,9 +17,15 @@ use rayon::prelude::*;
 
 use crate::simd::simd;
 
-/// Stores with at least this many vectors are searched through HNSW
-/// (below it an exact scan takes well under a millisecond or two).
+/// Stores with at least this many vectors are searched through HNSW (below
+/// it an exact scan takes a few milliseconds). `IMGSEARCH_HNSW_MIN_ROWS`
+/// overrides it (tests use a small value).
 pub const HNSW_MIN_ROWS: usize = 20_000;
+
+/// [`HNSW_MIN_ROWS`], or its override from the environment.
+pub fn hnsw_min_rows() -> usize {
+    std::env::var("IMGSEARCH_HNSW_MIN_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(HNSW_MIN_ROWS)
+}
 
 /// One result: the position of a vector in the index and its distance.
 #[derive(Debug, Clone, Copy, PartialEq)]

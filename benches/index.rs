@@ -5,7 +5,9 @@
 //!
 //! `cargo bench --bench index` (N = 100k). The 1M run is the same bench:
 //! `IMGSEARCH_BENCH_N=1000000 cargo bench --bench index` (builds for a while;
-//! needs ~12 GB). `IMGSEARCH_BENCH_EF` sets HNSW's ef at query time (64).
+//! needs ~12 GB). `IMGSEARCH_BENCH_EF` lists HNSW's ef values to sweep at
+//! query time (default `64,128,256`); `IMGSEARCH_BENCH_HNSW_DIR` saves the
+//! built graph there, and a later run with the same N loads it instead.
 
 use std::time::Instant;
 
@@ -68,7 +70,12 @@ fn time_queries(index: &dyn VectorIndex, queries: &[f32], dim: usize) -> (Vec<Ve
 
 fn main() {
     let n: usize = std::env::var("IMGSEARCH_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let ef: usize = std::env::var("IMGSEARCH_BENCH_EF").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+    let efs: Vec<usize> = std::env::var("IMGSEARCH_BENCH_EF")
+        .unwrap_or_else(|_| "64,128,256".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let saved = std::env::var_os("IMGSEARCH_BENCH_HNSW_DIR").map(|d| std::path::PathBuf::from(d).join(format!("n{n}")));
     let dim = 1280;
     let n_queries = 200;
     let mut rng = Rng(0x9E3779B97F4A7C15);
@@ -91,26 +98,42 @@ fn main() {
 
     let rss_before = rss_mb();
     let t = Instant::now();
-    let mut hnsw = HnswIndex::build(&vectors, dim, HnswParams::default());
-    let build_s = t.elapsed().as_secs_f64();
-    hnsw.set_ef_search(ef);
-    println!(
-        "HNSW (M=16, ef_construction=100) build: {:.1} s on {} threads, +{:.0} MB",
-        build_s,
-        rayon::current_num_threads(),
-        rss_mb() - rss_before
-    );
-    let (found, hnsw_ms) = time_queries(&hnsw, &queries, dim);
-    let truth_used = if truth_all.len() == found.len() { &truth_all } else { &truth };
-    let hits: usize = truth_used.iter().zip(&found).map(|(t, f)| f.iter().filter(|id| t.contains(id)).count()).sum();
-    let recall = hits as f64 / (truth_used.len() * 10) as f64;
-    println!(
-        "HNSW ef={ef}, 1 thread: p50 {:.3} ms, p99 {:.3} ms, recall@10 vs exact {:.3} ({} queries)",
-        pct(&hnsw_ms, 0.5),
-        pct(&hnsw_ms, 0.99),
-        recall,
-        truth_used.len()
-    );
+    let mut hnsw = match &saved {
+        Some(dir) if HnswIndex::exists(dir) => {
+            let h = HnswIndex::load(dir, HnswParams::default()).unwrap();
+            println!("HNSW loaded from {} in {:.1} s", dir.display(), t.elapsed().as_secs_f64());
+            h
+        }
+        _ => {
+            let h = HnswIndex::build(&vectors, dim, HnswParams::default());
+            println!(
+                "HNSW (M=16, ef_construction=100) build: {:.1} s on {} threads, +{:.0} MB",
+                t.elapsed().as_secs_f64(),
+                rayon::current_num_threads(),
+                rss_mb() - rss_before
+            );
+            if let Some(dir) = &saved {
+                std::fs::create_dir_all(dir).unwrap();
+                h.save(dir).unwrap();
+            }
+            h
+        }
+    };
+    for &ef in &efs {
+        hnsw.set_ef_search(ef);
+        let n_q = if truth_all.len() == n_queries { n_queries } else { truth.len() };
+        let (found, hnsw_ms) = time_queries(&hnsw, &queries[..n_q * dim], dim);
+        let truth_used = if truth_all.len() == found.len() { &truth_all } else { &truth };
+        let hits: usize = truth_used.iter().zip(&found).map(|(t, f)| f.iter().filter(|id| t.contains(id)).count()).sum();
+        let recall = hits as f64 / (truth_used.len() * 10) as f64;
+        println!(
+            "HNSW ef={ef}, 1 thread: p50 {:.3} ms, p99 {:.3} ms, recall@10 vs exact {:.3} ({} queries)",
+            pct(&hnsw_ms, 0.5),
+            pct(&hnsw_ms, 0.99),
+            recall,
+            truth_used.len()
+        );
+    }
     println!("memory: RSS {:.0} MB in all", rss_mb());
 
     if std::env::var_os("IMGSEARCH_BENCH_SKIP_REAL").is_none() {

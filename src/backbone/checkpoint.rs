@@ -48,9 +48,9 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
         reason,
     };
     if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(&bytes).map_err(|e| bad(e))
+        read_zip(&bytes).map_err(bad)
     } else if bytes.first() == Some(&0x80) {
-        read_legacy(&bytes).map_err(|e| bad(e))
+        read_legacy(&bytes).map_err(bad)
     } else {
         Err(bad(
             "neither a zip nor a legacy pickle checkpoint (unknown first bytes)".into(),

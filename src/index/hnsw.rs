@@ -46,6 +46,18 @@ impl Default for HnswParams {
     }
 }
 
+/// The query-time candidate list for a graph of `n` vectors. Measured on
+/// clustered 1280-d vectors (`cargo bench --bench index`): ef 64 gives
+/// recall@10 0.965 at 100k but 0.60 at 1M, where ef 512 gives 0.944.
+pub fn ef_search_for(n: usize) -> usize {
+    match n {
+        0..=150_000 => 64,
+        150_001..=400_000 => 128,
+        400_001..=700_000 => 256,
+        _ => 512,
+    }
+}
+
 /// An HNSW graph over the rows of a vector set; ids are row numbers.
 pub struct HnswIndex {
     hnsw: Hnsw<'static, f32, UnitDot>,
@@ -58,7 +70,7 @@ impl HnswIndex {
     pub fn build(vectors: &[f32], dim: usize, params: HnswParams) -> Self {
         let n = vectors.len() / dim;
         let hnsw = Hnsw::new(params.m, n.max(1), 16, params.ef_construction, UnitDot);
-        let mut index = Self { hnsw, len: 0, ef_search: params.ef_search };
+        let mut index = Self { hnsw, len: 0, ef_search: params.ef_search.max(ef_search_for(n)) };
         index.insert_rows(vectors, dim, 0);
         index
     }
@@ -98,7 +110,7 @@ impl HnswIndex {
             .load_hnsw()
             .map_err(|e| Error::Store { path: dir.join(BASENAME), reason: format!("cannot load the HNSW index: {e}; delete hnsw.* to rebuild it") })?;
         let len = hnsw.get_nb_point();
-        Ok(Self { hnsw, len, ef_search: params.ef_search })
+        Ok(Self { hnsw, len, ef_search: params.ef_search.max(ef_search_for(len)) })
     }
 }
 

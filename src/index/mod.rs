@@ -8,7 +8,7 @@
 
 mod hnsw;
 
-pub use hnsw::{HnswIndex, HnswParams, UnitDot};
+pub use hnsw::{ef_search_for, HnswIndex, HnswParams, UnitDot};
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

@@ -35,6 +35,8 @@ pub struct WordVectors {
     sorted_at: usize,
     offsets_at: usize,
     text_at: usize,
+    /// The int8 copy search scans, made on first use.
+    quantized: std::sync::OnceLock<super::search::Quantized>,
 }
 
 fn align64(n: usize) -> usize {
@@ -119,7 +121,18 @@ impl WordVectors {
         if !fits {
             return Err(bad("corrupt header"));
         }
-        let wv = Self { mmap, path: path.to_path_buf(), dim, count, unit_at, norms_at, sorted_at, offsets_at, text_at };
+        let wv = Self {
+            mmap,
+            path: path.to_path_buf(),
+            dim,
+            count,
+            unit_at,
+            norms_at,
+            sorted_at,
+            offsets_at,
+            text_at,
+            quantized: std::sync::OnceLock::new(),
+        };
         if wv.offsets()[count] as usize + text_at > wv.mmap.len() {
             return Err(bad("truncated word text"));
         }
@@ -150,6 +163,10 @@ impl WordVectors {
     /// All unit vectors, row-major `[len, dim]`.
     pub fn unit_vectors(&self) -> &[f32] {
         self.f32s(self.unit_at, self.count * self.dim)
+    }
+
+    pub(super) fn quantized(&self) -> &super::search::Quantized {
+        self.quantized.get_or_init(|| super::search::Quantized::new(self.unit_vectors(), self.dim))
     }
 
     /// Word `id`'s unit vector.

@@ -39,7 +39,7 @@ fn index_is_incremental_and_follows_moves_copies_and_deletions() {
     let embedder = lite0();
 
     let mut store = open(&db);
-    let first = index_folders(&mut store, &embedder, &[photos.clone()], |_, _| {}).unwrap();
+    let first = index_folders(&mut store, &embedder, std::slice::from_ref(&photos), |_, _| {}).unwrap();
     assert_eq!(first.embedded, 9);
     assert_eq!(first.failed.len(), 1, "{:?}", first.failed);
     assert!(first.failed[0].0.ends_with("broken.jpg"));
@@ -48,7 +48,7 @@ fn index_is_incremental_and_follows_moves_copies_and_deletions() {
     assert_eq!(labels.iter().filter(|l| *l == "dog").count(), 3);
 
     // Nothing changed: nothing is read again.
-    let again = index_folders(&mut store, &embedder, &[photos.clone()], |_, _| {}).unwrap();
+    let again = index_folders(&mut store, &embedder, std::slice::from_ref(&photos), |_, _| {}).unwrap();
     assert_eq!((again.embedded, again.unchanged), (0, 9));
 
     // A move keeps the key and is not re-embedded; a copy shares its row; a deletion is dropped.
@@ -60,7 +60,7 @@ fn index_is_incremental_and_follows_moves_copies_and_deletions() {
     std::fs::copy(&files[3], photos.join("dog/copy.jpg")).unwrap();
     std::fs::remove_file(&files[8]).unwrap();
     let rows_before = store.vectors().len();
-    let third = index_folders(&mut store, &embedder, &[photos.clone()], |_, _| {}).unwrap();
+    let third = index_folders(&mut store, &embedder, std::slice::from_ref(&photos), |_, _| {}).unwrap();
     assert_eq!((third.embedded, third.moved, third.copies, third.removed), (0, 1, 1, 1), "{third:?}");
     assert_eq!(store.vectors().len(), rows_before, "no new embedding rows");
     let moved = store.by_path(moved_to.canonicalize().unwrap().to_str().unwrap()).unwrap().unwrap();

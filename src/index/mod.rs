@@ -151,9 +151,10 @@ impl VectorIndex for ExactIndex<'_> {
     }
 }
 
-/// Heap entry whose maximum is the worst kept similarity.
+/// A `(similarity, id)` heap entry whose maximum is the worst kept similarity,
+/// so a `BinaryHeap` of them keeps the best k.
 #[derive(PartialEq)]
-struct Worst(f32, usize);
+pub(crate) struct Worst(pub(crate) f32, pub(crate) usize);
 impl Eq for Worst {}
 impl PartialOrd for Worst {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
@@ -278,8 +279,11 @@ mod tests {
     fn hnsw_index_passes_the_shared_suite_and_agrees_with_exact() {
         let dim = 32;
         let v = clustered(3000, dim, 20, 11);
-        let hnsw = HnswIndex::build(&v, dim, HnswParams::default());
+        let mut hnsw = HnswIndex::build(&v, dim, HnswParams::default());
         shared_suite(&hnsw, &v, dim);
+        // Insertion order across threads varies, so the graph does: ask for a
+        // comfortable candidate list so the bar holds run after run.
+        hnsw.set_ef_search(200);
         let exact = ExactIndex::new(&v, dim);
         let queries = clustered(50, dim, 20, 99);
         let mut found = 0;
@@ -288,7 +292,7 @@ mod tests {
             found += hnsw.search(q, 10).iter().filter(|h| truth.contains(&h.id)).count();
         }
         let recall = found as f64 / 500.0;
-        assert!(recall >= 0.95, "recall@10 against exact: {recall}");
+        assert!(recall >= 0.97, "recall@10 against exact: {recall}");
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! measured 1.4x slower than this single-threaded loop (`cargo bench --bench
 //! words`, same machine, back to back), and f32 alone was 2x over budget.
 
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
 use super::WordVectors;
+use crate::index::Worst as Scored;
 use crate::simd::simd;
 
 /// Candidates kept from the int8 scan per result asked for (and at least 64).
@@ -47,21 +47,6 @@ impl Quantized {
             codes.extend(row.iter().map(|v| (v / scale).round() as i8));
         }
         Self { codes, scales }
-    }
-}
-
-/// Heap entry ordered so that the heap's top is the worst kept result.
-#[derive(PartialEq)]
-struct Scored(f32, usize);
-impl Eq for Scored {}
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scored {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
     }
 }
 

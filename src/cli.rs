@@ -311,8 +311,16 @@ pub fn resolve_class(spec: &str) -> anyhow::Result<usize> {
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
     use crate::index::{ExactIndex, VectorIndex};
     anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
-    let embedder = load_embedder(models_dir, &a.backbone)?;
-    let store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
+    let store = Store::open(db, &a.backbone, config.embedding_dim())?;
+    // The network is loaded only for a new query file or class weights.
+    let embedder = std::cell::OnceCell::new();
+    let embedder = || -> anyhow::Result<&Embedder> {
+        if embedder.get().is_none() {
+            let _ = embedder.set(load_embedder(models_dir, &a.backbone)?);
+        }
+        Ok(embedder.get().expect("set above"))
+    };
     // The query: an indexed key, an indexed file (by path or content), or a new file.
     let by_key = a.image.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten();
     let query: Vec<f32> = match by_key {
@@ -327,15 +335,10 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
             };
             match known {
                 Some(r) => store.vector(r.row).to_vec(),
-                None => embedder.embed_file(&path)?.embedding,
+                None => embedder()?.embed_file(&path)?.embedding,
             }
         }
     };
-    let records = store.all()?;
-    let mut by_row: std::collections::HashMap<u64, Vec<&crate::store::ImageRecord>> = Default::default();
-    for r in &records {
-        by_row.entry(r.row).or_default().push(r);
-    }
     let exact = ExactIndex::new(store.vectors(), store.dim());
     let rows = store.vectors().len() / store.dim();
     // HNSW when it covers every row; class weighting changes the metric, so it scans.
@@ -352,7 +355,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     let weights = match &a.class {
         Some(spec) => {
             let c = resolve_class(spec)?;
-            Some(embedder.model().class_weights().get(c)?.to_vec1::<f32>()?)
+            Some(embedder()?.model().class_weights().get(c)?.to_vec1::<f32>()?)
         }
         None => None,
     };
@@ -363,12 +366,13 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
             Some(w) => exact.search_weighted(&query, w, want),
             None => index.search(&query, want),
         };
-        let mut out = Vec::new();
-        for h in &hits {
-            for r in by_row.get(&(h.id as u64)).into_iter().flatten() {
-                out.push(SearchResult { rank: 0, key: r.key, path: r.path.clone(), label: r.label.clone(), distance: h.distance });
-            }
-        }
+        let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
+        let distance: std::collections::HashMap<u64, f32> = hits.iter().map(|h| (h.id as u64, h.distance)).collect();
+        let out: Vec<SearchResult> = store
+            .by_rows(&rows)?
+            .into_iter()
+            .map(|r| SearchResult { rank: 0, key: r.key, path: r.path, label: r.label, distance: distance[&r.row] })
+            .collect();
         if out.len() >= a.k || hits.len() < want {
             break out;
         }

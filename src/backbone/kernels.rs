@@ -320,6 +320,13 @@ pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bia
 /// Output channels of the stem (fixed in every EfficientNet-Lite).
 pub const STEM_CHANNELS: usize = 32;
 
+/// The stem weights `[27 * 32]` viewed as 27 taps of 32 channels, without copying.
+fn as_taps(w: &[f32]) -> &[[f32; STEM_CHANNELS]] {
+    let (taps, rest) = w.as_chunks::<STEM_CHANNELS>();
+    assert!(rest.is_empty(), "stem weights are whole taps");
+    taps
+}
+
 /// One output row of the stem. The 32 accumulators of a pixel are a fixed-size
 /// array, so they stay in two AVX-512 registers across the 27 taps.
 #[inline(always)]
@@ -330,7 +337,7 @@ fn stem_row(image: &[f32], height: usize, width: usize, w: &[f32], bias: &[f32],
     const C_IN: usize = 3;
     const C: usize = STEM_CHANNELS;
     let bias: [f32; C] = bias.try_into().expect("stem has 32 output channels");
-    let taps: Vec<[f32; C]> = w.chunks_exact(C).map(|t| t.try_into().unwrap()).collect();
+    let taps: &[[f32; C]] = as_taps(w);
     for (ox, px) in out_row.chunks_exact_mut(C).enumerate() {
         let mut acc = bias;
         for ky in 0..K {

@@ -105,7 +105,8 @@ impl Store {
                  label TEXT NOT NULL,
                  row INTEGER NOT NULL,
                  norm REAL NOT NULL);
-             CREATE INDEX IF NOT EXISTS images_hash ON images(hash);",
+             CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
+             CREATE INDEX IF NOT EXISTS images_row ON images(row);",
         )
         .map_err(|e| corrupt(e.to_string()))?;
         let setting = |name: &str| -> Result<Option<String>> {
@@ -233,6 +234,16 @@ impl Store {
 
     pub fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
         self.records(&format!("{} WHERE hash = ?1 ORDER BY key", Self::COLUMNS), [hash])
+    }
+
+    /// The images using each of `rows` (a row is shared by identical files),
+    /// in the order of `rows`; rows no image uses any more are left out.
+    pub fn by_rows(&self, rows: &[u64]) -> Result<Vec<ImageRecord>> {
+        let mut out = Vec::new();
+        for &row in rows {
+            out.extend(self.records(&format!("{} WHERE row = ?1 ORDER BY key", Self::COLUMNS), [row as i64])?);
+        }
+        Ok(out)
     }
 
     pub fn len(&self) -> Result<usize> {

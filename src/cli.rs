@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::backbone::{imagenet_classes, softmax, top_k, Config, Embedder, DEFAULT_MAX_PIXELS};
+use crate::joint::{JointModel, OptimizerKind, TrainOptions};
 use crate::models;
 use crate::store::Store;
 
@@ -41,8 +42,116 @@ pub enum Command {
     Words(WordsArgs),
     /// Index the images under folders (recursively, incrementally).
     Index(IndexArgs),
-    /// Search the index for images like an image (a file or an indexed key).
+    /// Search the index: images like an image (a file or an indexed key), or
+    /// images matching words (`--text`, needs a trained joint model).
     Search(SearchArgs),
+    /// Train the joint image-word model on a folder of label folders (the
+    /// folder is indexed first; stored embeddings are reused).
+    Train(TrainArgs),
+    /// Tag an image with the nearest words of the whole vocabulary (needs a
+    /// trained joint model).
+    Tag(TagArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Folder of label folders (`<label>/<image>`); a label's words are its
+    /// folder name split on `_` (`dining_table` -> dining, table).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// A split file (`{"train": [...], "test": [...]}`, keys `label/file`
+    /// relative to --data); default: a seeded 80/20 split per label.
+    #[arg(long, value_name = "FILE")]
+    pub split: Option<PathBuf>,
+    /// Backbone network (the index's).
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+    /// Word-vector file for the targets (default: GloVe 6B 50d).
+    #[arg(long = "words", value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
+    /// Train without labels whose words are not in the vocabulary (instead of stopping).
+    #[arg(long)]
+    pub skip_unknown_labels: bool,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Print the training report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The training recipe; defaults are the tutorial's.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecipeArgs {
+    #[arg(long, default_value_t = 50)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    pub optimizer: OptimizerKind,
+    /// Learning rate (default: 0.01 for SGD, 0.001 for Adam).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Plain momentum instead of Nesterov's.
+    #[arg(long)]
+    pub no_nesterov: bool,
+    /// Hidden layer width.
+    #[arg(long, default_value_t = 2000)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f64,
+    /// Seed for initialisation, shuffling, dropout and the default split.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl RecipeArgs {
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            optimizer: self.optimizer,
+            learning_rate: self.lr.unwrap_or(match self.optimizer {
+                OptimizerKind::Sgd => 0.01,
+                OptimizerKind::Adam => 0.001,
+            }),
+            momentum: self.momentum,
+            nesterov: !self.no_nesterov,
+            hidden: self.hidden,
+            dropout: self.dropout,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TagArgs {
+    /// The image: a file (embedded on the fly if not indexed) or an indexed key.
+    #[arg(value_name = "FILE|KEY")]
+    pub image: String,
+    /// How many words.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Backbone network of the index.
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+    /// Word-vector file the model was trained with (default: GloVe 6B 50d).
+    #[arg(long = "words", value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
+    /// Print JSON (`[[word index, word, distance], ...]`) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The space image search compares in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Space {
+    /// The CNN's embeddings.
+    Cnn,
+    /// The joint image-word space of the trained model.
+    Joint,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,13 +170,22 @@ pub struct IndexArgs {
 #[derive(Debug, clap::Args)]
 pub struct SearchArgs {
     /// Query image: a file (embedded on the fly if not indexed) or an indexed key.
-    #[arg(long, value_name = "FILE|KEY")]
-    pub image: String,
+    #[arg(long, value_name = "FILE|KEY", required_unless_present = "text", conflicts_with = "text")]
+    pub image: Option<String>,
+    /// Query words, in the joint space: `dog`, `cat sofa` (averaged), `cat -sofa` (subtracted).
+    #[arg(long, allow_hyphen_values = true)]
+    pub text: Option<String>,
+    /// Where `--image` compares: the CNN's embeddings or the joint model's space.
+    #[arg(long, value_enum, default_value_t = Space::Cnn)]
+    pub space: Space,
+    /// Word-vector file the joint model was trained with (default: GloVe 6B 50d).
+    #[arg(long = "words", value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
     /// How many results.
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
     /// Reweight embeddings by one ImageNet class's classifier weights: an index (284) or a name ("Siamese cat").
-    #[arg(long)]
+    #[arg(long, conflicts_with = "text")]
     pub class: Option<String>,
     /// Drop results farther than this angular distance (0..2).
     #[arg(long)]
@@ -198,6 +316,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Words(a) => words(&models_dir, a),
         Command::Index(a) => index(&models_dir, &args.db, a),
         Command::Search(a) => search(&models_dir, &args.db, a),
+        Command::Train(a) => train(&models_dir, &args.db, a),
+        Command::Tag(a) => tag(&models_dir, &args.db, a),
     }
 }
 
@@ -206,20 +326,36 @@ fn load_embedder(models_dir: &std::path::Path, backbone: &str) -> anyhow::Result
     Ok(Embedder::load(&models::backbone_weights(models_dir, &config), config)?)
 }
 
-fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
-    let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+/// Indexes `folders` into `store` with a progress bar, then brings the
+/// HNSW graph and (when a model exists) the joint vectors up to date.
+fn index_into(store: &mut Store, embedder: &Embedder, folders: &[PathBuf]) -> anyhow::Result<crate::indexer::IndexReport> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = crate::indexer::index_folders(&mut store, &embedder, &a.folders, |done, total| {
+    let report = crate::indexer::index_folders(store, embedder, folders, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    for (path, reason) in &report.failed {
+        eprintln!("skipped: {}: {reason}", path.display());
+    }
+    Ok(report)
+}
+
+fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
+    let embedder = load_embedder(models_dir, &a.backbone)?;
+    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let report = index_into(&mut store, &embedder, &a.folders)?;
     let hnsw_rows = update_hnsw(&store)?;
+    let joint_rows = if crate::joint::exists(db) {
+        let model = JointModel::load(db)?;
+        Some(crate::joint::vectors::JointVectors::update(&store, &model)?.len())
+    } else {
+        None
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -238,9 +374,9 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
         if let Some(rows) = hnsw_rows {
             println!("HNSW index: {rows} vectors");
         }
-    }
-    for (path, reason) in &report.failed {
-        eprintln!("skipped: {}: {reason}", path.display());
+        if let Some(rows) = joint_rows {
+            println!("joint embeddings: {rows} vectors");
+        }
     }
     Ok(())
 }
@@ -308,11 +444,56 @@ pub fn resolve_class(spec: &str) -> anyhow::Result<usize> {
     anyhow::bail!("unknown ImageNet class \"{spec}\"; did you mean: {}?", suggestions.join(", "))
 }
 
+/// The raw CNN embedding of `spec`: an indexed key, an indexed file (by
+/// path or content), or a new file embedded with `embed`.
+fn image_embedding(
+    store: &Store,
+    spec: &str,
+    embed: impl FnOnce(&std::path::Path) -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<Vec<f32>> {
+    if let Some(r) = spec.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten() {
+        return Ok(store.embedding(&r));
+    }
+    let path = PathBuf::from(spec);
+    anyhow::ensure!(path.exists(), "{spec}: no such file, and not an indexed key");
+    let canonical = path.canonicalize()?.to_string_lossy().into_owned();
+    let known = match store.by_path(&canonical)? {
+        Some(r) => Some(r),
+        None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
+    };
+    match known {
+        Some(r) => Ok(store.embedding(&r)),
+        None => embed(&path),
+    }
+}
+
+/// Opens the index in `db` for reading; a missing one says how to make it.
+fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
+    anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
+    let config = Config::by_name(backbone).context("unknown backbone")?;
+    Ok(Store::open(db, backbone, config.embedding_dim())?)
+}
+
+/// The joint model of `db`, refused if trained on another backbone.
+fn load_joint(db: &std::path::Path, backbone: &str, words: Option<&crate::words::WordVectors>) -> anyhow::Result<JointModel> {
+    let model = JointModel::load(db)?;
+    let words_id = match words {
+        Some(w) => crate::joint::WordsId::of(w),
+        None => model.info.words.clone(),
+    };
+    model.check_compatible(backbone, &words_id)?;
+    Ok(model)
+}
+
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
     use crate::index::{ExactIndex, VectorIndex};
-    anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
-    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
-    let store = Store::open(db, &a.backbone, config.embedding_dim())?;
+    use crate::joint::vectors::JointVectors;
+    let store = open_index(db, &a.backbone)?;
+    let joint_space = a.text.is_some() || a.space == Space::Joint;
+    anyhow::ensure!(
+        !(joint_space && a.class.is_some()),
+        "--class reweights CNN embeddings; it does not combine with --space joint or --text"
+    );
     // The network is loaded only for a new query file or class weights.
     let embedder = std::cell::OnceCell::new();
     let embedder = || -> anyhow::Result<&Embedder> {
@@ -321,28 +502,32 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         }
         Ok(embedder.get().expect("set above"))
     };
-    // The query: an indexed key, an indexed file (by path or content), or a new file.
-    let by_key = a.image.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten();
-    let query: Vec<f32> = match by_key {
-        Some(r) => store.vector(r.row).to_vec(),
-        None => {
-            let path = PathBuf::from(&a.image);
-            anyhow::ensure!(path.exists(), "{}: no such file, and not an indexed key", a.image);
-            let canonical = path.canonicalize()?.to_string_lossy().into_owned();
-            let known = match store.by_path(&canonical)? {
-                Some(r) => Some(r),
-                None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
-            };
-            match known {
-                Some(r) => store.vector(r.row).to_vec(),
-                None => embedder()?.embed_file(&path)?.embedding,
-            }
+    let embed_new = |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
+    let mut joint_vectors = None;
+    let query: Vec<f32> = if joint_space {
+        let words = match &a.text {
+            Some(_) => Some(crate::words::open(models_dir, a.vectors.as_deref())?),
+            None => None,
+        };
+        let model = load_joint(db, &a.backbone, words.as_ref())?;
+        joint_vectors = Some(JointVectors::update(&store, &model)?);
+        match (&a.text, &words, &a.image) {
+            (Some(text), Some(words), _) => words.query_vector(&crate::words::WordQuery::parse(text)?)?,
+            (_, _, Some(image)) => model.project(&image_embedding(&store, image, embed_new)?)?,
+            _ => unreachable!("clap requires --image or --text"),
         }
+    } else {
+        image_embedding(&store, a.image.as_deref().expect("clap requires --image or --text"), embed_new)?
     };
-    let exact = ExactIndex::new(store.vectors(), store.dim());
-    let rows = store.vectors().len() / store.dim();
-    // HNSW when it covers every row; class weighting changes the metric, so it scans.
-    let hnsw = if !a.exact && a.class.is_none() && crate::index::HnswIndex::exists(store.dir()) {
+    let (vectors, dim) = match &joint_vectors {
+        Some(j) => (j.vectors(), j.dim()),
+        None => (store.vectors(), store.dim()),
+    };
+    let exact = ExactIndex::new(vectors, dim);
+    let rows = vectors.len() / dim;
+    // HNSW over CNN embeddings when it covers every row; class weighting
+    // changes the metric, so it scans; the joint space (50-d) is scanned.
+    let hnsw = if !a.exact && !joint_space && a.class.is_none() && crate::index::HnswIndex::exists(store.dir()) {
         let h = crate::index::HnswIndex::load(store.dir(), crate::index::HnswParams::default())?;
         (h.len() == rows).then_some(h)
     } else {
@@ -390,6 +575,168 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     } else {
         for r in &results {
             println!("{:>3}  {:.4}  {:>6}  {:<14} {}", r.rank, r.distance, r.key, r.label, r.path);
+        }
+    }
+    Ok(())
+}
+
+/// The split to train with: the file given, else a seeded one over `items` (`(key, label)`).
+fn read_split(split: Option<&std::path::Path>, items: &[(String, String)], seed: u64) -> anyhow::Result<crate::joint::data::Split> {
+    Ok(match split {
+        Some(path) => crate::joint::data::Split::read(path)?,
+        None => crate::joint::data::Split::seeded(items, seed),
+    })
+}
+
+/// Examples for a split's keys: `embedding(i)` gives item `i`'s raw
+/// embedding (None when it could not be embedded). Returns the train and
+/// test examples and the split keys that match no usable image.
+fn split_examples(
+    split: &crate::joint::data::Split,
+    items: &[(String, String)],
+    embedding: impl Fn(usize) -> Option<Vec<f32>>,
+) -> (crate::joint::data::Examples, crate::joint::data::Examples, Vec<String>) {
+    let position: std::collections::HashMap<&str, usize> = items.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
+    let (mut train, mut test, mut missing) = (Default::default(), Default::default(), Vec::new());
+    for (keys, out) in [(&split.train, &mut train), (&split.test, &mut test)] {
+        let out: &mut crate::joint::data::Examples = out;
+        for key in keys {
+            match position.get(key.as_str()).and_then(|&i| embedding(i).map(|e| (i, e))) {
+                Some((i, e)) => out.push(key.clone(), items[i].1.clone(), &e),
+                None => missing.push(key.clone()),
+            }
+        }
+    }
+    (train, test, missing)
+}
+
+/// An epoch progress bar showing the loss.
+fn epoch_bar(epochs: usize) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(epochs as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} epoch {pos}/{len}  loss {msg}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> anyhow::Result<()> {
+    use crate::joint::data::{evaluate, fit};
+    let data = LabelledImagesRoot::read(&a.data)?;
+    // Load the word vectors first: a bad --words file fails before any embedding.
+    let words = crate::words::open(models_dir, a.vectors.as_deref())?;
+    let embedder = load_embedder(models_dir, &a.backbone)?;
+    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let indexed = index_into(&mut store, &embedder, std::slice::from_ref(&data.root))?;
+    drop(embedder);
+    update_hnsw(&store)?;
+    let options = a.recipe.options();
+    let split = read_split(a.split.as_deref(), &data.items, options.seed)?;
+    let records: Vec<Option<crate::store::ImageRecord>> = data
+        .paths
+        .iter()
+        .map(|p| store.by_path(&p.to_string_lossy()))
+        .collect::<crate::Result<_>>()?;
+    let (train_set, test_set, missing) =
+        split_examples(&split, &data.items, |i| records[i].as_ref().map(|r| store.embedding(r)));
+    if !missing.is_empty() {
+        eprintln!(
+            "note: {} split entries match no indexed image under {} (first: {}); training without them",
+            missing.len(),
+            data.root.display(),
+            missing[0]
+        );
+    }
+    anyhow::ensure!(!train_set.is_empty(), "no training images: the split names none of the images under {}", data.root.display());
+    let bar = epoch_bar(options.epochs);
+    let fitted = fit(&a.backbone, &words, &train_set, test_set.keys.clone(), split.source.clone(), &options, a.skip_unknown_labels, |e, loss| {
+        bar.set_position(e as u64);
+        bar.set_message(format!("{loss:.4}"));
+    })?;
+    bar.finish_and_clear();
+    let figures = if test_set.is_empty() { None } else { Some(evaluate(&fitted.model, &fitted.targets, &test_set)?) };
+    let dir = crate::joint::model_dir(db);
+    JointModel::save(&dir, &fitted.info, &fitted.tensors)?;
+    let joint = crate::joint::vectors::JointVectors::update(&store, &fitted.model)?;
+    let report = serde_json::json!({
+        "data": data.root,
+        "split": split.source,
+        "backbone": a.backbone,
+        "words": fitted.info.words,
+        "labels": fitted.info.labels.len(),
+        "skipped_labels": fitted.info.skipped_labels,
+        "train_images": fitted.report.examples,
+        "test_images": test_set.len(),
+        "missing_split_entries": missing.len(),
+        "newly_embedded": indexed.embedded,
+        "options": options,
+        "train_seconds": fitted.report.seconds,
+        "final_loss": fitted.report.losses.last().map(|l| l.loss),
+        "losses": fitted.report.losses,
+        "test": figures,
+        "joint_vectors": joint.len(),
+        "model": dir,
+    });
+    crate::joint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "trained on {} images of {} labels in {:.1} s ({} epochs, final loss {:.4}); {} newly embedded",
+        fitted.report.examples,
+        fitted.info.labels.len(),
+        fitted.report.seconds,
+        options.epochs,
+        fitted.report.losses.last().map(|l| l.loss).unwrap_or(f64::NAN),
+        indexed.embedded
+    );
+    if !fitted.info.skipped_labels.is_empty() {
+        println!("skipped labels (words not in the vocabulary): {}", fitted.info.skipped_labels.join(", "));
+    }
+    if let Some(f) = &figures {
+        println!("test split ({} images): tagging top-1 {:.3}, word->image precision@10 {:.3}", f.images, f.tagging_top1, f.word_to_image_precision_at_10);
+    }
+    println!("model, report and joint embeddings ({} images) in {}", joint.len(), dir.display());
+    Ok(())
+}
+
+/// A folder of label folders with canonical paths and split keys.
+struct LabelledImagesRoot {
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+    /// `(key, label)`: key `label/file`, relative to the root.
+    items: Vec<(String, String)>,
+}
+
+impl LabelledImagesRoot {
+    fn read(root: &std::path::Path) -> anyhow::Result<Self> {
+        let root = root.canonicalize().with_context(|| format!("{}: no such folder of label folders", root.display()))?;
+        let data = crate::eval::LabelledImages::read(&root)?;
+        anyhow::ensure!(!data.items.is_empty(), "{}: no images in label folders (`<label>/<image>`)", root.display());
+        let items = data
+            .items
+            .iter()
+            .map(|(p, l)| (crate::joint::data::key_of(&root, p).unwrap_or_default(), l.clone()))
+            .collect();
+        let paths = data.items.into_iter().map(|(p, _)| p).collect();
+        Ok(Self { root, paths, items })
+    }
+}
+
+fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
+    let store = open_index(db, &a.backbone)?;
+    let words = crate::words::open(models_dir, a.vectors.as_deref())?;
+    let model = load_joint(db, &a.backbone, Some(&words))?;
+    let embedding = image_embedding(&store, &a.image, |path| Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding))?;
+    let projected = model.project(&embedding)?;
+    let tags = words.nearest(&projected, a.k);
+    if a.json {
+        let rows: Vec<(usize, &str, f32)> = tags.iter().map(|n| (n.id, n.word.as_str(), n.distance)).collect();
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        for n in &tags {
+            println!("{:>7}  {:<20} {:.4}", n.id, n.word, n.distance);
         }
     }
     Ok(())

@@ -59,6 +59,28 @@ pub enum Error {
     #[error("empty query: give at least one word (e.g. `dog` or `cat sofa`)")]
     EmptyQuery,
 
+    /// Tagging or text search before a joint model exists.
+    #[error(
+        "no joint image-word model for the index in {db}; train one with \
+         `imgsearch train --data <folder of label folders>` (same --db)"
+    )]
+    NoModel { db: PathBuf },
+
+    /// A joint model trained with another backbone or other word vectors.
+    #[error("the joint model was trained with {what} {trained}, but {loaded} is loaded; {hint}")]
+    ModelMismatch { what: String, trained: String, loaded: String, hint: String },
+
+    /// Training labels whose words are not in the vocabulary.
+    #[error(
+        "labels not in the word vectors {vocabulary}: {unknown}; the labels are: {labels}. \
+         Rename those folders, use other --words, or pass --skip-unknown-labels to train without them"
+    )]
+    UnknownLabels { unknown: String, labels: String, vocabulary: String },
+
+    /// Training needs at least two labels.
+    #[error("training needs images of at least two labels (folders), found: [{found}]")]
+    TooFewLabels { found: String },
+
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -70,6 +70,49 @@ pub fn image_precision_at_k(images: &[(&str, Vec<f32>)], k: usize) -> f64 {
     total / images.len() as f64
 }
 
+/// Share of `rows` whose most similar (cosine) label vector is their label `truth[i]`.
+pub fn nearest_label_accuracy(rows: &[&[f32]], truth: &[usize], labels: &[&[f32]]) -> f64 {
+    if rows.is_empty() {
+        return 0.0;
+    }
+    let hits = rows
+        .iter()
+        .zip(truth)
+        .filter(|(r, &t)| {
+            let best = (0..labels.len()).max_by(|&a, &b| cosine(r, labels[a]).total_cmp(&cosine(r, labels[b])));
+            best == Some(t)
+        })
+        .count();
+    hits as f64 / rows.len() as f64
+}
+
+/// For each label vector: the share of the `k` rows most similar to it
+/// (cosine) whose label (`truth`) is that label.
+pub fn word_precision_at_k(rows: &[&[f32]], truth: &[usize], labels: &[&[f32]], k: usize) -> Vec<f64> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(l, v)| {
+            let mut order: Vec<(f32, usize)> = rows.iter().enumerate().map(|(i, r)| (cosine(r, v), i)).collect();
+            order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let top = order.iter().take(k);
+            top.filter(|&&(_, i)| truth[i] == l).count() as f64 / k as f64
+        })
+        .collect()
+}
+
+/// Cosine similarity (0 when either side is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +134,17 @@ mod tests {
         ];
         // k=1: a0->a1 yes, a1->a0 yes, b2->a1 no, b3->b2 yes.
         assert_eq!(image_precision_at_k(&images, 1), 0.75);
+    }
+
+    #[test]
+    fn nearest_label_and_word_precision() {
+        let labels: [&[f32]; 2] = [&[1.0, 0.0], &[0.0, 1.0]];
+        let rows: [&[f32]; 3] = [&[2.0, 0.1], &[0.3, 1.0], &[1.0, 0.9]];
+        // Row 2 is nearer label 0 but is labelled 1.
+        assert!((nearest_label_accuracy(&rows, &[0, 1, 1], &labels) - 2.0 / 3.0).abs() < 1e-9);
+        // k=1: label 0's nearest row is row 0 (label 0); label 1's is row 1 (label 1).
+        assert_eq!(word_precision_at_k(&rows, &[0, 1, 1], &labels, 1), [1.0, 1.0]);
+        // k=2: label 0's two nearest are rows 0 and 2 -> one of two is label 0.
+        assert_eq!(word_precision_at_k(&rows, &[0, 1, 1], &labels, 2), [0.5, 1.0]);
     }
 }

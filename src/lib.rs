@@ -4,7 +4,7 @@
 //! [`backbone`] decodes images and turns them into CNN embeddings and ImageNet
 //! logits; [`indexer`] walks folders and writes new embeddings to the
 //! [`store`]; [`index`] searches them; [`words`] loads word vectors and finds
-//! nearest words; [`eval`] holds the metrics quality figures come from;
+//! nearest words; [`joint`] trains and applies the image-to-word model; [`eval`] holds the metrics quality figures come from;
 //! [`cli`] wires it to the command line.
 
 pub mod backbone;
@@ -13,6 +13,7 @@ pub mod error;
 pub mod eval;
 pub mod index;
 pub mod indexer;
+pub mod joint;
 pub mod models;
 mod simd;
 pub mod store;

@@ -246,6 +246,29 @@ impl Store {
         Ok(out)
     }
 
+    /// The raw embedding of an image: its unit row times its norm.
+    pub fn embedding(&self, image: &ImageRecord) -> Vec<f32> {
+        self.vector(image.row).iter().map(|v| v * image.norm).collect()
+    }
+
+    /// `(row, norm)` for every row from `from` on that an image still uses,
+    /// by row. Rows no image uses any more are left out.
+    pub fn row_norms(&self, from: u64) -> Result<Vec<(u64, f32)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT row, MAX(norm) FROM images WHERE row >= ?1 GROUP BY row ORDER BY row")
+            .map_err(|e| db_err(&self.dir, e))?;
+        let rows = stmt
+            .query_map([from as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, f64>(1)? as f32)))
+            .map_err(|e| db_err(&self.dir, e))?;
+        rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(&self.dir, e))
+    }
+
+    /// Number of committed vector rows (images with identical content share one).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
     pub fn len(&self) -> Result<usize> {
         self.conn
             .query_row("SELECT COUNT(*) FROM images", [], |r| r.get::<_, i64>(0))

@@ -1,0 +1,271 @@
+//! What the joint model is trained and measured on: label words and their
+//! target vectors, train/test splits, and the fit-and-evaluate job shared
+//! by `imgsearch train` and `imgsearch eval`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{HeadTensors, JointModel, ModelInfo, TrainOptions, TrainReport, WordsId};
+use crate::words::WordVectors;
+use crate::{Error, Result};
+
+/// A train/test split: image keys `label/file` relative to the data folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub train: Vec<String>,
+    pub test: Vec<String>,
+    #[serde(skip)]
+    pub source: String,
+}
+
+impl Split {
+    /// Reads `{"train": [...], "test": [...]}`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut split: Split = serde_json::from_str(&text).map_err(|e| {
+            Error::Msg(format!("{}: not a split file ({e}); expected {{\"train\": [...], \"test\": [...]}}", path.display()))
+        })?;
+        split.source = path.display().to_string();
+        Ok(split)
+    }
+
+    /// A seeded split per label: 20% of each label's images (at least one
+    /// where a label has two or more) go to test.
+    pub fn seeded(items: &[(String, String)], seed: u64) -> Self {
+        let mut by_label: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (key, label) in items {
+            by_label.entry(label).or_default().push(key);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for keys in by_label.values_mut() {
+            keys.sort_unstable();
+            keys.shuffle(&mut rng);
+            let n = keys.len();
+            let n_test = if n >= 2 { ((n as f64 * 0.2).round() as usize).max(1) } else { 0 };
+            test.extend(keys[..n_test].iter().map(|k| k.to_string()));
+            train.extend(keys[n_test..].iter().map(|k| k.to_string()));
+        }
+        train.sort();
+        test.sort();
+        Split { train, test, source: format!("seeded 80/20 per label (seed {seed})") }
+    }
+}
+
+/// The words of a label: `dining_table` -> `dining`, `table`.
+pub fn label_words(label: &str) -> Vec<String> {
+    label.split(|c: char| c == '_' || c == '-' || c.is_whitespace()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// The labels the model predicts and their target vectors (the mean of
+/// each label's word vectors).
+#[derive(Debug, Clone)]
+pub struct LabelTargets {
+    pub labels: Vec<(String, Vec<String>)>,
+    pub skipped: Vec<String>,
+    /// `[labels, dim]`, row-major.
+    pub vectors: Vec<f32>,
+    pub dim: usize,
+}
+
+impl LabelTargets {
+    /// Targets for `labels` (deduplicated, sorted). A label with a word not
+    /// in the vocabulary is an error listing every such label and word,
+    /// unless `skip_unknown`; fewer than two usable labels is an error.
+    pub fn new(labels: &[String], words: &WordVectors, skip_unknown: bool) -> Result<Self> {
+        let mut labels: Vec<String> = labels.to_vec();
+        labels.sort();
+        labels.dedup();
+        let (mut known, mut unknown, mut vectors) = (Vec::new(), Vec::new(), Vec::new());
+        for label in &labels {
+            let ws = label_words(label);
+            let missing: Vec<String> = ws.iter().filter(|w| words.id(w).is_none()).cloned().collect();
+            if ws.is_empty() || !missing.is_empty() {
+                unknown.push((label.clone(), missing));
+                continue;
+            }
+            let mut mean = vec![0f32; words.dim()];
+            for w in &ws {
+                let raw = words.raw(words.id(w).expect("checked above"));
+                mean.iter_mut().zip(&raw).for_each(|(m, r)| *m += r / ws.len() as f32);
+            }
+            vectors.extend(mean);
+            known.push((label.clone(), ws));
+        }
+        if !unknown.is_empty() && !skip_unknown {
+            let list: Vec<String> = unknown.iter().map(|(l, m)| format!("{l} (unknown: {})", m.join(", "))).collect();
+            return Err(Error::UnknownLabels {
+                unknown: list.join("; "),
+                labels: labels.join(", "),
+                vocabulary: WordsId::of(words).to_string(),
+            });
+        }
+        if known.len() < 2 {
+            return Err(Error::TooFewLabels {
+                found: known.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        Ok(Self { labels: known, skipped: unknown.into_iter().map(|(l, _)| l).collect(), vectors, dim: words.dim() })
+    }
+
+    pub fn index_of(&self, label: &str) -> Option<usize> {
+        self.labels.iter().position(|(l, _)| l == label)
+    }
+
+    pub fn vector(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// Labelled examples: keys, labels and raw CNN embeddings `[n, dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct Examples {
+    pub keys: Vec<String>,
+    pub labels: Vec<String>,
+    pub features: Vec<f32>,
+}
+
+impl Examples {
+    pub fn push(&mut self, key: String, label: String, embedding: &[f32]) {
+        self.keys.push(key);
+        self.labels.push(label);
+        self.features.extend_from_slice(embedding);
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The joint model's quality figures on held-out images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JointFigures {
+    pub images: usize,
+    /// Share of images whose nearest label word (among the model's labels) is their label.
+    pub tagging_top1: f64,
+    /// Mean over labels of the share of the 10 nearest images (by joint
+    /// embedding) to the label's word vector that carry the label.
+    pub word_to_image_precision_at_10: f64,
+    /// Per label: (label, precision@10).
+    pub per_label_precision_at_10: Vec<(String, f64)>,
+    /// Image -> image precision@10 among these images, in the joint space.
+    pub joint_image_precision_at_10: f64,
+}
+
+/// Measures `model` on `examples` (labels outside the model's are ignored).
+pub fn evaluate(model: &JointModel, targets: &LabelTargets, examples: &Examples) -> Result<JointFigures> {
+    let dim = targets.dim;
+    let keep: Vec<(usize, usize)> = examples
+        .labels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| targets.index_of(l).map(|t| (i, t)))
+        .collect();
+    let in_dim = model.in_dim();
+    let features: Vec<f32> = keep.iter().flat_map(|&(i, _)| examples.features[i * in_dim..(i + 1) * in_dim].iter().copied()).collect();
+    let projected = model.project(&features)?;
+    let rows: Vec<&[f32]> = projected.chunks_exact(dim).collect();
+    let truth: Vec<usize> = keep.iter().map(|&(_, t)| t).collect();
+    let label_vectors: Vec<&[f32]> = (0..targets.labels.len()).map(|t| targets.vector(t)).collect();
+    let per_label = crate::eval::word_precision_at_k(&rows, &truth, &label_vectors, 10);
+    let named: Vec<(&str, Vec<f32>)> =
+        truth.iter().zip(&rows).map(|(&t, r)| (targets.labels[t].0.as_str(), r.to_vec())).collect();
+    Ok(JointFigures {
+        images: rows.len(),
+        tagging_top1: crate::eval::nearest_label_accuracy(&rows, &truth, &label_vectors),
+        word_to_image_precision_at_10: per_label.iter().sum::<f64>() / per_label.len().max(1) as f64,
+        per_label_precision_at_10: targets.labels.iter().map(|(l, _)| l.clone()).zip(per_label).collect(),
+        joint_image_precision_at_10: crate::eval::image_precision_at_k(&named, 10),
+    })
+}
+
+/// A trained model and what training reported.
+pub struct Fitted {
+    pub info: ModelInfo,
+    pub tensors: HeadTensors,
+    pub model: JointModel,
+    pub targets: LabelTargets,
+    pub report: TrainReport,
+}
+
+/// Trains a model on `train` with `words` as targets.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    backbone: &str,
+    words: &WordVectors,
+    train: &Examples,
+    test_keys: Vec<String>,
+    split_source: String,
+    options: &TrainOptions,
+    skip_unknown_labels: bool,
+    on_epoch: impl FnMut(usize, f64),
+) -> Result<Fitted> {
+    let targets = LabelTargets::new(&train.labels, words, skip_unknown_labels)?;
+    let in_dim = train.features.len() / train.len().max(1);
+    // Examples whose label was skipped are left out.
+    let (mut x, mut y, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, label) in train.labels.iter().enumerate() {
+        if let Some(t) = targets.index_of(label) {
+            x.extend_from_slice(&train.features[i * in_dim..(i + 1) * in_dim]);
+            y.extend_from_slice(targets.vector(t));
+            keys.push(train.keys[i].clone());
+        }
+    }
+    let (tensors, report) = super::train(&x, &y, in_dim, targets.dim, options, on_epoch)?;
+    let info = ModelInfo {
+        backbone: backbone.to_owned(),
+        words: WordsId::of(words),
+        in_dim,
+        hidden: options.hidden,
+        out_dim: targets.dim,
+        labels: targets.labels.clone(),
+        skipped_labels: targets.skipped.clone(),
+        train: keys,
+        test: test_keys,
+        split_source,
+        options: options.clone(),
+        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    };
+    let model = JointModel::from_tensors(info.clone(), &tensors)?;
+    Ok(Fitted { info, tensors, model, targets, report })
+}
+
+/// Whether a split key names `path` under `root` (`label/file` with `/`).
+pub fn key_of(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    Some(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_words_split_on_underscore_and_lowercase() {
+        assert_eq!(label_words("dining_table"), ["dining", "table"]);
+        assert_eq!(label_words("TV-monitor"), ["tv", "monitor"]);
+    }
+
+    #[test]
+    fn seeded_split_is_per_label_reproducible_and_disjoint() {
+        let items: Vec<(String, String)> = (0..50)
+            .map(|i| (format!("{}/{i}.jpg", if i < 40 { "a" } else { "b" }), if i < 40 { "a" } else { "b" }.to_string()))
+            .collect();
+        let s = Split::seeded(&items, 3);
+        assert_eq!(s, Split::seeded(&items, 3));
+        assert_ne!(s.test, Split::seeded(&items, 4).test);
+        assert_eq!(s.test.iter().filter(|k| k.starts_with("a/")).count(), 8);
+        assert_eq!(s.test.iter().filter(|k| k.starts_with("b/")).count(), 2);
+        assert_eq!(s.train.len(), 40);
+        assert!(s.test.iter().all(|k| !s.train.contains(k)));
+    }
+}

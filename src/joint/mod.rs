@@ -1,0 +1,280 @@
+//! The joint image-word model (after DeViSE): a small head, trained on frozen
+//! CNN embeddings, that maps an image into the word-vector space, so images
+//! can be tagged with words and found by words.
+//!
+//! - [`train`]: the head and its training loop (candle autograd).
+//! - [`JointModel`]: a trained head, saved as `model.safetensors` plus
+//!   `model.json` (what it was trained with) in `<db>/joint/`, loaded with
+//!   batch norm folded into the linear layers for inference.
+//! - [`vectors`]: every indexed image's joint embedding, kept beside the store.
+//! - [`data`]: labels to word targets, and train/test splits.
+
+pub mod data;
+pub mod train;
+pub mod vectors;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use train::{train, EpochLoss, HeadTensors, OptimizerKind, TrainOptions, TrainReport};
+
+use crate::words::WordVectors;
+use crate::{Error, Result};
+
+/// Which word vectors a model was trained with: enough to refuse others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordsId {
+    /// The vectors' name (the file's stem, e.g. `glove.6B.50d`).
+    pub name: String,
+    pub dim: usize,
+    pub words: usize,
+}
+
+impl WordsId {
+    pub fn of(vectors: &WordVectors) -> Self {
+        let stem = vectors.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        // Cached conversions are `<stem>-<hash>.wv`; the name is the stem.
+        let name = match stem.rsplit_once('-') {
+            Some((s, h)) if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => s.to_owned(),
+            _ => stem,
+        };
+        Self { name, dim: vectors.dim(), words: vectors.len() }
+    }
+}
+
+impl std::fmt::Display for WordsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} words x {})", self.name, self.words, self.dim)
+    }
+}
+
+/// `model.json`: what a model was trained with and on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub backbone: String,
+    pub words: WordsId,
+    pub in_dim: usize,
+    pub hidden: usize,
+    pub out_dim: usize,
+    /// The labels, in order, and the words each one's target averages.
+    pub labels: Vec<(String, Vec<String>)>,
+    /// Labels left out because a word of theirs is not in the vocabulary.
+    pub skipped_labels: Vec<String>,
+    /// Training and test images (paths relative to the data folder).
+    pub train: Vec<String>,
+    pub test: Vec<String>,
+    /// Where the split came from: a file, or "seeded 80/20 per label".
+    pub split_source: String,
+    pub options: TrainOptions,
+    pub created_unix: u64,
+}
+
+/// A trained head, ready to project CNN embeddings into the word space.
+pub struct JointModel {
+    pub info: ModelInfo,
+    /// Batch norm folded in: `out = relu(x W1ᵀ + b1) W2ᵀ + b2`.
+    w1t: Tensor,
+    b1: Tensor,
+    w2t: Tensor,
+    b2: Tensor,
+    /// Identifies the weights (the joint vectors record which model made them).
+    fingerprint: [u8; 16],
+}
+
+/// The model directory inside a store directory.
+pub fn model_dir(db: &Path) -> PathBuf {
+    db.join("joint")
+}
+
+fn weights_path(dir: &Path) -> PathBuf {
+    dir.join("model.safetensors")
+}
+
+fn info_path(dir: &Path) -> PathBuf {
+    dir.join("model.json")
+}
+
+/// Whether a model has been trained for the store in `db`.
+pub fn exists(db: &Path) -> bool {
+    weights_path(&model_dir(db)).exists() && info_path(&model_dir(db)).exists()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// crash leaves the old file or the new one, never half of one.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+impl JointModel {
+    /// Folds the trained tensors into the inference form.
+    pub fn from_tensors(info: ModelInfo, t: &HeadTensors) -> Result<Self> {
+        let get = |name: &str| -> Result<Vec<f32>> {
+            let tensor = t.get(name).ok_or_else(|| Error::Msg(format!("joint model: tensor {name} missing")))?;
+            Ok(tensor.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let fold = |fc: &str, bn: &str, rows: usize, cols: usize| -> Result<(Vec<f32>, Vec<f32>)> {
+            let (w, b) = (get(&format!("{fc}.weight"))?, get(&format!("{fc}.bias"))?);
+            let (g, s) = (get(&format!("{bn}.weight"))?, get(&format!("{bn}.bias"))?);
+            let (m, v) = (get(&format!("{bn}.running_mean"))?, get(&format!("{bn}.running_var"))?);
+            if w.len() != rows * cols || [&b, &g, &s, &m, &v].iter().any(|x| x.len() != rows) {
+                return Err(Error::Msg(format!("joint model: {fc}/{bn} do not match {rows}x{cols}")));
+            }
+            // Transposed for `x @ Wᵀ`: [cols, rows].
+            let mut wt = vec![0f32; rows * cols];
+            let mut bias = vec![0f32; rows];
+            for r in 0..rows {
+                let scale = g[r] / (v[r] + train::BN_EPS_F32).sqrt();
+                bias[r] = (b[r] - m[r]) * scale + s[r];
+                for c in 0..cols {
+                    wt[c * rows + r] = w[r * cols + c] * scale;
+                }
+            }
+            Ok((wt, bias))
+        };
+        let (w1t, b1) = fold("fc1", "bn1", info.hidden, info.in_dim)?;
+        let (w2t, b2) = fold("fc2", "bn2", info.out_dim, info.hidden)?;
+        let fingerprint = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for v in [&w1t, &b1, &w2t, &b2] {
+                for x in v.iter() {
+                    h.update(x.to_le_bytes());
+                }
+            }
+            h.finalize()[..16].try_into().expect("16 bytes")
+        };
+        let dev = Device::Cpu;
+        Ok(Self {
+            w1t: Tensor::from_vec(w1t, (info.in_dim, info.hidden), &dev)?,
+            b1: Tensor::from_vec(b1, info.hidden, &dev)?,
+            w2t: Tensor::from_vec(w2t, (info.hidden, info.out_dim), &dev)?,
+            b2: Tensor::from_vec(b2, info.out_dim, &dev)?,
+            info,
+            fingerprint,
+        })
+    }
+
+    /// Saves the trained tensors and `model.json` into `dir` (each file replaced atomically).
+    pub fn save(dir: &Path, info: &ModelInfo, tensors: &HeadTensors) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let tmp = dir.join("model.safetensors.tmp");
+        candle_core::safetensors::save(tensors, &tmp)?;
+        std::fs::rename(&tmp, weights_path(dir)).map_err(|e| Error::io(weights_path(dir), e))?;
+        let json = serde_json::to_vec_pretty(info).map_err(|e| Error::Msg(e.to_string()))?;
+        write_atomic(&info_path(dir), &json)
+    }
+
+    /// Loads the model of the store in `db`; no model says how to train one.
+    pub fn load(db: &Path) -> Result<Self> {
+        let dir = model_dir(db);
+        if !exists(db) {
+            return Err(Error::NoModel { db: db.to_path_buf() });
+        }
+        let info_file = info_path(&dir);
+        let text = std::fs::read_to_string(&info_file).map_err(|e| Error::io(&info_file, e))?;
+        let info: ModelInfo = serde_json::from_str(&text)
+            .map_err(|e| Error::Store { path: info_file.clone(), reason: format!("bad model description: {e}") })?;
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(weights_path(&dir), &Device::Cpu)?;
+        Self::from_tensors(info, &tensors)
+    }
+
+    /// Refuses a model trained with another backbone or other word vectors.
+    pub fn check_compatible(&self, backbone: &str, words: &WordsId) -> Result<()> {
+        if self.info.backbone != backbone {
+            return Err(Error::ModelMismatch {
+                what: "backbone".into(),
+                trained: self.info.backbone.clone(),
+                loaded: backbone.to_owned(),
+                hint: format!("pass --backbone {} or retrain with `imgsearch train`", self.info.backbone),
+            });
+        }
+        if &self.info.words != words {
+            return Err(Error::ModelMismatch {
+                what: "word vectors".into(),
+                trained: self.info.words.to_string(),
+                loaded: words.to_string(),
+                hint: "pass the --words file it was trained with, or retrain with `imgsearch train`".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn fingerprint(&self) -> [u8; 16] {
+        self.fingerprint
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.info.in_dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.info.out_dim
+    }
+
+    /// Projects raw CNN embeddings (`[n, in_dim]`, row-major, not unit
+    /// length) into the word space: `[n, out_dim]`.
+    pub fn project(&self, embeddings: &[f32]) -> Result<Vec<f32>> {
+        let n = embeddings.len() / self.in_dim();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::from_slice(embeddings, (n, self.in_dim()), &Device::Cpu)?;
+        let h = x.matmul(&self.w1t)?.broadcast_add(&self.b1)?.relu()?;
+        let out = h.matmul(&self.w2t)?.broadcast_add(&self.b2)?;
+        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_projection_matches_training_mode_eval_of_the_head() {
+        // Train a tiny head, then compare the folded projection with the
+        // unfolded formula computed by hand from the saved tensors.
+        let x: Vec<f32> = (0..40).map(|i| ((i * 7) % 11) as f32 / 5.0).collect();
+        let y: Vec<f32> = (0..20).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
+        let options = TrainOptions { epochs: 2, batch_size: 4, hidden: 6, ..Default::default() };
+        let (t, _) = train(&x, &y, 4, 2, &options, |_, _| {}).unwrap();
+        let info = ModelInfo {
+            backbone: "lite0".into(),
+            words: WordsId { name: "toy".into(), dim: 2, words: 2 },
+            in_dim: 4,
+            hidden: 6,
+            out_dim: 2,
+            labels: vec![],
+            skipped_labels: vec![],
+            train: vec![],
+            test: vec![],
+            split_source: String::new(),
+            options,
+            created_unix: 0,
+        };
+        let model = JointModel::from_tensors(info, &t).unwrap();
+        let got = model.project(&x[..4]).unwrap();
+        let v = |n: &str| t[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bn = |z: f32, p: &str, i: usize| {
+            (z - v(&format!("{p}.running_mean"))[i]) / (v(&format!("{p}.running_var"))[i] + 1e-5).sqrt()
+                * v(&format!("{p}.weight"))[i]
+                + v(&format!("{p}.bias"))[i]
+        };
+        let h: Vec<f32> = (0..6)
+            .map(|j| {
+                let z: f32 = (0..4).map(|c| v("fc1.weight")[j * 4 + c] * x[c]).sum::<f32>() + v("fc1.bias")[j];
+                bn(z, "bn1", j).max(0.0)
+            })
+            .collect();
+        for o in 0..2 {
+            let z: f32 = (0..6).map(|j| v("fc2.weight")[o * 6 + j] * h[j]).sum::<f32>() + v("fc2.bias")[o];
+            assert!((bn(z, "bn2", o) - got[o]).abs() < 1e-4, "{} vs {}", bn(z, "bn2", o), got[o]);
+        }
+    }
+}

@@ -227,6 +227,18 @@ pub struct EvalArgs {
     /// Backbone network.
     #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
     pub backbone: String,
+    /// The train/test split for the joint-model figures (default:
+    /// `split.json` beside --data if there is one, else a seeded 80/20 split).
+    #[arg(long, value_name = "FILE")]
+    pub split: Option<PathBuf>,
+    /// Word-vector file for the joint model (default: GloVe 6B 50d).
+    #[arg(long = "words", value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
+    /// Only the backbone figures (no joint model).
+    #[arg(long)]
+    pub no_joint: bool,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -756,19 +768,21 @@ fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Backbone figures: ImageNet top-5 sanity on the `cat` and `dog` folders, and
-/// end-to-end embedding throughput over the whole folder.
+/// Quality and speed figures over a labelled folder: the backbone's
+/// ImageNet top-5 sanity on the `cat` and `dog` folders, image->image
+/// precision@10 and embedding throughput; then the joint model trained on
+/// the split's train images and measured on its test images.
 fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
-    use crate::eval::{top_k_hit_rate, LabelledImages};
+    use crate::eval::top_k_hit_rate;
     let config = Config::by_name(&a.backbone).context("unknown backbone")?;
     let embedder = Embedder::load(&models::backbone_weights(models_dir, &config), config)?;
-    let data = LabelledImages::read(&a.data).with_context(|| format!("reading labelled images from {}", a.data.display()))?;
-    let paths: Vec<PathBuf> = data.items.iter().map(|(p, _)| p.clone()).collect();
+    let data = LabelledImagesRoot::read(&a.data).with_context(|| format!("reading labelled images from {}", a.data.display()))?;
+    let paths = &data.paths;
     let mut top5: Vec<Option<Vec<usize>>> = vec![None; paths.len()];
     let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
     let mut failed = Vec::new();
     let start = std::time::Instant::now();
-    embedder.embed_files(&paths, |i, r| match r {
+    embedder.embed_files(paths, |i, r| match r {
         Ok(e) => {
             top5[i] = Some(top_k(&e.logits, 5));
             embeddings[i] = Some(e.embedding);
@@ -776,18 +790,19 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         Err(e) => failed.push(e.to_string()),
     });
     let seconds = start.elapsed().as_secs_f64();
+    drop(embedder);
     let labelled: Vec<(&str, Vec<f32>)> = data
         .items
         .iter()
-        .zip(embeddings)
-        .filter_map(|((_, label), e)| e.map(|e| (label.as_str(), e)))
+        .zip(&embeddings)
+        .filter_map(|((_, label), e)| e.clone().map(|e| (label.as_str(), e)))
         .collect();
     let p_at_10 = crate::eval::image_precision_at_k(&labelled, 10);
     let of_label = |label: &str| -> Vec<Vec<usize>> {
         data.items.iter().zip(&top5).filter(|((_, l), _)| l == label).filter_map(|(_, t)| t.clone()).collect()
     };
     let (cats, dogs) = (of_label("cat"), of_label("dog"));
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "backbone": a.backbone,
         "images": paths.len(),
         "failed": failed.len(),
@@ -799,20 +814,110 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         "embed_seconds": seconds,
         "embed_images_per_second": paths.len() as f64 / seconds,
     });
+    let joint = if a.no_joint { None } else { Some(eval_joint(models_dir, &a, &data, &embeddings)?) };
+    if let Some(j) = &joint {
+        report["joint"] = j.clone();
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
         println!("backbone            {}", a.backbone);
         println!("images              {} ({} failed)", paths.len(), failed.len());
-        println!("cat: top-5 has a cat class (281-285)   {:.3} of {}", report["cat_top5_cat_class"].as_f64().unwrap_or(0.0), cats.len());
-        println!("dog: top-5 has a dog class (151-268)   {:.3} of {}", report["dog_top5_dog_class"].as_f64().unwrap_or(0.0), dogs.len());
-        println!("image->image mean precision@10         {p_at_10:.3} (label match, query excluded)");
+        println!("cat: top-5 has a cat class (281-285)   {:.3} of {}", f(&report["cat_top5_cat_class"]), cats.len());
+        println!("dog: top-5 has a dog class (151-268)   {:.3} of {}", f(&report["dog_top5_dog_class"]), dogs.len());
+        println!("image->image mean precision@10         {p_at_10:.3} (all images, label match, query excluded)");
         println!("embedding, end to end                  {:.1} s, {:.1} img/s", seconds, paths.len() as f64 / seconds);
+        if let Some(j) = &joint {
+            println!("joint model ({}; {} train / {} test images, split: {})", j["recipe"].as_str().unwrap_or(""), j["train_images"], j["test_images"], j["split"].as_str().unwrap_or(""));
+            println!("  training                             {:.1} s, final loss {:.4}", f(&j["train_seconds"]), f(&j["final_loss"]));
+            println!("  tagging top-1 among label words      {:.3} (test images)", f(&j["tagging_top1"]));
+            println!("  word->image precision@10             {:.3} (mean over label words, test images)", f(&j["word_to_image_precision_at_10"]));
+            println!("  image->image precision@10, test      {:.3} CNN space, {:.3} joint space", f(&j["test_cnn_image_precision_at_10"]), f(&j["test_joint_image_precision_at_10"]));
+            for (word, labels) in j["examples"].as_object().into_iter().flatten() {
+                println!("  \"{word}\" -> {}", labels.as_str().unwrap_or(""));
+            }
+            println!("  evaluation                           {:.2} s", f(&j["eval_seconds"]));
+        }
     }
     for f in &failed {
         eprintln!("skipped: {f}");
     }
     Ok(())
+}
+
+/// The joint-model half of `eval`: train on the split's train images,
+/// measure on its test images.
+fn eval_joint(
+    models_dir: &std::path::Path,
+    a: &EvalArgs,
+    data: &LabelledImagesRoot,
+    embeddings: &[Option<Vec<f32>>],
+) -> anyhow::Result<serde_json::Value> {
+    use crate::joint::data::{evaluate, fit};
+    let words = crate::words::open(models_dir, a.vectors.as_deref())?;
+    let options = a.recipe.options();
+    let beside = data.root.parent().map(|p| p.join("split.json")).filter(|p| p.exists());
+    let split = read_split(a.split.as_deref().or(beside.as_deref()), &data.items, options.seed)?;
+    let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
+    anyhow::ensure!(!train_set.is_empty() && !test_set.is_empty(), "the split leaves no train or no test images under {}", data.root.display());
+    let bar = epoch_bar(options.epochs);
+    let fitted = fit(&a.backbone, &words, &train_set, test_set.keys.clone(), split.source.clone(), &options, false, |e, loss| {
+        bar.set_position(e as u64);
+        bar.set_message(format!("{loss:.4}"));
+    })?;
+    bar.finish_and_clear();
+    let start = std::time::Instant::now();
+    let figures = evaluate(&fitted.model, &fitted.targets, &test_set)?;
+    let dim = fitted.model.in_dim();
+    let test_cnn: Vec<(&str, Vec<f32>)> = test_set
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.as_str(), test_set.features[i * dim..(i + 1) * dim].to_vec()))
+        .collect();
+    let cnn_p10 = crate::eval::image_precision_at_k(&test_cnn, 10);
+    // The tutorial's words that were never labels: the labels of the 10 nearest test images.
+    let projected = fitted.model.project(&test_set.features)?;
+    let out_dim = fitted.model.out_dim();
+    let mut examples = serde_json::Map::new();
+    for word in ["ocean", "street", "cat sofa"] {
+        let Ok(q) = crate::words::WordQuery::parse(word).and_then(|q| words.query_vector(&q)) else { continue };
+        let mut order: Vec<(f32, usize)> =
+            projected.chunks_exact(out_dim).enumerate().map(|(i, p)| (crate::eval::cosine(p, &q), i)).collect();
+        order.sort_by(|x, y| y.0.total_cmp(&x.0));
+        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        for &(_, i) in order.iter().take(10) {
+            *counts.entry(test_set.labels[i].as_str()).or_default() += 1;
+        }
+        let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+        counts.sort_by(|x, y| y.1.cmp(&x.1));
+        let text: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
+        examples.insert(word.to_owned(), text.join(", ").into());
+    }
+    let recipe = format!(
+        "{:?} lr {} {} epochs batch {} seed {}",
+        options.optimizer, options.learning_rate, options.epochs, options.batch_size, options.seed
+    )
+    .to_lowercase();
+    Ok(serde_json::json!({
+        "split": split.source,
+        "recipe": recipe,
+        "options": options,
+        "words": fitted.info.words,
+        "train_images": fitted.report.examples,
+        "test_images": figures.images,
+        "missing_split_entries": missing.len(),
+        "train_seconds": fitted.report.seconds,
+        "final_loss": fitted.report.losses.last().map(|l| l.loss),
+        "tagging_top1": figures.tagging_top1,
+        "word_to_image_precision_at_10": figures.word_to_image_precision_at_10,
+        "per_label_precision_at_10": figures.per_label_precision_at_10,
+        "test_cnn_image_precision_at_10": cnn_p10,
+        "test_joint_image_precision_at_10": figures.joint_image_precision_at_10,
+        "examples": examples,
+        "eval_seconds": start.elapsed().as_secs_f64(),
+    }))
 }
 
 fn embed(models_dir: &std::path::Path, a: EmbedArgs) -> anyhow::Result<()> {

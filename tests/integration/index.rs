@@ -10,7 +10,7 @@ use imgsearch::store::Store;
 use crate::{lite0, pascal_images};
 
 /// Copies the first `per_label` images of each of `labels` into `dir/<label>/`.
-fn copy_images(dir: &Path, labels: &[&str], per_label: usize) -> Vec<PathBuf> {
+pub fn copy_images(dir: &Path, labels: &[&str], per_label: usize) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for label in labels {
         let mut files: Vec<PathBuf> = std::fs::read_dir(pascal_images().join(label)).unwrap().map(|e| e.unwrap().path()).collect();

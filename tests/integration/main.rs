@@ -9,6 +9,7 @@ mod checkpoint;
 mod cli;
 mod embed;
 mod index;
+mod joint;
 mod words;
 
 use std::path::PathBuf;

@@ -891,7 +891,7 @@ fn eval_joint(
             *counts.entry(test_set.labels[i].as_str()).or_default() += 1;
         }
         let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
-        counts.sort_by(|x, y| y.1.cmp(&x.1));
+        counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         let text: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
         examples.insert(word.to_owned(), text.join(", ").into());
     }

@@ -272,9 +272,9 @@ mod tests {
                 bn(z, "bn1", j).max(0.0)
             })
             .collect();
-        for o in 0..2 {
+        for (o, &g) in got.iter().enumerate() {
             let z: f32 = (0..6).map(|j| v("fc2.weight")[o * 6 + j] * h[j]).sum::<f32>() + v("fc2.bias")[o];
-            assert!((bn(z, "bn2", o) - got[o]).abs() < 1e-4, "{} vs {}", bn(z, "bn2", o), got[o]);
+            assert!((bn(z, "bn2", o) - g).abs() < 1e-4, "{} vs {g}", bn(z, "bn2", o));
         }
     }
 }

@@ -51,6 +51,34 @@ pub enum Command {
     /// Tag an image with the nearest words of the whole vocabulary (needs a
     /// trained joint model).
     Tag(TagArgs),
+    /// Serve the search page and HTTP API; given folders, fetch missing
+    /// models and index them first.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Folders to index before serving (incrementally); images may also be
+    /// added later by path from under them.
+    pub folders: Vec<PathBuf>,
+    /// Address to listen on. Anything but loopback needs --token.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Token required on requests that change the index (Authorization: Bearer <token>).
+    #[arg(long, env = "IMGSEARCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Backbone network of the index.
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+    /// Word-vector file (default: GloVe 6B 50d).
+    #[arg(long = "words", value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
+    /// Largest upload, megabytes.
+    #[arg(long, default_value_t = 20)]
+    pub max_upload_mb: usize,
+    /// Requests that may queue for inference and search at once (503 beyond).
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -330,6 +358,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Search(a) => search(&models_dir, &args.db, a),
         Command::Train(a) => train(&models_dir, &args.db, a),
         Command::Tag(a) => tag(&models_dir, &args.db, a),
+        Command::Serve(a) => serve(&models_dir, &args.db, a),
     }
 }
 
@@ -416,44 +445,10 @@ fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
     Ok(Some(rows))
 }
 
-#[derive(Debug, Serialize)]
-struct SearchResult {
-    rank: usize,
-    key: i64,
-    path: String,
-    label: String,
-    distance: f32,
-}
-
 /// Resolves `--class`: an index, or a name matched against the class names
 /// and synonyms; an unknown name gets the closest names suggested.
 pub fn resolve_class(spec: &str) -> anyhow::Result<usize> {
-    let classes = imagenet_classes();
-    if let Ok(i) = spec.trim().parse::<usize>() {
-        anyhow::ensure!(i < classes.len(), "--class {i}: ImageNet classes are 0-999");
-        return Ok(i);
-    }
-    let want = spec.trim().to_lowercase();
-    let names = |c: &crate::backbone::ImageNetClass| -> Vec<String> {
-        std::iter::once(c.name.to_lowercase()).chain(c.synonyms.split(',').map(|s| s.trim().to_lowercase())).collect()
-    };
-    if let Some(c) = classes.iter().find(|c| names(c).contains(&want)) {
-        return Ok(c.index);
-    }
-    let mut scored: Vec<(usize, usize)> = classes
-        .iter()
-        .map(|c| {
-            let d = names(c)
-                .iter()
-                .map(|n| if n.contains(&want) { 0 } else { crate::words::edit_distance(&want, n) })
-                .min()
-                .unwrap_or(usize::MAX);
-            (d, c.index)
-        })
-        .collect();
-    scored.sort();
-    let suggestions: Vec<String> = scored.iter().take(5).map(|&(_, i)| format!("{i} \"{}\"", classes[i].name)).collect();
-    anyhow::bail!("unknown ImageNet class \"{spec}\"; did you mean: {}?", suggestions.join(", "))
+    Ok(crate::backbone::resolve_class(spec)?)
 }
 
 /// The raw CNN embedding of `spec`: an indexed key, an indexed file (by
@@ -498,7 +493,6 @@ fn load_joint(db: &std::path::Path, backbone: &str, words: Option<&crate::words:
 }
 
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
-    use crate::index::{ExactIndex, VectorIndex};
     use crate::joint::vectors::JointVectors;
     let store = open_index(db, &a.backbone)?;
     let joint_space = a.text.is_some() || a.space == Space::Joint;
@@ -531,57 +525,22 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     } else {
         image_embedding(&store, a.image.as_deref().expect("clap requires --image or --text"), embed_new)?
     };
-    let (vectors, dim) = match &joint_vectors {
-        Some(j) => (j.vectors(), j.dim()),
-        None => (store.vectors(), store.dim()),
-    };
-    let exact = ExactIndex::new(vectors, dim);
-    let rows = vectors.len() / dim;
-    // HNSW over CNN embeddings when it covers every row; class weighting
-    // changes the metric, so it scans; the joint space (50-d) is scanned.
     let hnsw = if !a.exact && !joint_space && a.class.is_none() && crate::index::HnswIndex::exists(store.dir()) {
-        let h = crate::index::HnswIndex::load(store.dir(), crate::index::HnswParams::default())?;
-        (h.len() == rows).then_some(h)
+        Some(crate::index::HnswIndex::load(store.dir(), crate::index::HnswParams::default())?)
     } else {
         None
     };
-    let index: &dyn VectorIndex = match &hnsw {
-        Some(h) => h,
-        None => &exact,
-    };
-    let weights = match &a.class {
-        Some(spec) => {
+    let query = match (&a.class, joint_space) {
+        (Some(spec), _) => {
             let c = resolve_class(spec)?;
-            Some(embedder()?.model().class_weights().get(c)?.to_vec1::<f32>()?)
+            let weights = embedder()?.model().class_weights().get(c)?.to_vec1::<f32>()?;
+            crate::query::Query::Weighted { embedding: query, weights }
         }
-        None => None,
+        (None, true) => crate::query::Query::Joint(query),
+        (None, false) => crate::query::Query::Cnn(query),
     };
-    // Rows no image uses any more (deleted) are skipped: widen until k results or the end.
-    let mut want = a.k + 8;
-    let results = loop {
-        let hits = match &weights {
-            Some(w) => exact.search_weighted(&query, w, want),
-            None => index.search(&query, want),
-        };
-        let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
-        let distance: std::collections::HashMap<u64, f32> = hits.iter().map(|h| (h.id as u64, h.distance)).collect();
-        let out: Vec<SearchResult> = store
-            .by_rows(&rows)?
-            .into_iter()
-            .map(|r| SearchResult { rank: 0, key: r.key, path: r.path, label: r.label, distance: distance[&r.row] })
-            .collect();
-        if out.len() >= a.k || hits.len() < want {
-            break out;
-        }
-        want *= 4;
-    };
-    let results: Vec<SearchResult> = results
-        .into_iter()
-        .filter(|r| a.max_distance.is_none_or(|m| r.distance <= m))
-        .take(a.k)
-        .enumerate()
-        .map(|(i, r)| SearchResult { rank: i + 1, ..r })
-        .collect();
+    let indexes = crate::query::Indexes { store: &store, hnsw: hnsw.as_ref(), joint: joint_vectors.as_ref() };
+    let results = crate::query::search(&indexes, &query, a.k, a.max_distance)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
@@ -752,6 +711,36 @@ fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow
         }
     }
     Ok(())
+}
+
+fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        crate::server::is_loopback(&a.addr) || a.token.is_some(),
+        "binding to {} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN",
+        a.addr
+    );
+    // The main job: fetch what is missing (a no-op when present), index, serve.
+    let mut pins = vec![models::GLOVE_50D];
+    pins.push(if a.backbone == "lite2" { models::LITE2 } else { models::LITE0 });
+    models::fetch(models_dir, &pins, &mut |line| eprintln!("{line}"))?;
+    let embedder = load_embedder(models_dir, &a.backbone)?;
+    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    if !a.folders.is_empty() {
+        let r = index_into(&mut store, &embedder, &a.folders)?;
+        eprintln!("indexed {} new, {} unchanged, {} failed ({} images)", r.embedded, r.unchanged, r.failed.len(), store.len()?);
+        update_hnsw(&store)?;
+    }
+    drop(store);
+    let words = crate::words::open(models_dir, a.vectors.as_deref())?;
+    let options = crate::server::Options {
+        roots: a.folders.clone(),
+        token: a.token.clone(),
+        max_upload: a.max_upload_mb << 20,
+        queue: a.queue,
+        backbone: a.backbone.clone(),
+    };
+    let state = crate::server::State::load(db, embedder, words, options)?;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(a.addr, state))
 }
 
 fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {

@@ -55,6 +55,10 @@ pub enum Error {
     #[error("unknown word '{word}' (not in the {vocabulary}-word vocabulary){}", did_you_mean(.suggestions))]
     UnknownWord { word: String, vocabulary: usize, suggestions: Vec<String> },
 
+    /// An ImageNet class that is not one.
+    #[error("unknown ImageNet class \"{spec}\"; {suggestions}")]
+    UnknownClass { spec: String, suggestions: String },
+
     /// A query with no words in it.
     #[error("empty query: give at least one word (e.g. `dog` or `cat sofa`)")]
     EmptyQuery,

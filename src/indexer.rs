@@ -221,3 +221,26 @@ pub fn index_folders(
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
+
+/// Adds one file (or refreshes it if it changed) and returns its record.
+/// `embed` runs only when no stored image has the same content.
+pub fn add_file(store: &mut Store, path: &Path, embed: impl FnOnce(&Path) -> Result<Vec<f32>>) -> Result<ImageRecord> {
+    let path = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+    let (size, mtime) = (meta.len(), mtime_nanos(&meta));
+    let path_str = path.to_string_lossy().into_owned();
+    if let Some(r) = store.by_path(&path_str)? {
+        if r.size == size && r.mtime == mtime {
+            return Ok(r);
+        }
+        store.delete(&[r.key])?;
+    }
+    let hash = content_hash(&path)?;
+    let vector = match store.by_hash(&hash)?.into_iter().next() {
+        Some(original) => NewVector::SameAs { row: original.row, norm: original.norm },
+        None => NewVector::Embedding(embed(&path)?),
+    };
+    let image = NewImage { path: path_str.clone(), hash, size, mtime, label: label_of(&path), vector };
+    store.add_batch(&[image])?;
+    store.by_path(&path_str)?.ok_or_else(|| Error::Msg(format!("{path_str}: not found after adding")))
+}

@@ -15,6 +15,8 @@ pub mod index;
 pub mod indexer;
 pub mod joint;
 pub mod models;
+pub mod query;
+pub mod server;
 mod simd;
 pub mod store;
 pub mod words;

@@ -88,6 +88,13 @@ impl Embedder {
         Ok(self.embed_tensors(&[image])?.remove(0))
     }
 
+    /// Embeds an image given as bytes (an upload); `name` is used in errors.
+    pub fn embed_bytes(&self, bytes: &[u8], name: &Path) -> Result<Embedded> {
+        let rgb = super::preprocess::decode_rgb(bytes, name, self.preprocess.max_pixels)?;
+        let image = self.preprocess.tensorize(&rgb);
+        Ok(self.embed_tensors(&[image])?.remove(0))
+    }
+
     /// Embeds many files: `on_result(index, result)` is called once per path,
     /// in completion order (failures as soon as decoding fails). A file that
     /// fails never stops the others.

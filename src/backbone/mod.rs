@@ -9,7 +9,7 @@ mod embedder;
 pub mod kernels;
 mod preprocess;
 
-pub use classes::{imagenet_classes, ImageNetClass};
+pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
 pub use efficientnet::{BlockSpec, Config, EfficientNet, Features};
 pub use embedder::{softmax, top_k, Embedded, Embedder};
 pub use preprocess::{decode_rgb, Preprocess, DEFAULT_MAX_PIXELS};

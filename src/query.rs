@@ -1,0 +1,99 @@
+//! Running a search over the store: the query vector (CNN space, class
+//! weighted, or joint space), the index to scan, and the results with their
+//! records. Shared by the CLI and the HTTP service.
+
+use serde::Serialize;
+
+use crate::index::{ExactIndex, HnswIndex, VectorIndex};
+use crate::joint::vectors::JointVectors;
+use crate::store::Store;
+use crate::Result;
+
+/// What to search with.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// A CNN embedding (any length: the cosine ignores it).
+    Cnn(Vec<f32>),
+    /// A CNN embedding, with the query and every stored vector multiplied
+    /// by these weights (one ImageNet class's classifier row).
+    Weighted { embedding: Vec<f32>, weights: Vec<f32> },
+    /// A vector in the joint image-word space.
+    Joint(Vec<f32>),
+}
+
+/// One result.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Found {
+    pub rank: usize,
+    pub key: i64,
+    pub path: String,
+    pub label: String,
+    /// Angular distance `sqrt(2 - 2 cos)`: 0 same direction, 2 opposite.
+    pub distance: f32,
+}
+
+/// Where the vectors are.
+pub struct Indexes<'a> {
+    pub store: &'a Store,
+    /// The HNSW graph over the CNN embeddings, when it covers every row.
+    pub hnsw: Option<&'a HnswIndex>,
+    pub joint: Option<&'a JointVectors>,
+}
+
+/// The `k` nearest images to `query`, nearest first, farther than
+/// `max_distance` dropped. Rows no image uses any more are skipped.
+pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
+    let (vectors, dim) = match query {
+        Query::Joint(_) => {
+            let j = ix.joint.ok_or_else(|| crate::Error::NoModel { db: ix.store.dir().to_path_buf() })?;
+            (j.vectors(), j.dim())
+        }
+        _ => (ix.store.vectors(), ix.store.dim()),
+    };
+    let exact = ExactIndex::new(vectors, dim);
+    let hnsw = match query {
+        Query::Cnn(_) => ix.hnsw.filter(|h| h.len() == vectors.len() / dim),
+        _ => None,
+    };
+    let index: &dyn VectorIndex = match hnsw {
+        Some(h) => h,
+        None => &exact,
+    };
+    // Widen until k results or the end (deleted images leave unused rows).
+    let mut want = k + 8;
+    let results = loop {
+        let hits = match query {
+            Query::Weighted { embedding, weights } => exact.search_weighted(embedding, weights, want),
+            Query::Cnn(q) | Query::Joint(q) => index.search(q, want),
+        };
+        let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
+        let distance: std::collections::HashMap<u64, f32> = hits.iter().map(|h| (h.id as u64, h.distance)).collect();
+        let out: Vec<Found> = ix
+            .store
+            .by_rows(&rows)?
+            .into_iter()
+            .map(|r| Found { rank: 0, key: r.key, path: r.path, label: r.label, distance: distance[&r.row] })
+            .collect();
+        if out.len() >= k || hits.len() < want {
+            break out;
+        }
+        want *= 4;
+    };
+    Ok(results
+        .into_iter()
+        .filter(|r| max_distance.is_none_or(|m| r.distance <= m))
+        .take(k)
+        .enumerate()
+        .map(|(i, r)| Found { rank: i + 1, ..r })
+        .collect())
+}
+
+/// Unit length (zero stays zero).
+pub fn unit(v: &[f32]) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n == 0.0 {
+        v.to_vec()
+    } else {
+        v.iter().map(|x| x / n).collect()
+    }
+}

@@ -10,6 +10,7 @@ mod cli;
 mod embed;
 mod index;
 mod joint;
+mod server;
 mod words;
 
 use std::path::PathBuf;

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path as UrlPath, Query, Request, State as Shared};
+use axum::extract::{
+    DefaultBodyLimit, MatchedPath, Multipart, Path as UrlPath, Query, Request, State as Shared,
+};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -29,9 +31,41 @@ const MAX_K: usize = 1000;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "imgsearch", description = "Semantic image search: by image, by words, class-weighted; tags; word neighbours."),
-    paths(search_get, search_post, tags_get, tags_post, words, classes, status, add_image, add_image_by_path, image_info, delete_image, thumbnail, original, healthz, metrics_text),
-    components(schemas(SearchResponse, ResultOut, TagOut, WordOut, ClassOut, StatusOut, ImageOut, AddByPath, SearchForm, TagForm, AddForm, ErrorOut))
+    info(
+        title = "imgsearch",
+        description = "Semantic image search: by image, by words, class-weighted; tags; word neighbours."
+    ),
+    paths(
+        search_get,
+        search_post,
+        tags_get,
+        tags_post,
+        words,
+        classes,
+        status,
+        add_image,
+        add_image_by_path,
+        image_info,
+        delete_image,
+        thumbnail,
+        original,
+        healthz,
+        metrics_text
+    ),
+    components(schemas(
+        SearchResponse,
+        ResultOut,
+        TagOut,
+        WordOut,
+        ClassOut,
+        StatusOut,
+        ImageOut,
+        AddByPath,
+        SearchForm,
+        TagForm,
+        AddForm,
+        ErrorOut
+    ))
 )]
 pub struct ApiDoc;
 
@@ -46,7 +80,10 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(|| async { Html(PAGE) }))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/api/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/api/openapi.json",
+            get(|| async { Json(ApiDoc::openapi()) }),
+        )
         .route("/api/status", get(status))
         .route("/api/search", get(search_get).post(search_post))
         .route("/api/tags", get(tags_get).post(tags_post))
@@ -63,39 +100,67 @@ pub fn app(state: AppState) -> Router {
 
 /// Counts and times every request by its route pattern.
 async fn track(Shared(state): Shared<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let response = next.run(req).await;
-    state.metrics.record(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    state.metrics.record(
+        &route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 
 /// Mutating requests need `Authorization: Bearer <token>` when a token is set.
-async fn require_token(Shared(state): Shared<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_token(
+    Shared(state): Shared<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &state.options.token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "this request changes the index: send Authorization: Bearer <token>")
-                .into_response();
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "this request changes the index: send Authorization: Bearer <token>",
+            )
+            .into_response();
         }
     }
     next.run(req).await
 }
 
 /// Runs `f` on the blocking pool, or answers 503 when the queue is full.
-async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce(&State) -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    let permit = state
-        .queue
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: too many requests queued; retry shortly"))?;
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&State) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let permit = state.queue.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is busy: too many requests queued; retry shortly",
+        )
+    })?;
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         f(&state)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed inside the server: {e}")))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request failed inside the server: {e}"),
+        )
+    })?
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,7 +205,7 @@ pub struct SearchResponse {
     /// `cnn` or `joint`.
     pub space: String,
     pub results: Vec<ResultOut>,
-    /// The query image's tags, when there is a query image and a joint model.
+    /// The query image's tags, when asked for (`tags=true`).
     pub tags: Option<Vec<TagOut>>,
 }
 
@@ -190,6 +255,8 @@ pub struct SearchParams {
     pub max_distance: Option<f32>,
     /// `cnn` (default for an image) or `joint`.
     pub space: Option<String>,
+    /// Also tag the query image (nearest words of the whole vocabulary; needs a joint model).
+    pub tags: Option<bool>,
 }
 
 /// `POST /api/search`: an uploaded image and the fields of [`SearchParams`].
@@ -203,6 +270,7 @@ pub struct SearchForm {
     k: Option<usize>,
     max_distance: Option<f32>,
     space: Option<String>,
+    tags: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -254,7 +322,9 @@ pub struct ClassParams {
 fn check_k(k: Option<usize>, default: usize) -> ApiResult<usize> {
     let k = k.unwrap_or(default);
     if k == 0 || k > MAX_K {
-        return Err(ApiError::bad_request(format!("k must be between 1 and {MAX_K}, got {k}")));
+        return Err(ApiError::bad_request(format!(
+            "k must be between 1 and {MAX_K}, got {k}"
+        )));
     }
     Ok(k)
 }
@@ -263,7 +333,10 @@ fn image_out(key: i64, label: &str, path: &str) -> ImageOut {
     ImageOut {
         key,
         label: label.to_owned(),
-        file: Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        file: Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         thumbnail: format!("/api/images/{key}/thumbnail"),
         original: format!("/api/images/{key}/original"),
     }
@@ -276,8 +349,13 @@ struct Form {
 }
 
 async fn read_form(mut multipart: Multipart) -> ApiResult<Form> {
-    let mut form = Form { image: None, fields: Default::default() };
-    let too_big = |e: axum::extract::multipart::MultipartError| ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()));
+    let mut form = Form {
+        image: None,
+        fields: Default::default(),
+    };
+    let too_big = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()))
+    };
     while let Some(field) = multipart.next_field().await.map_err(too_big)? {
         let name = field.name().unwrap_or_default().to_owned();
         if name == "image" {
@@ -293,9 +371,17 @@ async fn read_form(mut multipart: Multipart) -> ApiResult<Form> {
 }
 
 fn field<T: std::str::FromStr>(form: &Form, name: &str) -> ApiResult<Option<T>> {
-    match form.fields.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    match form
+        .fields
+        .get(name)
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("field {name}: cannot read \"{v}\""))),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("field {name}: cannot read \"{v}\""))),
     }
 }
 
@@ -309,29 +395,55 @@ fn embed_upload(state: &State, bytes: &[u8], name: &str) -> ApiResult<Vec<f32>> 
 }
 
 fn stored_embedding(engine: &Engine, key: i64) -> ApiResult<Vec<f32>> {
-    let r = engine.store.by_key(key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
+    let r = engine
+        .store
+        .by_key(key)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
     Ok(engine.store.embedding(&r))
 }
 
 fn tags_of(state: &State, engine: &Engine, raw: &[f32], k: usize) -> ApiResult<Vec<TagOut>> {
-    let (model, _) = engine.joint.as_ref().ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }))?;
+    let (model, _) = engine.joint.as_ref().ok_or_else(|| {
+        ApiError::from(crate::Error::NoModel {
+            db: state.db.clone(),
+        })
+    })?;
     let projected = model.project(raw)?;
-    Ok(state.words.nearest(&projected, k).into_iter().map(|n| TagOut { index: n.id, word: n.word, distance: n.distance }).collect())
+    Ok(state
+        .words
+        .nearest(&projected, k)
+        .into_iter()
+        .map(|n| TagOut {
+            index: n.id,
+            word: n.word,
+            distance: n.distance,
+        })
+        .collect())
 }
 
-fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>) -> ApiResult<SearchResponse> {
+fn run_search(
+    state: &State,
+    p: SearchParams,
+    upload: Option<(Vec<u8>, String)>,
+) -> ApiResult<SearchResponse> {
     let k = check_k(p.k, 20)?;
     if let Some(m) = p.max_distance {
         if !(0.0..=2.0).contains(&m) {
-            return Err(ApiError::bad_request(format!("max_distance must be between 0 and 2, got {m}")));
+            return Err(ApiError::bad_request(format!(
+                "max_distance must be between 0 and 2, got {m}"
+            )));
         }
     }
     let text = p.text.as_deref().map(str::trim).filter(|t| !t.is_empty());
     if p.key.is_some() && upload.is_some() {
-        return Err(ApiError::bad_request("give either key or an uploaded image, not both"));
+        return Err(ApiError::bad_request(
+            "give either key or an uploaded image, not both",
+        ));
     }
     if p.key.is_none() && upload.is_none() && text.is_none() {
-        return Err(ApiError::bad_request("empty query: give text, an image key, or upload an image"));
+        return Err(ApiError::bad_request(
+            "empty query: give text, an image key, or upload an image",
+        ));
     }
     let space = match p.space.as_deref() {
         None | Some("") => {
@@ -341,17 +453,34 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
                 "cnn"
             }
         }
-        Some("cnn") if text.is_some() => return Err(ApiError::bad_request("text is searched in the joint space; drop space=cnn")),
+        Some("cnn") if text.is_some() => {
+            return Err(ApiError::bad_request(
+                "text is searched in the joint space; drop space=cnn",
+            ))
+        }
         Some(s @ ("cnn" | "joint")) => s,
-        Some(other) => return Err(ApiError::bad_request(format!("space must be cnn or joint, got \"{other}\""))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "space must be cnn or joint, got \"{other}\""
+            )))
+        }
     };
     if p.class.is_some() && space == "joint" {
-        return Err(ApiError::bad_request("class reweights CNN embeddings: it does not combine with text or space=joint"));
+        return Err(ApiError::bad_request(
+            "class reweights CNN embeddings: it does not combine with text or space=joint",
+        ));
     }
     let class_weights = match &p.class {
         Some(spec) => {
             let c = crate::backbone::resolve_class(spec)?;
-            Some(lock(&state.embedder).model().class_weights().get(c).and_then(|t| t.to_vec1::<f32>()).map_err(crate::Error::from)?)
+            Some(
+                lock(&state.embedder)
+                    .model()
+                    .class_weights()
+                    .get(c)
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(crate::Error::from)?,
+            )
         }
         None => None,
     };
@@ -360,7 +489,11 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
         None => None,
     };
     let text_vector = match text {
-        Some(t) => Some(state.words.query_vector(&crate::words::WordQuery::parse(t)?)?),
+        Some(t) => Some(
+            state
+                .words
+                .query_vector(&crate::words::WordQuery::parse(t)?)?,
+        ),
         None => None,
     };
     let engine = lock(&state.engine);
@@ -369,15 +502,26 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
         (None, Some(key)) => Some(stored_embedding(&engine, key)?),
         (None, None) => None,
     };
-    let joint = || engine.joint.as_ref().map(|(m, _)| m).ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }));
+    let joint = || {
+        engine.joint.as_ref().map(|(m, _)| m).ok_or_else(|| {
+            ApiError::from(crate::Error::NoModel {
+                db: state.db.clone(),
+            })
+        })
+    };
     let query = match (space, &image, class_weights) {
-        ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted { embedding: img.clone(), weights },
+        ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted {
+            embedding: img.clone(),
+            weights,
+        },
         ("cnn", Some(img), None) => SearchQuery::Cnn(img.clone()),
         (_, img, _) => {
             let model = joint()?;
             let mut q = vec![0f32; model.out_dim()];
             if let Some(img) = img {
-                q.iter_mut().zip(query::unit(&model.project(img)?)).for_each(|(a, b)| *a += b);
+                q.iter_mut()
+                    .zip(query::unit(&model.project(img)?))
+                    .for_each(|(a, b)| *a += b);
             }
             if let Some(t) = &text_vector {
                 q.iter_mut().zip(query::unit(t)).for_each(|(a, b)| *a += b);
@@ -385,20 +529,36 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
             SearchQuery::Joint(q)
         }
     };
-    let indexes = query::Indexes { store: &engine.store, hnsw: engine.hnsw.as_ref(), joint: engine.joint.as_ref().map(|(_, v)| v) };
+    let indexes = query::Indexes {
+        store: &engine.store,
+        hnsw: engine.hnsw.as_ref(),
+        joint: engine.joint.as_ref().map(|(_, v)| v),
+    };
     let found = query::search(&indexes, &query, k, p.max_distance)?;
     let tags = match &image {
-        Some(img) if engine.joint.is_some() => Some(tags_of(state, &engine, img, 8)?),
+        Some(img) if p.tags == Some(true) => Some(tags_of(state, &engine, img, 8)?),
         _ => None,
     };
     let results = found
         .into_iter()
         .map(|f| {
             let o = image_out(f.key, &f.label, &f.path);
-            ResultOut { rank: f.rank, key: f.key, label: o.label, file: o.file, distance: f.distance, thumbnail: o.thumbnail, original: o.original }
+            ResultOut {
+                rank: f.rank,
+                key: f.key,
+                label: o.label,
+                file: o.file,
+                distance: f.distance,
+                thumbnail: o.thumbnail,
+                original: o.original,
+            }
         })
         .collect();
-    Ok(SearchResponse { space: space.to_owned(), results, tags })
+    Ok(SearchResponse {
+        space: space.to_owned(),
+        results,
+        tags,
+    })
 }
 
 /// After images are added: extend the HNSW graph and the joint vectors.
@@ -420,7 +580,17 @@ fn refresh(engine: &mut Engine) -> crate::Result<()> {
 
 /// Keeps a label to one safe folder name.
 fn clean_label(label: &str) -> String {
-    let cleaned: String = label.trim().chars().map(|c| if c.is_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    let cleaned: String = label
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if cleaned.is_empty() || cleaned.chars().all(|c| c == '_') {
         "uploads".into()
     } else {
@@ -442,7 +612,11 @@ async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<Response> {
     let s = state.clone();
     let text = blocking(&state, move |st| {
         let engine = lock(&st.engine);
-        Ok(s.metrics.render(engine.store.len()?, engine.store.rows(), engine.joint.is_some()))
+        Ok(s.metrics.render(
+            engine.store.len()?,
+            engine.store.rows(),
+            engine.joint.is_some(),
+        ))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -457,7 +631,10 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
             images: engine.store.len()?,
             backbone: st.options.backbone.clone(),
             words: crate::joint::WordsId::of(&st.words).to_string(),
-            joint_labels: engine.joint.as_ref().map(|(m, _)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
+            joint_labels: engine
+                .joint
+                .as_ref()
+                .map(|(m, _)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
             hnsw: engine.hnsw.is_some(),
         }))
     })
@@ -467,14 +644,20 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
 /// Search by an indexed image (`key`), by words (`text`), or both; class-weighted with `class`.
 #[utoipa::path(get, path = "/api/search", params(SearchParams), responses(
     (status = 200, body = SearchResponse), (status = 400, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, description = "needs a trained joint model", body = ErrorOut)))]
-async fn search_get(Shared(state): Shared<AppState>, Query(p): Query<SearchParams>) -> ApiResult<Json<SearchResponse>> {
+async fn search_get(
+    Shared(state): Shared<AppState>,
+    Query(p): Query<SearchParams>,
+) -> ApiResult<Json<SearchResponse>> {
     blocking(&state, move |st| run_search(st, p, None).map(Json)).await
 }
 
 /// Search by an uploaded image (multipart field `image`), optionally with text, class, k, max_distance, space.
 #[utoipa::path(post, path = "/api/search", request_body(content = SearchForm, content_type = "multipart/form-data"), responses(
     (status = 200, body = SearchResponse), (status = 400, body = ErrorOut), (status = 413, body = ErrorOut)))]
-async fn search_post(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Json<SearchResponse>> {
+async fn search_post(
+    Shared(state): Shared<AppState>,
+    multipart: Multipart,
+) -> ApiResult<Json<SearchResponse>> {
     let form = read_form(multipart).await?;
     let p = SearchParams {
         key: field(&form, "key")?,
@@ -483,6 +666,7 @@ async fn search_post(Shared(state): Shared<AppState>, multipart: Multipart) -> A
         k: field(&form, "k")?,
         max_distance: field(&form, "max_distance")?,
         space: field(&form, "space")?,
+        tags: field(&form, "tags")?,
     };
     let image = form.image;
     blocking(&state, move |st| run_search(st, p, image).map(Json)).await
@@ -490,9 +674,14 @@ async fn search_post(Shared(state): Shared<AppState>, multipart: Multipart) -> A
 
 /// The nearest words of the whole vocabulary to an indexed image.
 #[utoipa::path(get, path = "/api/tags", params(TagParams), responses((status = 200, body = [TagOut]), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
-async fn tags_get(Shared(state): Shared<AppState>, Query(p): Query<TagParams>) -> ApiResult<Json<Vec<TagOut>>> {
+async fn tags_get(
+    Shared(state): Shared<AppState>,
+    Query(p): Query<TagParams>,
+) -> ApiResult<Json<Vec<TagOut>>> {
     let k = check_k(p.k, 10)?;
-    let key = p.key.ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
+    let key = p
+        .key
+        .ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
     blocking(&state, move |st| {
         let engine = lock(&st.engine);
         let raw = stored_embedding(&engine, key)?;
@@ -503,10 +692,15 @@ async fn tags_get(Shared(state): Shared<AppState>, Query(p): Query<TagParams>) -
 
 /// The nearest words to an uploaded image (multipart field `image`).
 #[utoipa::path(post, path = "/api/tags", request_body(content = TagForm, content_type = "multipart/form-data"), responses((status = 200, body = [TagOut]), (status = 400, body = ErrorOut), (status = 409, body = ErrorOut)))]
-async fn tags_post(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Json<Vec<TagOut>>> {
+async fn tags_post(
+    Shared(state): Shared<AppState>,
+    multipart: Multipart,
+) -> ApiResult<Json<Vec<TagOut>>> {
     let form = read_form(multipart).await?;
     let k = check_k(field(&form, "k")?, 10)?;
-    let (bytes, name) = form.image.ok_or_else(|| ApiError::bad_request("no image: send it in the multipart field \"image\""))?;
+    let (bytes, name) = form.image.ok_or_else(|| {
+        ApiError::bad_request("no image: send it in the multipart field \"image\"")
+    })?;
     blocking(&state, move |st| {
         let raw = embed_upload(st, &bytes, &name)?;
         let engine = lock(&st.engine);
@@ -517,11 +711,22 @@ async fn tags_post(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
 
 /// Nearest words to a word or words (`king -man woman`).
 #[utoipa::path(get, path = "/api/words", params(WordParams), responses((status = 200, body = [WordOut]), (status = 400, body = ErrorOut)))]
-async fn words(Shared(state): Shared<AppState>, Query(p): Query<WordParams>) -> ApiResult<Json<Vec<WordOut>>> {
+async fn words(
+    Shared(state): Shared<AppState>,
+    Query(p): Query<WordParams>,
+) -> ApiResult<Json<Vec<WordOut>>> {
     let k = check_k(p.k, 10)?;
     blocking(&state, move |st| {
         let found = st.words.nearest_to_text(&p.q, k)?;
-        Ok(Json(found.into_iter().map(|n| WordOut { word: n.word, distance: n.distance }).collect()))
+        Ok(Json(
+            found
+                .into_iter()
+                .map(|n| WordOut {
+                    word: n.word,
+                    distance: n.distance,
+                })
+                .collect(),
+        ))
     })
     .await
 }
@@ -531,20 +736,41 @@ async fn words(Shared(state): Shared<AppState>, Query(p): Query<WordParams>) -> 
 async fn classes(Query(p): Query<ClassParams>) -> ApiResult<Json<Vec<ClassOut>>> {
     let n = check_k(p.n, 10)?;
     let all = crate::backbone::imagenet_classes();
-    Ok(Json(crate::backbone::suggest_classes(&p.q, n).into_iter().map(|i| ClassOut { index: i, name: all[i].name.clone() }).collect()))
+    Ok(Json(
+        crate::backbone::suggest_classes(&p.q, n)
+            .into_iter()
+            .map(|i| ClassOut {
+                index: i,
+                name: all[i].name.clone(),
+            })
+            .collect(),
+    ))
 }
 
 /// Upload an image into the index (multipart `image`, optional `label`).
 #[utoipa::path(post, path = "/api/images", request_body(content = AddForm, content_type = "multipart/form-data"), responses(
     (status = 201, body = ImageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 413, body = ErrorOut)))]
-async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<(StatusCode, Json<ImageOut>)> {
+async fn add_image(
+    Shared(state): Shared<AppState>,
+    multipart: Multipart,
+) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     let form = read_form(multipart).await?;
-    let label = clean_label(form.fields.get("label").map(String::as_str).unwrap_or("uploads"));
-    let (bytes, name) = form.image.ok_or_else(|| ApiError::bad_request("no image: send it in the multipart field \"image\""))?;
+    let label = clean_label(
+        form.fields
+            .get("label")
+            .map(String::as_str)
+            .unwrap_or("uploads"),
+    );
+    let (bytes, name) = form.image.ok_or_else(|| {
+        ApiError::bad_request("no image: send it in the multipart field \"image\"")
+    })?;
     blocking(&state, move |st| {
         // Decoded and embedded before anything is written.
         let embedding = embed_upload(st, &bytes, &name)?;
-        let ext = image::guess_format(&bytes).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("img");
+        let ext = image::guess_format(&bytes)
+            .ok()
+            .and_then(|f| f.extensions_str().first().copied())
+            .unwrap_or("img");
         let hash = {
             use sha2::Digest;
             format!("{:x}", sha2::Sha256::digest(&bytes))
@@ -558,7 +784,10 @@ async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
         let mut engine = lock(&st.engine);
         let r = crate::indexer::add_file(&mut engine.store, &path, |_| Ok(embedding))?;
         refresh(&mut engine)?;
-        Ok((StatusCode::CREATED, Json(image_out(r.key, &r.label, &r.path))))
+        Ok((
+            StatusCode::CREATED,
+            Json(image_out(r.key, &r.label, &r.path)),
+        ))
     })
     .await
 }
@@ -566,27 +795,47 @@ async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
 /// Index a file already on the server, under one of the indexed folders.
 #[utoipa::path(post, path = "/api/images/by-path", request_body = AddByPath, responses(
     (status = 201, body = ImageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 403, body = ErrorOut)))]
-async fn add_image_by_path(Shared(state): Shared<AppState>, Json(body): Json<AddByPath>) -> ApiResult<(StatusCode, Json<ImageOut>)> {
+async fn add_image_by_path(
+    Shared(state): Shared<AppState>,
+    Json(body): Json<AddByPath>,
+) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     blocking(&state, move |st| {
-        let outside = || ApiError::new(StatusCode::FORBIDDEN, format!("{}: not a file under the indexed folders", body.path));
-        let path = Path::new(&body.path).canonicalize().map_err(|_| outside())?;
+        let outside = || {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{}: not a file under the indexed folders", body.path),
+            )
+        };
+        let path = Path::new(&body.path)
+            .canonicalize()
+            .map_err(|_| outside())?;
         if !path.is_file() || !st.roots.iter().any(|r| path.starts_with(r)) {
             return Err(outside());
         }
         let mut engine = lock(&st.engine);
-        let r = crate::indexer::add_file(&mut engine.store, &path, |p| Ok(lock(&st.embedder).embed_file(p)?.embedding))?;
+        let r = crate::indexer::add_file(&mut engine.store, &path, |p| {
+            Ok(lock(&st.embedder).embed_file(p)?.embedding)
+        })?;
         refresh(&mut engine)?;
-        Ok((StatusCode::CREATED, Json(image_out(r.key, &r.label, &r.path))))
+        Ok((
+            StatusCode::CREATED,
+            Json(image_out(r.key, &r.label, &r.path)),
+        ))
     })
     .await
 }
 
 /// One indexed image.
 #[utoipa::path(get, path = "/api/images/{key}", params(("key" = i64, Path)), responses((status = 200, body = ImageOut), (status = 404, body = ErrorOut)))]
-async fn image_info(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Json<ImageOut>> {
+async fn image_info(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+) -> ApiResult<Json<ImageOut>> {
     blocking(&state, move |st| {
         let engine = lock(&st.engine);
-        let r = engine.store.by_key(key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
+        let r = engine.store.by_key(key)?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
+        })?;
         Ok(Json(image_out(r.key, &r.label, &r.path)))
     })
     .await
@@ -594,12 +843,20 @@ async fn image_info(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>)
 
 /// Remove an image from the index (an uploaded file is deleted too; files in your folders are kept).
 #[utoipa::path(delete, path = "/api/images/{key}", params(("key" = i64, Path)), responses((status = 204), (status = 401, body = ErrorOut), (status = 404, body = ErrorOut)))]
-async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<StatusCode> {
+async fn delete_image(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+) -> ApiResult<StatusCode> {
     blocking(&state, move |st| {
         let mut engine = lock(&st.engine);
-        let r = engine.store.by_key(key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
+        let r = engine.store.by_key(key)?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
+        })?;
         engine.store.delete(&[key])?;
-        let uploads = st.uploads.canonicalize().unwrap_or_else(|_| st.uploads.clone());
+        let uploads = st
+            .uploads
+            .canonicalize()
+            .unwrap_or_else(|_| st.uploads.clone());
         if Path::new(&r.path).starts_with(&uploads) {
             let _ = std::fs::remove_file(&r.path);
         }
@@ -617,37 +874,75 @@ fn content_type(bytes: &[u8]) -> &'static str {
 
 /// A JPEG thumbnail (longest side 256), made once and cached.
 #[utoipa::path(get, path = "/api/images/{key}/thumbnail", params(("key" = i64, Path)), responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = ErrorOut)))]
-async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Response> {
+async fn thumbnail(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+) -> ApiResult<Response> {
     let bytes = blocking(&state, move |st| {
-        let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
+        let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
+        })?;
         let cached = st.thumbs.join(format!("{}-{THUMB_SIZE}.jpg", r.hash));
         if let Ok(bytes) = std::fs::read(&cached) {
             return Ok(bytes);
         }
-        let original = std::fs::read(&r.path)
-            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("image {key}: its file cannot be read ({e}); re-run `imgsearch index`")))?;
-        let rgb = crate::backbone::decode_rgb(&original, Path::new(&r.path), crate::backbone::DEFAULT_MAX_PIXELS)?;
+        let original = std::fs::read(&r.path).map_err(|e| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("image {key}: its file cannot be read ({e}); re-run `imgsearch index`"),
+            )
+        })?;
+        let rgb = crate::backbone::decode_rgb(
+            &original,
+            Path::new(&r.path),
+            crate::backbone::DEFAULT_MAX_PIXELS,
+        )?;
         let (w, h) = rgb.dimensions();
         let scale = (THUMB_SIZE as f64 / w.max(h) as f64).min(1.0);
-        let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+        let (tw, th) = (
+            ((w as f64 * scale).round() as u32).max(1),
+            ((h as f64 * scale).round() as u32).max(1),
+        );
         let thumb = image::imageops::thumbnail(&rgb, tw, th);
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
             .encode_image(&thumb)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the thumbnail of {key}: {e}")))?;
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding the thumbnail of {key}: {e}"),
+                )
+            })?;
         crate::joint::write_atomic(&cached, &out)?;
         Ok(out)
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=86400")], bytes).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "max-age=86400"),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// The original file.
 #[utoipa::path(get, path = "/api/images/{key}/original", params(("key" = i64, Path)), responses((status = 200, body = Vec<u8>), (status = 404, body = ErrorOut)))]
-async fn original(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Response> {
+async fn original(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+) -> ApiResult<Response> {
     let bytes = blocking(&state, move |st| {
-        let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
-        std::fs::read(&r.path).map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("image {key}: its file cannot be read ({e})")))
+        let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
+        })?;
+        std::fs::read(&r.path).map_err(|e| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("image {key}: its file cannot be read ({e})"),
+            )
+        })
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, content_type(&bytes))], bytes).into_response())

@@ -71,6 +71,17 @@ fn shared_state() -> Arc<State> {
     .clone()
 }
 
+/// A fresh index of `per_label` images of each label, in a temp dir.
+fn indexed_copy(labels: &[&str], per_label: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_images(&photos, labels, per_label);
+    let db = dir.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (dir, photos, db)
+}
+
 struct Answer {
     status: StatusCode,
     content_type: String,
@@ -466,28 +477,11 @@ async fn thumbnails_and_originals_by_key_only() {
 #[tokio::test]
 async fn adding_and_deleting_need_the_token_and_update_the_index_live() {
     // A separate index: this test changes it.
-    let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
-    copy_images(&photos, &["cat", "dog"], 3);
-    let db = dir.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(&db)
-        .arg("index")
-        .arg(&photos)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (dir, photos, db) = indexed_copy(&["cat", "dog"], 3);
     let state = state_for(&db, vec![photos.clone()], 2 << 20);
-    let horse = std::fs::read(crate::pascal_images().join("horse/2008_000089.jpg")).or_else(|_| {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(crate::pascal_images().join("horse"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        std::fs::read(&files[0])
-    });
-    let horse = horse.unwrap();
+    let mut horses: Vec<PathBuf> = std::fs::read_dir(crate::pascal_images().join("horse")).unwrap().map(|e| e.unwrap().path()).collect();
+    horses.sort();
+    let horse = std::fs::read(&horses[0]).unwrap();
     let no_token = send(
         state.clone(),
         post_form(
@@ -641,18 +635,7 @@ async fn adding_and_deleting_need_the_token_and_update_the_index_live() {
 
 #[tokio::test]
 async fn word_search_and_tags_without_a_model_say_how_to_train() {
-    let dir = tempfile::tempdir().unwrap();
-    let photos = dir.path().join("photos");
-    copy_images(&photos, &["cat"], 2);
-    let db = dir.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(&db)
-        .arg("index")
-        .arg(&photos)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (_dir, _photos, db) = indexed_copy(&["cat"], 2);
     let state = state_for(&db, vec![], 2 << 20);
     let a = send(
         state.clone(),
@@ -680,4 +663,19 @@ async fn word_search_and_tags_without_a_model_say_how_to_train() {
     .json();
     assert_eq!(s["results"].as_array().unwrap().len(), 2);
     assert!(s["tags"].is_null());
+}
+
+#[test]
+fn serving_beyond_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(dir.path().join("db"))
+        .args(["serve", "--addr", "0.0.0.0:0"])
+        .env_remove("IMGSEARCH_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs a token") && err.contains("--token"), "{err}");
 }

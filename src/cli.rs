@@ -348,6 +348,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 pins.push(models::LITE2);
             }
             pins.push(models::GLOVE_50D);
+            pins.push(models::MINILM);
             models::fetch(&models_dir, &pins, &mut |line| eprintln!("{line}"))?;
             Ok(())
         }

@@ -19,6 +19,7 @@ pub mod query;
 pub mod server;
 mod simd;
 pub mod store;
+pub mod text;
 pub mod words;
 
 pub use error::{Error, Result};

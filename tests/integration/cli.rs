@@ -43,7 +43,7 @@ fn models_fetch_is_a_no_op_when_present() {
     let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["models", "fetch"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(log.matches("present").count(), 2, "{log}");
+    assert_eq!(log.matches("present").count(), 3, "{log}");
 }
 
 #[test]

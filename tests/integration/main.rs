@@ -11,6 +11,7 @@ mod embed;
 mod index;
 mod joint;
 mod server;
+mod text;
 mod words;
 
 use std::path::PathBuf;

@@ -1,0 +1,39 @@
+//! The sentence encoder against an independent NumPy reference (needs models).
+
+use imgsearch::text::{SentenceEncoder, TextEncoder};
+
+fn encoder() -> SentenceEncoder {
+    let dir = SentenceEncoder::dir(&imgsearch::models::models_dir(None));
+    SentenceEncoder::load(&dir).unwrap_or_else(|e| panic!("{e}: run `imgsearch models fetch` before the tests"))
+}
+
+#[test]
+fn minilm_matches_the_numpy_reference_to_1e3() {
+    // Made by scripts/reference_sentences.py.
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(crate::test_data("reference_minilm.json")).unwrap()).unwrap();
+    let enc = encoder();
+    let texts: Vec<&str> = reference.as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let got = enc.encode(&texts).unwrap();
+    for (r, g) in reference.as_array().unwrap().iter().zip(&got) {
+        let want: Vec<f32> = r["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(g.vector.len(), 384);
+        let worst = want.iter().zip(&g.vector).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-3, "{}: max difference {worst}", r["text"]);
+        assert_eq!(g.truncated, r["tokens"].as_u64().unwrap() as usize >= imgsearch::text::MAX_TOKENS, "{}", r["text"]);
+    }
+    // One at a time gives the same vectors as in a padded batch.
+    let single = enc.encode(&texts[2..3]).unwrap();
+    let worst = single[0].vector.iter().zip(&got[2].vector).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-4, "{worst}");
+}
+
+#[test]
+fn word_order_matters_and_empty_text_is_an_error() {
+    let enc = encoder();
+    let v = enc.encode(&["a man riding a horse", "a horse riding a man"]).unwrap();
+    let cos: f32 = v[0].vector.iter().zip(&v[1].vector).map(|(a, b)| a * b).sum();
+    // A word average gives exactly 1 here.
+    assert!(cos < 0.99, "the two sentences differ: cos {cos}");
+    assert!(matches!(enc.encode(&["  "]), Err(imgsearch::Error::EmptyQuery)));
+}

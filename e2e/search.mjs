@@ -96,10 +96,10 @@ try {
   if (firstKey !== key) fail(`clicking result ${key} showed ${firstKey} first`);
   await page.screenshot({ path: path.join(shots, "click.png"), fullPage: true });
 
-  // A bad query shows the server's message.
-  await page.fill("#text", "qqzzxx");
-  await page.click("#textform button");
-  await page.waitForFunction(() => document.getElementById("error").textContent.includes("qqzzxx"));
+  // A bad request shows the server's message: an unknown class name.
+  await page.fill("#class", "siamse kat");
+  await page.locator(".hit").first().click();
+  await page.waitForFunction(() => document.getElementById("error").textContent.includes("Siamese cat"));
   if (consoleErrors.length) fail("page errors: " + consoleErrors.join("; "));
   console.log(`e2e ok: dog -> ${labels.join(",")}; upload -> ${catLabels.join(",")}; screenshots in ${shots}`);
 } finally {

@@ -101,10 +101,47 @@ pub struct TrainArgs {
     #[arg(long)]
     pub skip_unknown_labels: bool,
     #[command(flatten)]
+    pub text: TextArgs,
+    #[command(flatten)]
     pub recipe: RecipeArgs,
     /// Print the training report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the model's targets come from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TextArgs {
+    /// Text encoder for the targets: the sentence encoder (default: it wins
+    /// on every figure) or the word vectors (the tutorial's).
+    #[arg(long, value_enum, default_value_t = EncoderChoice::Minilm)]
+    pub encoder: EncoderChoice,
+    /// Captions (`{"label/file.jpg": {"captions": [...]}}` or `{key: [...]}`):
+    /// an image's target becomes the mean embedding of its captions (its
+    /// label where it has none). Default: `captions.json` beside --data, if there is one.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_captions")]
+    pub captions: Option<PathBuf>,
+    /// Train on the labels only, even with a captions file beside --data.
+    #[arg(long)]
+    pub no_captions: bool,
+}
+
+impl TextArgs {
+    /// The captions file to train on, if any.
+    fn captions_file(&self, data_root: &std::path::Path) -> Option<PathBuf> {
+        if self.no_captions {
+            return None;
+        }
+        self.captions.clone().or_else(|| data_root.parent().map(|p| p.join("captions.json")).filter(|p| p.exists()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EncoderChoice {
+    /// Word vectors (--words, default GloVe 6B 50d), averaged.
+    Glove,
+    /// all-MiniLM-L6-v2 sentence embeddings (384-d).
+    Minilm,
 }
 
 /// The training recipe; defaults are the tutorial's.
@@ -265,6 +302,8 @@ pub struct EvalArgs {
     /// Only the backbone figures (no joint model).
     #[arg(long)]
     pub no_joint: bool,
+    #[command(flatten)]
+    pub text: TextArgs,
     #[command(flatten)]
     pub recipe: RecipeArgs,
     /// Print JSON instead of text.
@@ -483,14 +522,19 @@ fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
 }
 
 /// The joint model of `db`, refused if trained on another backbone.
-fn load_joint(db: &std::path::Path, backbone: &str, words: Option<&crate::words::WordVectors>) -> anyhow::Result<JointModel> {
+fn load_joint(db: &std::path::Path, backbone: &str) -> anyhow::Result<JointModel> {
     let model = JointModel::load(db)?;
-    let words_id = match words {
-        Some(w) => crate::joint::WordsId::of(w),
-        None => model.info.words.clone(),
-    };
-    model.check_compatible(backbone, &words_id)?;
+    let words = model.info.words.clone();
+    model.check_compatible(backbone, &words)?;
     Ok(model)
+}
+
+/// The encoder for `choice`: word vectors (`words`) or the sentence encoder (loaded here).
+fn load_sentence_encoder(models_dir: &std::path::Path, choice: EncoderChoice) -> anyhow::Result<Option<crate::text::SentenceEncoder>> {
+    Ok(match choice {
+        EncoderChoice::Glove => None,
+        EncoderChoice::Minilm => Some(crate::text::SentenceEncoder::load(&crate::text::SentenceEncoder::dir(models_dir))?),
+    })
 }
 
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
@@ -512,15 +556,18 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     let embed_new = |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
     let mut joint_vectors = None;
     let query: Vec<f32> = if joint_space {
-        let words = match &a.text {
-            Some(_) => Some(crate::words::open(models_dir, a.vectors.as_deref())?),
-            None => None,
-        };
-        let model = load_joint(db, &a.backbone, words.as_ref())?;
+        let model = load_joint(db, &a.backbone)?;
         joint_vectors = Some(JointVectors::update(&store, &model)?);
-        match (&a.text, &words, &a.image) {
-            (Some(text), Some(words), _) => words.query_vector(&crate::words::WordQuery::parse(text)?)?,
-            (_, _, Some(image)) => model.project(&image_embedding(&store, image, embed_new)?)?,
+        match (&a.text, &a.image) {
+            (Some(text), _) => {
+                let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
+                let (v, truncated) = encoder.query(text)?;
+                if truncated {
+                    eprintln!("note: the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS);
+                }
+                v
+            }
+            (_, Some(image)) => model.project(&image_embedding(&store, image, embed_new)?)?,
             _ => unreachable!("clap requires --image or --text"),
         }
     } else {
@@ -620,8 +667,19 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
         );
     }
     anyhow::ensure!(!train_set.is_empty(), "no training images: the split names none of the images under {}", data.root.display());
+    let glove = crate::text::GloveAverage(&words);
+    let sentences = load_sentence_encoder(models_dir, a.text.encoder)?;
+    let side = match &sentences {
+        Some(s) => crate::joint::data::TextSide::sentences(s),
+        None => crate::joint::data::TextSide::words(&glove),
+    };
+    let captions_file = a.text.captions_file(&data.root);
+    let captions = match &captions_file {
+        Some(file) => Some(crate::joint::data::caption_targets(&crate::joint::data::read_captions(file)?, &train_set.keys, &side)?),
+        None => None,
+    };
     let bar = epoch_bar(options.epochs);
-    let fitted = fit(&a.backbone, &words, &train_set, test_set.keys.clone(), split.source.clone(), &options, a.skip_unknown_labels, |e, loss| {
+    let fitted = fit(&a.backbone, &side, &train_set, captions.as_ref(), test_set.keys.clone(), split.source.clone(), &options, a.skip_unknown_labels, |e, loss| {
         bar.set_position(e as u64);
         bar.set_message(format!("{loss:.4}"));
     })?;
@@ -637,6 +695,8 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
         "words": fitted.info.words,
         "labels": fitted.info.labels.len(),
         "skipped_labels": fitted.info.skipped_labels,
+        "encoder": fitted.info.words.to_string(),
+        "captions": captions_file,
         "train_images": fitted.report.examples,
         "test_images": test_set.len(),
         "missing_split_entries": missing.len(),
@@ -698,11 +758,11 @@ impl LabelledImagesRoot {
 
 fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
     let store = open_index(db, &a.backbone)?;
-    let words = crate::words::open(models_dir, a.vectors.as_deref())?;
-    let model = load_joint(db, &a.backbone, Some(&words))?;
+    let model = load_joint(db, &a.backbone)?;
+    let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
     let embedding = image_embedding(&store, &a.image, |path| Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding))?;
     let projected = model.project(&embedding)?;
-    let tags = words.nearest(&projected, a.k);
+    let tags = encoder.tag_words().nearest(&projected, a.k);
     if a.json {
         let rows: Vec<(usize, &str, f32)> = tags.iter().map(|n| (n.id, n.word.as_str(), n.distance)).collect();
         println!("{}", serde_json::to_string(&rows)?);
@@ -739,6 +799,8 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         max_upload: a.max_upload_mb << 20,
         queue: a.queue,
         backbone: a.backbone.clone(),
+        models: models_dir.to_path_buf(),
+        words_file: a.vectors.clone(),
     };
     let state = crate::server::State::load(db, embedder, words, options)?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(a.addr, state))
@@ -824,6 +886,11 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
             println!("  tagging top-1 among label words      {:.3} (test images)", f(&j["tagging_top1"]));
             println!("  word->image precision@10             {:.3} (mean over label words, test images)", f(&j["word_to_image_precision_at_10"]));
             println!("  image->image precision@10, test      {:.3} CNN space, {:.3} joint space", f(&j["test_cnn_image_precision_at_10"]), f(&j["test_joint_image_precision_at_10"]));
+            println!("  encoder                              {} (targets: {})", j["encoder"].as_str().unwrap_or(""), j["targets"].as_str().unwrap_or(""));
+            if j["caption_to_image"].is_object() {
+                let c = &j["caption_to_image"];
+                println!("  caption->image recall@1 / @10        {:.3} / {:.3} ({} test captions)", f(&c["recall_at_1"]), f(&c["recall_at_10"]), c["queries"]);
+            }
             for (word, labels) in j["examples"].as_object().into_iter().flatten() {
                 println!("  \"{word}\" -> {}", labels.as_str().unwrap_or(""));
             }
@@ -851,8 +918,22 @@ fn eval_joint(
     let split = read_split(a.split.as_deref().or(beside.as_deref()), &data.items, options.seed)?;
     let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
     anyhow::ensure!(!train_set.is_empty() && !test_set.is_empty(), "the split leaves no train or no test images under {}", data.root.display());
+    let glove = crate::text::GloveAverage(&words);
+    let sentences = load_sentence_encoder(models_dir, a.text.encoder)?;
+    let side = match &sentences {
+        Some(s) => crate::joint::data::TextSide::sentences(s),
+        None => crate::joint::data::TextSide::words(&glove),
+    };
+    // Captions for the recall figures whenever there are some; trained on unless --no-captions.
+    let recall_file = a.text.captions.clone().or_else(|| data.root.parent().map(|p| p.join("captions.json")).filter(|p| p.exists()));
+    let captions = recall_file.as_deref().map(crate::joint::data::read_captions).transpose()?;
+    let train_on_captions = !a.text.no_captions && captions.is_some();
+    let caption_targets = match (&captions, train_on_captions) {
+        (Some(c), true) => Some(crate::joint::data::caption_targets(c, &train_set.keys, &side)?),
+        _ => None,
+    };
     let bar = epoch_bar(options.epochs);
-    let fitted = fit(&a.backbone, &words, &train_set, test_set.keys.clone(), split.source.clone(), &options, false, |e, loss| {
+    let fitted = fit(&a.backbone, &side, &train_set, caption_targets.as_ref(), test_set.keys.clone(), split.source.clone(), &options, false, |e, loss| {
         bar.set_position(e as u64);
         bar.set_message(format!("{loss:.4}"));
     })?;
@@ -872,7 +953,8 @@ fn eval_joint(
     let out_dim = fitted.model.out_dim();
     let mut examples = serde_json::Map::new();
     for word in ["ocean", "street", "cat sofa"] {
-        let Ok(q) = crate::words::WordQuery::parse(word).and_then(|q| words.query_vector(&q)) else { continue };
+        let Ok(mut q) = side.encoder.encode(&[word]) else { continue };
+        let q = q.remove(0).vector;
         let mut order: Vec<(f32, usize)> =
             projected.chunks_exact(out_dim).enumerate().map(|(i, p)| (crate::eval::cosine(p, &q), i)).collect();
         order.sort_by(|x, y| y.0.total_cmp(&x.0));
@@ -884,6 +966,30 @@ fn eval_joint(
         counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
         let text: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
         examples.insert(word.to_owned(), text.join(", ").into());
+    }
+    // Caption -> image: each test caption ranks the test images; where is its own?
+    let mut caption_recall = serde_json::Value::Null;
+    if let Some(captions) = &captions {
+        let (mut texts, mut owners) = (Vec::new(), Vec::new());
+        for (i, key) in test_set.keys.iter().enumerate() {
+            for c in captions.get(key).into_iter().flatten() {
+                if let Some(t) = side.caption_text(c) {
+                    texts.push(t);
+                    owners.push(i);
+                }
+            }
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let queries = side.encoder.encode(&refs)?;
+        let (mut at1, mut at10) = (0usize, 0usize);
+        for (q, &own) in queries.iter().zip(&owners) {
+            let own_score = crate::eval::cosine(&projected[own * out_dim..(own + 1) * out_dim], &q.vector);
+            let better = projected.chunks_exact(out_dim).filter(|p| crate::eval::cosine(p, &q.vector) > own_score).count();
+            at1 += (better < 1) as usize;
+            at10 += (better < 10) as usize;
+        }
+        let n = queries.len().max(1) as f64;
+        caption_recall = serde_json::json!({ "queries": queries.len(), "recall_at_1": at1 as f64 / n, "recall_at_10": at10 as f64 / n });
     }
     let recipe = format!(
         "{:?} lr {} {} epochs batch {} seed {}",
@@ -906,6 +1012,9 @@ fn eval_joint(
         "test_cnn_image_precision_at_10": cnn_p10,
         "test_joint_image_precision_at_10": figures.joint_image_precision_at_10,
         "examples": examples,
+        "encoder": side.id.to_string(),
+        "targets": if train_on_captions { "captions" } else { "labels" },
+        "caption_to_image": caption_recall,
         "eval_seconds": start.elapsed().as_secs_f64(),
     }))
 }

@@ -2,7 +2,7 @@
 //! target vectors, train/test splits, and the fit-and-evaluate job shared
 //! by `imgsearch train` and `imgsearch eval`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rand::seq::SliceRandom;
@@ -73,44 +73,81 @@ pub struct LabelTargets {
     pub dim: usize,
 }
 
+/// The text side of training: the encoder that makes the targets, what a
+/// model records of it, and (for word vectors) the vocabulary labels must be in.
+pub struct TextSide<'a> {
+    pub encoder: &'a dyn crate::text::TextEncoder,
+    pub id: WordsId,
+    pub vocabulary: Option<&'a WordVectors>,
+}
+
+impl<'a> TextSide<'a> {
+    /// GloVe-style word vectors, averaged.
+    pub fn words(encoder: &'a crate::text::GloveAverage<'a>) -> Self {
+        Self { encoder, id: WordsId::of(encoder.0), vocabulary: Some(encoder.0) }
+    }
+
+    /// A sentence encoder.
+    pub fn sentences(encoder: &'a crate::text::SentenceEncoder) -> Self {
+        use crate::text::TextEncoder;
+        Self { encoder, id: WordsId { name: encoder.name(), dim: encoder.dim(), words: 0 }, vocabulary: None }
+    }
+
+    /// A caption's text as this encoder takes it: word vectors keep the
+    /// known words (lower case, punctuation dropped); a sentence encoder
+    /// takes it whole. None when nothing is left.
+    pub fn caption_text(&self, caption: &str) -> Option<String> {
+        match self.vocabulary {
+            None => Some(caption.to_owned()).filter(|c| !c.trim().is_empty()),
+            Some(words) => {
+                let kept: Vec<String> = caption
+                    .split(|c: char| !c.is_alphanumeric())
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_lowercase)
+                    .filter(|w| words.id(w).is_some())
+                    .collect();
+                (!kept.is_empty()).then(|| kept.join(" "))
+            }
+        }
+    }
+}
+
 impl LabelTargets {
-    /// Targets for `labels` (deduplicated, sorted). A label with a word not
-    /// in the vocabulary is an error listing every such label and word,
-    /// unless `skip_unknown`; fewer than two usable labels is an error.
-    pub fn new(labels: &[String], words: &WordVectors, skip_unknown: bool) -> Result<Self> {
+    /// Targets for `labels` (deduplicated, sorted): each label's words
+    /// (`dining_table` -> "dining table") through the encoder. With word
+    /// vectors, a label with a word not in the vocabulary is an error
+    /// listing every such label and word, unless `skip_unknown`; fewer than
+    /// two usable labels is an error.
+    pub fn new(labels: &[String], side: &TextSide<'_>, skip_unknown: bool) -> Result<Self> {
         let mut labels: Vec<String> = labels.to_vec();
         labels.sort();
         labels.dedup();
-        let (mut known, mut unknown, mut vectors) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
         for label in &labels {
             let ws = label_words(label);
-            let missing: Vec<String> = ws.iter().filter(|w| words.id(w).is_none()).cloned().collect();
+            let missing: Vec<String> = match side.vocabulary {
+                Some(words) => ws.iter().filter(|w| words.id(w).is_none()).cloned().collect(),
+                None => Vec::new(),
+            };
             if ws.is_empty() || !missing.is_empty() {
                 unknown.push((label.clone(), missing));
-                continue;
+            } else {
+                known.push((label.clone(), ws));
             }
-            let mut mean = vec![0f32; words.dim()];
-            for w in &ws {
-                let raw = words.raw(words.id(w).expect("checked above"));
-                mean.iter_mut().zip(&raw).for_each(|(m, r)| *m += r / ws.len() as f32);
-            }
-            vectors.extend(mean);
-            known.push((label.clone(), ws));
         }
         if !unknown.is_empty() && !skip_unknown {
             let list: Vec<String> = unknown.iter().map(|(l, m)| format!("{l} (unknown: {})", m.join(", "))).collect();
-            return Err(Error::UnknownLabels {
-                unknown: list.join("; "),
-                labels: labels.join(", "),
-                vocabulary: WordsId::of(words).to_string(),
-            });
+            return Err(Error::UnknownLabels { unknown: list.join("; "), labels: labels.join(", "), vocabulary: side.id.to_string() });
         }
         if known.len() < 2 {
             return Err(Error::TooFewLabels {
                 found: known.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>().join(", "),
             });
         }
-        Ok(Self { labels: known, skipped: unknown.into_iter().map(|(l, _)| l).collect(), vectors, dim: words.dim() })
+        let texts: Vec<String> = known.iter().map(|(_, ws)| ws.join(" ")).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = side.encoder.encode(&refs)?.into_iter().flat_map(|e| e.vector).collect();
+        Ok(Self { labels: known, skipped: unknown.into_iter().map(|(l, _)| l).collect(), vectors, dim: side.encoder.dim() })
     }
 
     pub fn index_of(&self, label: &str) -> Option<usize> {
@@ -201,29 +238,34 @@ pub struct Fitted {
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     backbone: &str,
-    words: &WordVectors,
+    side: &TextSide<'_>,
     train: &Examples,
+    caption_targets: Option<&HashMap<String, Vec<f32>>>,
     test_keys: Vec<String>,
     split_source: String,
     options: &TrainOptions,
     skip_unknown_labels: bool,
     on_epoch: impl FnMut(usize, f64),
 ) -> Result<Fitted> {
-    let targets = LabelTargets::new(&train.labels, words, skip_unknown_labels)?;
+    let targets = LabelTargets::new(&train.labels, side, skip_unknown_labels)?;
     let in_dim = train.features.len() / train.len().max(1);
     // Examples whose label was skipped are left out.
     let (mut x, mut y, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for (i, label) in train.labels.iter().enumerate() {
         if let Some(t) = targets.index_of(label) {
             x.extend_from_slice(&train.features[i * in_dim..(i + 1) * in_dim]);
-            y.extend_from_slice(targets.vector(t));
+            // An image's captions where it has some, else its label.
+            match caption_targets.and_then(|c| c.get(&train.keys[i])) {
+                Some(v) => y.extend_from_slice(v),
+                None => y.extend_from_slice(targets.vector(t)),
+            }
             keys.push(train.keys[i].clone());
         }
     }
     let (tensors, report) = super::train(&x, &y, in_dim, targets.dim, options, on_epoch)?;
     let info = ModelInfo {
         backbone: backbone.to_owned(),
-        words: WordsId::of(words),
+        words: side.id.clone(),
         in_dim,
         hidden: options.hidden,
         out_dim: targets.dim,
@@ -237,6 +279,54 @@ pub fn fit(
     };
     let model = JointModel::from_tensors(info.clone(), &tensors)?;
     Ok(Fitted { info, tensors, model, targets, report })
+}
+
+/// Captions per image key (`label/file`): the shared file's form
+/// (`{key: {"label": ..., "captions": [...]}}`) or plain `{key: [...]}`.
+pub fn read_captions(path: &Path) -> Result<HashMap<String, Vec<String>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Msg(format!("{}: not a captions file ({e})", path.display())))?;
+    let object = value.as_object().ok_or_else(|| Error::Msg(format!("{}: expected an object of image key -> captions", path.display())))?;
+    let mut out = HashMap::new();
+    for (key, v) in object {
+        let list = v.get("captions").unwrap_or(v);
+        let captions: Vec<String> = list.as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        out.insert(key.clone(), captions);
+    }
+    Ok(out)
+}
+
+/// The mean (unit) caption embedding of each of `keys` that has usable
+/// captions. A caption file matching none of `keys` is an error showing an
+/// example key from each side.
+pub fn caption_targets(captions: &HashMap<String, Vec<String>>, keys: &[String], side: &TextSide<'_>) -> Result<HashMap<String, Vec<f32>>> {
+    if !keys.iter().any(|k| captions.contains_key(k)) {
+        return Err(Error::Msg(format!(
+            "the captions match no indexed training image: caption keys look like \"{}\", image keys like \"{}\" (keys are paths relative to --data)",
+            captions.keys().min().map(String::as_str).unwrap_or(""),
+            keys.first().map(String::as_str).unwrap_or("")
+        )));
+    }
+    let mut texts = Vec::new();
+    let mut owners = Vec::new();
+    for key in keys {
+        for c in captions.get(key).into_iter().flatten() {
+            if let Some(t) = side.caption_text(c) {
+                texts.push(t);
+                owners.push(key.clone());
+            }
+        }
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let encoded = side.encoder.encode(&refs)?;
+    let mut sums: HashMap<String, Vec<f32>> = HashMap::new();
+    for (key, e) in owners.into_iter().zip(encoded) {
+        let unit = crate::query::unit(&e.vector);
+        let sum = sums.entry(key).or_insert_with(|| vec![0.0; unit.len()]);
+        sum.iter_mut().zip(&unit).for_each(|(s, u)| *s += u);
+    }
+    Ok(sums)
 }
 
 /// Whether a split key names `path` under `root` (`label/file` with `/`).

@@ -47,7 +47,11 @@ impl WordsId {
 
 impl std::fmt::Display for WordsId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} words x {})", self.name, self.words, self.dim)
+        if self.words == 0 {
+            write!(f, "{} ({}-d sentence encoder)", self.name, self.dim)
+        } else {
+            write!(f, "{} ({} words x {})", self.name, self.words, self.dim)
+        }
     }
 }
 

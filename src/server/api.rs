@@ -409,8 +409,9 @@ fn tags_of(state: &State, engine: &Engine, raw: &[f32], k: usize) -> ApiResult<V
         })
     })?;
     let projected = model.project(raw)?;
-    Ok(state
-        .words
+    let text = state.text.as_ref().ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }))?;
+    Ok(text
+        .tag_words()
         .nearest(&projected, k)
         .into_iter()
         .map(|n| TagOut {
@@ -489,11 +490,10 @@ fn run_search(
         None => None,
     };
     let text_vector = match text {
-        Some(t) => Some(
-            state
-                .words
-                .query_vector(&crate::words::WordQuery::parse(t)?)?,
-        ),
+        Some(t) => {
+            let encoder = state.text.as_ref().ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }))?;
+            Some(encoder.query(t)?.0)
+        }
         None => None,
     };
     let engine = lock(&state.engine);

@@ -37,11 +37,23 @@ pub struct Options {
     /// Requests that may wait for or hold the blocking pool at once.
     pub queue: usize,
     pub backbone: String,
+    /// The model directory (the sentence encoder and its tag vocabulary, if the model uses them).
+    pub models: PathBuf,
+    /// The word-vector file the joint model was trained with (default GloVe 50d).
+    pub words_file: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { roots: Vec::new(), token: None, max_upload: 20 << 20, queue: 64, backbone: "lite0".into() }
+        Self {
+            roots: Vec::new(),
+            token: None,
+            max_upload: 20 << 20,
+            queue: 64,
+            backbone: "lite0".into(),
+            models: crate::models::models_dir(None),
+            words_file: None,
+        }
     }
 }
 
@@ -56,7 +68,10 @@ pub(crate) struct Engine {
 pub struct State {
     pub(crate) engine: Mutex<Engine>,
     pub(crate) embedder: Mutex<Embedder>,
+    /// Word vectors for `/api/words`.
     pub(crate) words: WordVectors,
+    /// The joint model's text side (queries and tags), when there is a model.
+    pub(crate) text: Option<crate::text::QueryEncoder>,
     pub(crate) db: PathBuf,
     pub(crate) uploads: PathBuf,
     pub(crate) thumbs: PathBuf,
@@ -73,13 +88,15 @@ impl State {
         let dim = embedder.model().config().embedding_dim();
         let store = Store::open(db, &options.backbone, dim)?;
         let hnsw = if HnswIndex::exists(db) { Some(HnswIndex::load(db, Default::default())?) } else { None };
-        let joint = if crate::joint::exists(db) {
+        let (joint, text) = if crate::joint::exists(db) {
             let model = JointModel::load(db)?;
-            model.check_compatible(&options.backbone, &crate::joint::WordsId::of(&words))?;
+            let trained = model.info.words.clone();
+            model.check_compatible(&options.backbone, &trained)?;
+            let text = crate::text::QueryEncoder::for_model(&options.models, &trained, options.words_file.as_deref())?;
             let vectors = JointVectors::update(&store, &model)?;
-            Some((model, vectors))
+            (Some((model, vectors)), Some(text))
         } else {
-            None
+            (None, None)
         };
         let uploads = db.join("uploads");
         let thumbs = db.join("thumbs");
@@ -92,6 +109,7 @@ impl State {
             engine: Mutex::new(Engine { store, hnsw, joint }),
             embedder: Mutex::new(embedder),
             words,
+            text,
             db: db.to_path_buf(),
             uploads,
             thumbs,

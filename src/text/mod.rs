@@ -7,8 +7,10 @@
 //! riding a horse" from "a horse riding a man".
 
 mod minilm;
+mod query;
 
 pub use minilm::{SentenceEncoder, MAX_TOKENS};
+pub use query::{tag_vocabulary, QueryEncoder, TAG_VOCABULARY};
 
 use crate::words::{WordQuery, WordVectors};
 use crate::Result;

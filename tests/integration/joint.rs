@@ -32,7 +32,7 @@ fn train_then_tag_search_by_words_and_keep_joint_vectors_current() {
     copy_images(&photos, &["boat", "bottle", "cat", "car"], 12);
     let db = tmp.path().join("db");
     let photos_s = photos.to_str().unwrap();
-    let report = json(imgsearch(&db, &["train", "--data", photos_s, "--epochs", "30", "--batch-size", "8", "--json"]));
+    let report = json(imgsearch(&db, &["train", "--data", photos_s, "--encoder", "glove", "--epochs", "30", "--batch-size", "8", "--json"]));
     assert_eq!(report["labels"], 4);
     assert_eq!(report["train_images"].as_u64().unwrap() + report["test_images"].as_u64().unwrap(), 48);
     assert_eq!(report["newly_embedded"], 48);
@@ -113,7 +113,7 @@ fn bad_labels_are_listed_and_can_be_skipped_and_one_label_is_refused() {
         std::fs::copy(&f, photos.join("zqxv_cat").join(f.file_name().unwrap())).unwrap();
     }
     let db = tmp.path().join("db");
-    let quick = ["--epochs", "2", "--batch-size", "4"];
+    let quick = ["--encoder", "glove", "--epochs", "2", "--batch-size", "4"];
     let mut args = vec!["train", "--data", photos.to_str().unwrap()];
     args.extend(quick);
     let e = err(imgsearch(&db, &args));
@@ -140,7 +140,7 @@ fn a_model_trained_with_other_word_vectors_is_refused_naming_both() {
     std::fs::write(&words, "cat 1 0 0.2\ndog 0 1 0.1\nsofa 0.5 0.5 1\n").unwrap();
     let db = tmp.path().join("db");
     let w = words.to_str().unwrap();
-    ok(imgsearch(&db, &["train", "--data", photos.to_str().unwrap(), "--words", w, "--epochs", "2", "--batch-size", "4"]));
+    ok(imgsearch(&db, &["train", "--data", photos.to_str().unwrap(), "--encoder", "glove", "--words", w, "--epochs", "2", "--batch-size", "4"]));
     let e = err(imgsearch(&db, &["tag", files[0].to_str().unwrap()]));
     assert!(e.contains("tiny (3 words x 3)") && e.contains("glove.6B.50d (400000 words x 50)"), "{e}");
     // With the same vectors it works: the vocabulary is the three words.

@@ -205,6 +205,8 @@ pub struct SearchResponse {
     /// `cnn` or `joint`.
     pub space: String,
     pub results: Vec<ResultOut>,
+    /// Set when the text was longer than the sentence encoder's limit and was cut.
+    pub note: Option<String>,
     /// The query image's tags, when asked for (`tags=true`).
     pub tags: Option<Vec<TagOut>>,
 }
@@ -489,10 +491,13 @@ fn run_search(
         Some((bytes, name)) => Some(embed_upload(state, bytes, name)?),
         None => None,
     };
+    let mut truncated = false;
     let text_vector = match text {
         Some(t) => {
             let encoder = state.text.as_ref().ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }))?;
-            Some(encoder.query(t)?.0)
+            let (v, cut) = encoder.query(t)?;
+            truncated = cut;
+            Some(v)
         }
         None => None,
     };
@@ -554,11 +559,8 @@ fn run_search(
             }
         })
         .collect();
-    Ok(SearchResponse {
-        space: space.to_owned(),
-        results,
-        tags,
-    })
+    let note = truncated.then(|| format!("the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS));
+    Ok(SearchResponse { space: space.to_owned(), results, note, tags })
 }
 
 /// After images are added: extend the HNSW graph and the joint vectors.

@@ -149,3 +149,29 @@ fn a_model_trained_with_other_word_vectors_is_refused_naming_both() {
     let e = err(imgsearch(&db, &["search", "--text", "cat", "--backbone", "lite2"]));
     assert!(e.contains("lite0"), "{e}");
 }
+
+#[test]
+fn sentence_encoder_trains_on_captions_and_unmatched_caption_keys_are_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = copy_images(&photos, &["cat", "boat"], 4);
+    let db = tmp.path().join("db");
+    let key = |p: &std::path::Path| format!("{}/{}", p.parent().unwrap().file_name().unwrap().to_str().unwrap(), p.file_name().unwrap().to_str().unwrap());
+    // Captions for the cats only; the boats fall back to their label.
+    let captions = tmp.path().join("caps.json");
+    let cats: serde_json::Map<String, serde_json::Value> = files[..4].iter().map(|f| (key(f), serde_json::json!(["A small cat sitting indoors."]))).collect();
+    std::fs::write(&captions, serde_json::Value::Object(cats).to_string()).unwrap();
+    let args = ["train", "--data", photos.to_str().unwrap(), "--captions", captions.to_str().unwrap(), "--epochs", "5", "--batch-size", "4", "--json"];
+    let report = json(imgsearch(&db, &args));
+    assert_eq!(report["encoder"], "all-MiniLM-L6-v2 (384-d sentence encoder)");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(db.join("joint/model.json")).unwrap()).unwrap();
+    assert_eq!(info["out_dim"], 384);
+    let found = json(imgsearch(&db, &["search", "--text", "a boat on the water", "-k", "1", "--json"]));
+    assert_eq!(found.as_array().unwrap().len(), 1);
+
+    let wrong = tmp.path().join("wrong.json");
+    std::fs::write(&wrong, r#"{"images/cat/x.jpg": ["a cat"]}"#).unwrap();
+    let e = err(imgsearch(&db, &["train", "--data", photos.to_str().unwrap(), "--captions", wrong.to_str().unwrap(), "--epochs", "1"]));
+    assert!(e.contains("match no indexed training image") && e.contains("\"images/cat/x.jpg\""), "{e}");
+    assert!(e.contains("image keys like \"boat/") || e.contains("image keys like \"cat/"), "an example key of each side: {e}");
+}

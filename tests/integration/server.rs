@@ -263,6 +263,11 @@ async fn bad_search_requests_say_what_was_wrong() {
         );
         assert!(a.error().contains(says), "{uri}: {}", a.error());
     }
+    // Text past the model's 256 tokens is cut, and the answer says so.
+    let long = "dog%20".repeat(300);
+    let cut = get(&format!("/api/search?text={long}&k=2")).await.json();
+    assert!(cut["note"].as_str().is_some_and(|n| n.contains("256 tokens")), "{cut}");
+    assert!(get("/api/search?text=dog&k=2").await.json()["note"].is_null());
     // The sentence encoder takes any text, misspelt or not.
     assert_eq!(get("/api/search?text=dgo%20%E6%9D%B1%E4%BA%AC%20%F0%9F%9A%B2").await.status, StatusCode::OK);
     // A malformed parameter is a 400 from the extractor, not a crash.

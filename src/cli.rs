@@ -781,7 +781,7 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         a.addr
     );
     // The main job: fetch what is missing (a no-op when present), index, serve.
-    let mut pins = vec![models::GLOVE_50D];
+    let mut pins = vec![models::GLOVE_50D, models::MINILM];
     pins.push(if a.backbone == "lite2" { models::LITE2 } else { models::LITE0 });
     models::fetch(models_dir, &pins, &mut |line| eprintln!("{line}"))?;
     let embedder = load_embedder(models_dir, &a.backbone)?;

@@ -16,7 +16,7 @@ pub const TAG_VOCABULARY: usize = 20_000;
 /// How a model's text queries are encoded, and the words tags come from.
 pub enum QueryEncoder {
     Words(WordVectors),
-    Sentences { encoder: SentenceEncoder, tags: WordVectors },
+    Sentences { encoder: Box<SentenceEncoder>, tags: WordVectors },
 }
 
 impl QueryEncoder {
@@ -35,7 +35,7 @@ impl QueryEncoder {
                 });
             }
             let tags = tag_vocabulary(models, &encoder, &words)?;
-            return Ok(Self::Sentences { encoder, tags });
+            return Ok(Self::Sentences { encoder: Box::new(encoder), tags });
         }
         let loaded = WordsId::of(&words);
         if &loaded != trained {

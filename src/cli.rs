@@ -126,13 +126,24 @@ pub struct TextArgs {
     pub no_captions: bool,
 }
 
+/// `name` beside the data folder (the shared data set keeps `split.json`
+/// and `captions.json` next to `images/`), if it exists.
+fn beside(data_root: &std::path::Path, name: &str) -> Option<PathBuf> {
+    data_root.parent().map(|p| p.join(name)).filter(|p| p.exists())
+}
+
 impl TextArgs {
+    /// The captions file given, else the one beside the data folder.
+    fn captions_or_beside(&self, data_root: &std::path::Path) -> Option<PathBuf> {
+        self.captions.clone().or_else(|| beside(data_root, "captions.json"))
+    }
+
     /// The captions file to train on, if any.
     fn captions_file(&self, data_root: &std::path::Path) -> Option<PathBuf> {
         if self.no_captions {
             return None;
         }
-        self.captions.clone().or_else(|| data_root.parent().map(|p| p.join("captions.json")).filter(|p| p.exists()))
+        self.captions_or_beside(data_root)
     }
 }
 
@@ -669,10 +680,7 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
     anyhow::ensure!(!train_set.is_empty(), "no training images: the split names none of the images under {}", data.root.display());
     let glove = crate::text::GloveAverage(&words);
     let sentences = load_sentence_encoder(models_dir, a.text.encoder)?;
-    let side = match &sentences {
-        Some(s) => crate::joint::data::TextSide::sentences(s),
-        None => crate::joint::data::TextSide::words(&glove),
-    };
+    let side = crate::joint::data::TextSide::of(&glove, sentences.as_ref());
     let captions_file = a.text.captions_file(&data.root);
     let captions = match &captions_file {
         Some(file) => Some(crate::joint::data::caption_targets(&crate::joint::data::read_captions(file)?, &train_set.keys, &side)?),
@@ -914,18 +922,15 @@ fn eval_joint(
     use crate::joint::data::{evaluate, fit};
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let options = a.recipe.options();
-    let beside = data.root.parent().map(|p| p.join("split.json")).filter(|p| p.exists());
-    let split = read_split(a.split.as_deref().or(beside.as_deref()), &data.items, options.seed)?;
+    let split_file = a.split.clone().or_else(|| beside(&data.root, "split.json"));
+    let split = read_split(split_file.as_deref(), &data.items, options.seed)?;
     let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
     anyhow::ensure!(!train_set.is_empty() && !test_set.is_empty(), "the split leaves no train or no test images under {}", data.root.display());
     let glove = crate::text::GloveAverage(&words);
     let sentences = load_sentence_encoder(models_dir, a.text.encoder)?;
-    let side = match &sentences {
-        Some(s) => crate::joint::data::TextSide::sentences(s),
-        None => crate::joint::data::TextSide::words(&glove),
-    };
+    let side = crate::joint::data::TextSide::of(&glove, sentences.as_ref());
     // Captions for the recall figures whenever there are some; trained on unless --no-captions.
-    let recall_file = a.text.captions.clone().or_else(|| data.root.parent().map(|p| p.join("captions.json")).filter(|p| p.exists()));
+    let recall_file = a.text.captions_or_beside(&data.root);
     let captions = recall_file.as_deref().map(crate::joint::data::read_captions).transpose()?;
     let train_on_captions = !a.text.no_captions && captions.is_some();
     let caption_targets = match (&captions, train_on_captions) {

@@ -87,6 +87,14 @@ impl<'a> TextSide<'a> {
         Self { encoder, id: WordsId::of(encoder.0), vocabulary: Some(encoder.0) }
     }
 
+    /// The sentence encoder when there is one, else the word vectors.
+    pub fn of(words: &'a crate::text::GloveAverage<'a>, sentences: Option<&'a crate::text::SentenceEncoder>) -> Self {
+        match sentences {
+            Some(s) => Self::sentences(s),
+            None => Self::words(words),
+        }
+    }
+
     /// A sentence encoder.
     pub fn sentences(encoder: &'a crate::text::SentenceEncoder) -> Self {
         use crate::text::TextEncoder;

@@ -6,6 +6,7 @@
 //! dimensions, mean pooling over tokens, L2-normalised), which tells "a man
 //! riding a horse" from "a horse riding a man".
 
+mod bert;
 mod minilm;
 mod query;
 

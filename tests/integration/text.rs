@@ -22,7 +22,7 @@ fn minilm_matches_the_numpy_reference_to_1e3() {
         assert!(worst < 1e-3, "{}: max difference {worst}", r["text"]);
         assert_eq!(g.truncated, r["tokens"].as_u64().unwrap() as usize >= imgsearch::text::MAX_TOKENS, "{}", r["text"]);
     }
-    // One at a time gives the same vectors as in a padded batch.
+    // One at a time gives the same vectors as in a batch.
     let single = enc.encode(&texts[2..3]).unwrap();
     let worst = single[0].vector.iter().zip(&got[2].vector).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "{worst}");

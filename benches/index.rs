@@ -6,7 +6,8 @@
 //! `cargo bench --bench index` (N = 100k). The 1M run is the same bench:
 //! `IMGSEARCH_BENCH_N=1000000 cargo bench --bench index` (builds for a while;
 //! needs ~12 GB). `IMGSEARCH_BENCH_EF` lists HNSW's ef values to sweep at
-//! query time (default `64,128,256`); `IMGSEARCH_BENCH_HNSW_DIR` saves the
+//! query time (default `64,128,256`); `IMGSEARCH_BENCH_M`, `IMGSEARCH_BENCH_EFC` and `IMGSEARCH_BENCH_KEEP_PRUNED`
+//! set the graph's M, ef_construction and keep_pruned; `IMGSEARCH_BENCH_HNSW_DIR` saves the
 //! built graph there, and a later run with the same N loads it instead.
 
 use std::time::Instant;
@@ -75,6 +76,13 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    let env_usize = |name: &str, default: usize| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let params = HnswParams {
+        m: env_usize("IMGSEARCH_BENCH_M", HnswParams::default().m),
+        ef_construction: env_usize("IMGSEARCH_BENCH_EFC", HnswParams::default().ef_construction),
+        keep_pruned: std::env::var_os("IMGSEARCH_BENCH_KEEP_PRUNED").is_some(),
+        ..HnswParams::default()
+    };
     let saved = std::env::var_os("IMGSEARCH_BENCH_HNSW_DIR").map(|d| std::path::PathBuf::from(d).join(format!("n{n}")));
     let dim = 1280;
     let n_queries = 200;
@@ -100,14 +108,17 @@ fn main() {
     let t = Instant::now();
     let mut hnsw = match &saved {
         Some(dir) if HnswIndex::exists(dir) => {
-            let h = HnswIndex::load(dir, HnswParams::default()).unwrap();
+            let h = HnswIndex::load(dir, params).unwrap();
             println!("HNSW loaded from {} in {:.1} s", dir.display(), t.elapsed().as_secs_f64());
             h
         }
         _ => {
-            let h = HnswIndex::build(&vectors, dim, HnswParams::default());
+            let h = HnswIndex::build(&vectors, dim, params);
             println!(
-                "HNSW (M=16, ef_construction=100) build: {:.1} s on {} threads, +{:.0} MB",
+                "HNSW (int8 graph, M={}, ef_construction={}, keep_pruned {}) build: {:.1} s on {} threads, +{:.0} MB",
+                params.m,
+                params.ef_construction,
+                params.keep_pruned,
                 t.elapsed().as_secs_f64(),
                 rayon::current_num_threads(),
                 rss_mb() - rss_before
@@ -122,7 +133,7 @@ fn main() {
     for &ef in &efs {
         hnsw.set_ef_search(ef);
         let n_q = if truth_all.len() == n_queries { n_queries } else { truth.len() };
-        let (found, hnsw_ms) = time_queries(&hnsw, &queries[..n_q * dim], dim);
+        let (found, hnsw_ms) = time_queries(&hnsw.over(&vectors, dim), &queries[..n_q * dim], dim);
         let truth_used = if truth_all.len() == found.len() { &truth_all } else { &truth };
         let hits: usize = truth_used.iter().zip(&found).map(|(t, f)| f.iter().filter(|id| t.contains(id)).count()).sum();
         let recall = hits as f64 / (truth_used.len() * 10) as f64;

@@ -420,7 +420,7 @@ fn load_embedder(models_dir: &std::path::Path, backbone: &str) -> anyhow::Result
 
 /// Indexes `folders` into `store` with a progress bar, then brings the
 /// HNSW graph and (when a model exists) the joint vectors up to date.
-fn index_into(store: &mut Store, embedder: &Embedder, folders: &[PathBuf]) -> anyhow::Result<crate::indexer::IndexReport> {
+fn index_into(store: &mut dyn crate::store::ImageStore, embedder: &Embedder, folders: &[PathBuf]) -> anyhow::Result<crate::indexer::IndexReport> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
@@ -439,15 +439,17 @@ fn index_into(store: &mut Store, embedder: &Embedder, folders: &[PathBuf]) -> an
 
 fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
     let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
-    let report = index_into(&mut store, &embedder, &a.folders)?;
-    let hnsw_rows = update_hnsw(&store)?;
-    let joint_rows = if crate::joint::exists(db) {
-        let model = JointModel::load(db)?;
-        Some(crate::joint::vectors::JointVectors::update(&store, &model)?.len())
-    } else {
-        None
-    };
+    let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let report = index_into(store.as_mut(), &embedder, &a.folders)?;
+    // The embedded store keeps its own graph and joint vectors; a database indexes its vectors itself.
+    let (mut hnsw_rows, mut joint_rows) = (None, None);
+    if let Some(store) = store.as_embedded() {
+        hnsw_rows = update_hnsw(store)?;
+        if crate::joint::exists(db) {
+            let model = JointModel::load(db)?;
+            joint_rows = Some(crate::joint::vectors::JointVectors::update(store, &model)?.len());
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -461,7 +463,7 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
             report.failed.len(),
             report.seconds,
             store.len()?,
-            db.display()
+            store.describe()
         );
         if let Some(rows) = hnsw_rows {
             println!("HNSW index: {rows} vectors");
@@ -476,7 +478,7 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
 /// Keeps the HNSW graph in step with the store once it is large enough:
 /// new rows are inserted into the saved graph (or it is built the first time).
 fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
-    use crate::index::{hnsw_min_rows, HnswIndex, HnswParams, VectorIndex};
+    use crate::index::{hnsw_min_rows, HnswIndex, HnswParams};
     let dim = store.dim();
     let rows = store.vectors().len() / dim;
     if rows < hnsw_min_rows() {
@@ -505,12 +507,12 @@ pub fn resolve_class(spec: &str) -> anyhow::Result<usize> {
 /// The raw CNN embedding of `spec`: an indexed key, an indexed file (by
 /// path or content), or a new file embedded with `embed`.
 fn image_embedding(
-    store: &Store,
+    store: &dyn crate::store::ImageStore,
     spec: &str,
     embed: impl FnOnce(&std::path::Path) -> anyhow::Result<Vec<f32>>,
 ) -> anyhow::Result<Vec<f32>> {
     if let Some(r) = spec.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten() {
-        return Ok(store.embedding(&r));
+        return Ok(store.embedding(&r)?);
     }
     let path = PathBuf::from(spec);
     anyhow::ensure!(path.exists(), "{spec}: no such file, and not an indexed key");
@@ -520,16 +522,40 @@ fn image_embedding(
         None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
     };
     match known {
-        Some(r) => Ok(store.embedding(&r)),
+        Some(r) => Ok(store.embedding(&r)?),
         None => embed(&path),
     }
 }
 
 /// Opens the index in `db` for reading; a missing one says how to make it.
 fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
+    embedded_only(db)?;
     anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
     let config = Config::by_name(backbone).context("unknown backbone")?;
     Ok(Store::open(db, backbone, config.embedding_dim())?)
+}
+
+/// Opens the index `db` names, a folder or a PostgreSQL database, for reading.
+fn open_any_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Box<dyn crate::store::ImageStore>> {
+    if is_database(db) {
+        let config = Config::by_name(backbone).context("unknown backbone")?;
+        return Ok(crate::store::open(db, backbone, config.embedding_dim())?);
+    }
+    Ok(Box::new(open_index(db, backbone)?))
+}
+
+fn is_database(db: &std::path::Path) -> bool {
+    db.to_str().is_some_and(crate::store::postgres::is_url)
+}
+
+/// Refuses a database `--db` for the commands that need the embedded store.
+fn embedded_only(db: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !is_database(db),
+        "this command needs the embedded store (--db DIR) for now; on PostgreSQL only `index` and `search --image` \
+         (CNN space) work yet"
+    );
+    Ok(())
 }
 
 /// The joint model of `db`, refused if trained on another backbone.
@@ -550,8 +576,11 @@ fn load_sentence_encoder(models_dir: &std::path::Path, choice: EncoderChoice) ->
 
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
     use crate::joint::vectors::JointVectors;
-    let store = open_index(db, &a.backbone)?;
     let joint_space = a.text.is_some() || a.space == Space::Joint;
+    if joint_space || a.class.is_some() {
+        embedded_only(db)?;
+    }
+    let store = open_any_index(db, &a.backbone)?;
     anyhow::ensure!(
         !(joint_space && a.class.is_some()),
         "--class reweights CNN embeddings; it does not combine with --space joint or --text"
@@ -568,7 +597,8 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     let mut joint_vectors = None;
     let query: Vec<f32> = if joint_space {
         let model = load_joint(db, &a.backbone)?;
-        joint_vectors = Some(JointVectors::update(&store, &model)?);
+        let embedded = store.as_embedded().expect("checked above: joint space needs the embedded store");
+        joint_vectors = Some(JointVectors::update(embedded, &model)?);
         match (&a.text, &a.image) {
             (Some(text), _) => {
                 let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
@@ -578,16 +608,17 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
                 }
                 v
             }
-            (_, Some(image)) => model.project(&image_embedding(&store, image, embed_new)?)?,
+            (_, Some(image)) => model.project(&image_embedding(store.as_ref(), image, embed_new)?)?,
             _ => unreachable!("clap requires --image or --text"),
         }
     } else {
-        image_embedding(&store, a.image.as_deref().expect("clap requires --image or --text"), embed_new)?
+        image_embedding(store.as_ref(), a.image.as_deref().expect("clap requires --image or --text"), embed_new)?
     };
-    let hnsw = if !a.exact && !joint_space && a.class.is_none() && crate::index::HnswIndex::exists(store.dir()) {
-        Some(crate::index::HnswIndex::load(store.dir(), crate::index::HnswParams::default())?)
-    } else {
-        None
+    let hnsw = match store.as_embedded() {
+        Some(e) if !a.exact && !joint_space && a.class.is_none() && crate::index::HnswIndex::exists(e.dir()) => {
+            Some(crate::index::HnswIndex::load(e.dir(), crate::index::HnswParams::default())?)
+        }
+        _ => None,
     };
     let query = match (&a.class, joint_space) {
         (Some(spec), _) => {
@@ -598,7 +629,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         (None, true) => crate::query::Query::Joint(query),
         (None, false) => crate::query::Query::Cnn(query),
     };
-    let indexes = crate::query::Indexes { store: &store, hnsw: hnsw.as_ref(), joint: joint_vectors.as_ref() };
+    let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: joint_vectors.as_ref() };
     let results = crate::query::search(&indexes, &query, a.k, a.max_distance)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -651,6 +682,7 @@ fn epoch_bar(epochs: usize) -> indicatif::ProgressBar {
 }
 
 fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> anyhow::Result<()> {
+    embedded_only(db)?;
     use crate::joint::data::{evaluate, fit};
     let data = LabelledImagesRoot::read(&a.data)?;
     // Load the word vectors first: a bad --words file fails before any embedding.
@@ -783,6 +815,7 @@ fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow
 }
 
 fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
+    embedded_only(db)?;
     anyhow::ensure!(
         crate::server::is_loopback(&a.addr) || a.token.is_some(),
         "binding to {} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN",

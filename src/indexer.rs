@@ -15,7 +15,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::backbone::Embedder;
-use crate::store::{ImageRecord, NewImage, NewVector, Store};
+use crate::store::{ImageRecord, ImageStore, NewImage, NewVector};
 use crate::{Error, Result};
 
 /// File extensions indexed (case-insensitive).
@@ -93,7 +93,7 @@ fn walk(dir: &Path, found: &mut Vec<Found>, failed: &mut Vec<(PathBuf, String)>)
 
 /// Indexes `roots` into `store`. `on_progress(done, total)` is called as files are embedded.
 pub fn index_folders(
-    store: &mut Store,
+    store: &mut dyn ImageStore,
     embedder: &Embedder,
     roots: &[PathBuf],
     mut on_progress: impl FnMut(usize, usize),
@@ -224,7 +224,7 @@ pub fn index_folders(
 
 /// Adds one file (or refreshes it if it changed) and returns its record.
 /// `embed` runs only when no stored image has the same content.
-pub fn add_file(store: &mut Store, path: &Path, embed: impl FnOnce(&Path) -> Result<Vec<f32>>) -> Result<ImageRecord> {
+pub fn add_file(store: &mut dyn ImageStore, path: &Path, embed: impl FnOnce(&Path) -> Result<Vec<f32>>) -> Result<ImageRecord> {
     let path = path.canonicalize().map_err(|e| Error::io(path, e))?;
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
     let (size, mtime) = (meta.len(), mtime_nanos(&meta));

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::index::{ExactIndex, HnswIndex, VectorIndex};
 use crate::joint::vectors::JointVectors;
-use crate::store::Store;
+use crate::store::ImageStore;
 use crate::Result;
 
 /// What to search with.
@@ -34,7 +34,7 @@ pub struct Found {
 
 /// Where the vectors are.
 pub struct Indexes<'a> {
-    pub store: &'a Store,
+    pub store: &'a dyn ImageStore,
     /// The HNSW graph over the CNN embeddings, when it covers every row.
     pub hnsw: Option<&'a HnswIndex>,
     pub joint: Option<&'a JointVectors>,
@@ -43,19 +43,37 @@ pub struct Indexes<'a> {
 /// The `k` nearest images to `query`, nearest first, farther than
 /// `max_distance` dropped. Rows no image uses any more are skipped.
 pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
+    let Some(store) = ix.store.as_embedded() else {
+        // A database store searches where its vectors are.
+        let Query::Cnn(q) = query else {
+            return Err(crate::Error::Msg(format!(
+                "class-weighted and joint-space search are not available on {} yet; use an embedded --db DIR for them",
+                ix.store.describe()
+            )));
+        };
+        let results = ix.store.nearest(q, k)?.into_iter().map(|(r, distance)| Found {
+            rank: 0,
+            key: r.key,
+            path: r.path,
+            label: r.label,
+            distance,
+        });
+        return Ok(ranked(results, k, max_distance));
+    };
     let (vectors, dim) = match query {
         Query::Joint(_) => {
-            let j = ix.joint.ok_or_else(|| crate::Error::NoModel { db: ix.store.dir().to_path_buf() })?;
+            let j = ix.joint.ok_or_else(|| crate::Error::NoModel { db: store.dir().to_path_buf() })?;
             (j.vectors(), j.dim())
         }
-        _ => (ix.store.vectors(), ix.store.dim()),
+        _ => (store.vectors(), store.dim()),
     };
     let exact = ExactIndex::new(vectors, dim);
     let hnsw = match query {
         Query::Cnn(_) => ix.hnsw.filter(|h| h.len() == vectors.len() / dim),
         _ => None,
     };
-    let index: &dyn VectorIndex = match hnsw {
+    let reranked = hnsw.map(|h| h.over(vectors, dim));
+    let index: &dyn VectorIndex = match &reranked {
         Some(h) => h,
         None => &exact,
     };
@@ -68,8 +86,7 @@ pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f3
         };
         let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
         let distance: std::collections::HashMap<u64, f32> = hits.iter().map(|h| (h.id as u64, h.distance)).collect();
-        let out: Vec<Found> = ix
-            .store
+        let out: Vec<Found> = store
             .by_rows(&rows)?
             .into_iter()
             .map(|r| Found { rank: 0, key: r.key, path: r.path, label: r.label, distance: distance[&r.row] })
@@ -79,13 +96,17 @@ pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f3
         }
         want *= 4;
     };
-    Ok(results
-        .into_iter()
+    Ok(ranked(results.into_iter(), k, max_distance))
+}
+
+/// The first `k` within `max_distance`, ranked from 1.
+fn ranked(results: impl Iterator<Item = Found>, k: usize, max_distance: Option<f32>) -> Vec<Found> {
+    results
         .filter(|r| max_distance.is_none_or(|m| r.distance <= m))
         .take(k)
         .enumerate()
         .map(|(i, r)| Found { rank: i + 1, ..r })
-        .collect())
+        .collect()
 }
 
 /// Unit length (zero stays zero).

@@ -8,7 +8,7 @@
 
 mod hnsw;
 
-pub use hnsw::{ef_search_for, HnswIndex, HnswParams, UnitDot};
+pub use hnsw::{ef_search_for, HnswIndex, HnswParams, QuantDot, Reranked};
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -280,7 +280,7 @@ mod tests {
         let dim = 32;
         let v = clustered(3000, dim, 20, 11);
         let mut hnsw = HnswIndex::build(&v, dim, HnswParams::default());
-        shared_suite(&hnsw, &v, dim);
+        shared_suite(&hnsw.over(&v, dim), &v, dim);
         // Insertion order across threads varies, so the graph does: ask for a
         // comfortable candidate list so the bar holds run after run.
         hnsw.set_ef_search(200);
@@ -289,7 +289,7 @@ mod tests {
         let mut found = 0;
         for q in queries.chunks_exact(dim) {
             let truth: Vec<usize> = exact.search(q, 10).iter().map(|h| h.id).collect();
-            found += hnsw.search(q, 10).iter().filter(|h| truth.contains(&h.id)).count();
+            found += hnsw.over(&v, dim).search(q, 10).iter().filter(|h| truth.contains(&h.id)).count();
         }
         let recall = found as f64 / 500.0;
         assert!(recall >= 0.97, "recall@10 against exact: {recall}");
@@ -305,8 +305,8 @@ mod tests {
         assert!(HnswIndex::exists(dir.path()));
         let loaded = HnswIndex::load(dir.path(), HnswParams::default()).unwrap();
         let q = &v[42 * dim..43 * dim];
-        assert_eq!(loaded.search(q, 5), built.search(q, 5));
-        shared_suite(&loaded, &v, dim);
+        assert_eq!(loaded.over(&v, dim).search(q, 5), built.over(&v, dim).search(q, 5));
+        shared_suite(&loaded.over(&v, dim), &v, dim);
     }
 
     #[test]

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{ApiError, Engine, State};
-use crate::index::VectorIndex;
 use crate::query::{self, Query as SearchQuery};
 
 type AppState = Arc<State>;

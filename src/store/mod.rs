@@ -1,5 +1,9 @@
-//! Where images, embeddings and metadata persist: the embedded store, one
-//! data directory with no server to start.
+//! Where images, embeddings and metadata persist, behind [`ImageStore`]:
+//! the embedded store ([`Store`], the default: one data directory with no
+//! server to start) and the shared one on PostgreSQL + pgvector
+//! ([`postgres::PgStore`], `--db postgres://...`).
+//!
+//! The embedded store:
 //!
 //! - `meta.sqlite` (SQLite, WAL): one row per image — stable key, path,
 //!   content hash, size, mtime, label, the vector row it uses and the
@@ -21,6 +25,50 @@ use memmap2::Mmap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{Error, Result};
+
+pub mod postgres;
+
+/// What every store does: the indexer, search and the shared test suite
+/// (`tests/integration/store.rs`) see only this.
+pub trait ImageStore: Send {
+    /// Where it is, for messages: a folder, or `PostgreSQL host:port/db`.
+    fn describe(&self) -> String;
+    fn dim(&self) -> usize;
+    /// Every image, by key.
+    fn all(&self) -> Result<Vec<ImageRecord>>;
+    fn by_key(&self, key: i64) -> Result<Option<ImageRecord>>;
+    fn by_path(&self, path: &str) -> Result<Option<ImageRecord>>;
+    /// Images with this content, by key.
+    fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>>;
+    /// The raw embedding of an image (its unit vector times its norm).
+    fn embedding(&self, image: &ImageRecord) -> Result<Vec<f32>>;
+    fn len(&self) -> Result<usize>;
+    fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Adds (or, for a known path, replaces) a batch atomically; returns the keys.
+    fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>>;
+    /// Records that an image moved (same content, new path): no re-embedding.
+    fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()>;
+    /// Deletes images by key, atomically.
+    fn delete(&mut self, keys: &[i64]) -> Result<()>;
+    /// The `k` images nearest to `query` (any length) by angular distance,
+    /// nearest first, searched where the vectors are.
+    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>>;
+    /// The embedded store, for what only it offers (joint vectors, class
+    /// weights, the local HNSW graph).
+    fn as_embedded(&self) -> Option<&Store> {
+        None
+    }
+}
+
+/// Opens the store `db` names: a `postgres://` URL, else a folder.
+pub fn open(db: &Path, backbone: &str, dim: usize) -> Result<Box<dyn ImageStore>> {
+    match db.to_str().filter(|s| postgres::is_url(s)) {
+        Some(url) => Ok(Box::new(postgres::PgStore::open(url, backbone, dim)?)),
+        None => Ok(Box::new(Store::open(db, backbone, dim)?)),
+    }
+}
 
 const VECTORS_MAGIC: &[u8; 8] = b"IMGSVEC1";
 const VECTORS_HEADER: usize = 64;
@@ -353,6 +401,68 @@ impl Store {
             tx.execute("DELETE FROM images WHERE key = ?1", [key]).map_err(|e| db_err(&self.dir, e))?;
         }
         tx.commit().map_err(|e| db_err(&self.dir, e))
+    }
+}
+
+impl ImageStore for Store {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn all(&self) -> Result<Vec<ImageRecord>> {
+        Store::all(self)
+    }
+
+    fn by_key(&self, key: i64) -> Result<Option<ImageRecord>> {
+        Store::by_key(self, key)
+    }
+
+    fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
+        Store::by_path(self, path)
+    }
+
+    fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
+        Store::by_hash(self, hash)
+    }
+
+    fn embedding(&self, image: &ImageRecord) -> Result<Vec<f32>> {
+        Ok(Store::embedding(self, image))
+    }
+
+    fn len(&self) -> Result<usize> {
+        Store::len(self)
+    }
+
+    fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>> {
+        Store::add_batch(self, images)
+    }
+
+    fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()> {
+        Store::update_location(self, key, path, size, mtime, label)
+    }
+
+    fn delete(&mut self, keys: &[i64]) -> Result<()> {
+        Store::delete(self, keys)
+    }
+
+    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        let ix = crate::query::Indexes { store: self, hnsw: None, joint: None };
+        let found = crate::query::search(&ix, &crate::query::Query::Cnn(query.to_vec()), k, None)?;
+        found
+            .into_iter()
+            .map(|f| {
+                let rec = Store::by_key(self, f.key)?.ok_or_else(|| Error::Msg(format!("key {} vanished", f.key)))?;
+                Ok((rec, f.distance))
+            })
+            .collect()
+    }
+
+    fn as_embedded(&self) -> Option<&Store> {
+        Some(self)
     }
 }
 

@@ -157,7 +157,7 @@ fn hnsw_path_is_built_updated_and_agrees_with_exact() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(index().contains("HNSW index: 10 vectors"));
-    assert!(db.join("hnsw.hnsw.graph").exists());
+    assert!(db.join("hnsw-i8.hnsw.graph").exists());
     copy_images(&photos, &["cow"], 3);
     assert!(index().contains("HNSW index: 13 vectors"), "new rows are inserted into the saved graph");
     let query = photos.join("cow").read_dir().unwrap().next().unwrap().unwrap().path();

@@ -11,6 +11,7 @@ mod embed;
 mod index;
 mod joint;
 mod server;
+mod store;
 mod text;
 mod words;
 

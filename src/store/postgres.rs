@@ -1,0 +1,399 @@
+//! The shared store: PostgreSQL with pgvector, for several indexers and
+//! `serve` replicas on one database.
+//!
+//! - `vectors`: one row per distinct content (sha256 unique), the unit
+//!   embedding as a pgvector column with an HNSW index (cosine), and its norm.
+//!   Two indexers that meet the same file store its vector once.
+//! - `images`: key, path (unique), hash, size, mtime, label.
+//! - `settings`: backbone and dimension; `schema_version`: the migrations
+//!   applied. Migrations run in one transaction under an advisory lock, so
+//!   processes starting together apply them once; a schema newer than this
+//!   binary is refused with both versions named.
+//!
+//! Connections come from an r2d2 pool; each sets a statement timeout. Reads
+//! and the (idempotent, upserting) batch writes are retried after a lost
+//! connection; a batch is one transaction, so a retry neither loses nor
+//! duplicates anything.
+
+use std::time::Duration;
+
+use pgvector::Vector;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::{ImageRecord, ImageStore, NewImage, NewVector};
+use crate::{Error, Result};
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// How long one statement may run.
+const STATEMENT_TIMEOUT_MS: u64 = 60_000;
+/// pgvector's HNSW candidate list (its own default is 40).
+pub const DEFAULT_EF_SEARCH: usize = 100;
+/// Attempts for an idempotent operation whose connection was lost.
+const ATTEMPTS: usize = 4;
+
+/// Whether `db` names a PostgreSQL database rather than a folder.
+pub fn is_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: Pool,
+    /// `host:port/dbname`, for messages (never the password).
+    name: String,
+    dim: usize,
+    /// pgvector's `hnsw.ef_search` for [`ImageStore::nearest`].
+    ef_search: usize,
+}
+
+fn migrations(dim: usize) -> Vec<String> {
+    vec![format!(
+        "CREATE EXTENSION IF NOT EXISTS vector;
+         CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE vectors(
+             id BIGSERIAL PRIMARY KEY,
+             hash TEXT NOT NULL UNIQUE,
+             norm REAL NOT NULL,
+             embedding vector({dim}) NOT NULL);
+         CREATE INDEX vectors_embedding_hnsw ON vectors USING hnsw (embedding vector_cosine_ops);
+         CREATE TABLE images(
+             key BIGSERIAL PRIMARY KEY,
+             path TEXT NOT NULL UNIQUE,
+             hash TEXT NOT NULL REFERENCES vectors(hash),
+             size BIGINT NOT NULL,
+             mtime BIGINT NOT NULL,
+             label TEXT NOT NULL);
+         CREATE INDEX images_hash ON images(hash);"
+    )]
+}
+
+impl PgStore {
+    /// Connects to `url`, applies pending migrations, and checks that the
+    /// database holds embeddings of `backbone` with `dim` dimensions.
+    pub fn open(url: &str, backbone: &str, dim: usize) -> Result<Self> {
+        let mut config: postgres::Config =
+            url.parse().map_err(|e| Error::Msg(format!("{}: not a PostgreSQL URL: {e}", redact(url))))?;
+        config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        config.connect_timeout(Duration::from_secs(10));
+        let name = describe(&config);
+        let pool = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(15))
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(|e| Error::Store {
+                path: name.clone().into(),
+                reason: format!("cannot connect to PostgreSQL at {name}: {e}; is the server running and the URL right?"),
+            })?;
+        let store = Self { pool, name, dim, ef_search: DEFAULT_EF_SEARCH };
+        store.migrate(backbone, dim)?;
+        Ok(store)
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Store { path: self.name.clone().into(), reason: e.to_string() }
+    }
+
+    fn conn(&self) -> Result<Conn> {
+        self.pool.get().map_err(|e| self.err(format!("no connection to PostgreSQL at {}: {e}", self.name)))
+    }
+
+    /// Runs `f` on a pooled connection, again on a fresh one when the
+    /// connection was lost. Only for idempotent work.
+    fn retry<T>(&self, mut f: impl FnMut(&mut Conn) -> std::result::Result<T, postgres::Error>) -> Result<T> {
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 << attempt));
+            }
+            let mut conn = match self.pool.get() {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(format!("no connection to PostgreSQL at {}: {e}", self.name));
+                    continue;
+                }
+            };
+            match f(&mut conn) {
+                Ok(v) => return Ok(v),
+                Err(e) if retryable(&e) => {
+                    last = Some(format!("lost the connection to {}: {e}", self.name));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Err(self.err(last.unwrap_or_default()))
+    }
+
+    fn migrate(&self, backbone: &str, dim: usize) -> Result<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(|e| self.err(e))?;
+        // One migrator at a time, across processes.
+        tx.execute("SELECT pg_advisory_xact_lock(7355608)", &[]).map_err(|e| self.err(e))?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
+            .map_err(|e| self.err(e))?;
+        let current: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .map_err(|e| self.err(e))?
+            .get(0);
+        if current > SCHEMA_VERSION {
+            return Err(self.err(format!(
+                "the database's schema is version {current}, newer than this imgsearch understands (version \
+                 {SCHEMA_VERSION}); upgrade imgsearch"
+            )));
+        }
+        for (i, sql) in migrations(dim).iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).map_err(|e| self.err(format!("migration {}: {e}", i + 1)))?;
+            tx.execute("INSERT INTO schema_version VALUES ($1)", &[&(i as i32 + 1)]).map_err(|e| self.err(e))?;
+        }
+        let setting = |tx: &mut postgres::Transaction, name: &str| -> Result<Option<String>> {
+            Ok(tx
+                .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+                .map_err(|e| self.err(e))?
+                .map(|r| r.get(0)))
+        };
+        match (setting(&mut tx, "backbone")?, setting(&mut tx, "dim")?) {
+            (Some(b), Some(d)) if b != backbone || d != dim.to_string() => {
+                return Err(self.err(format!(
+                    "built with backbone {b} ({d}-d); pass --backbone {b}, or use another database for {backbone}"
+                )));
+            }
+            (Some(_), Some(_)) => {}
+            _ => {
+                tx.execute(
+                    "INSERT INTO settings VALUES ('backbone', $1), ('dim', $2) ON CONFLICT (name) DO NOTHING",
+                    &[&backbone, &dim.to_string()],
+                )
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn records(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<ImageRecord>> {
+        self.retry(|c| c.query(sql, params)).map(|rows| rows.iter().map(record).collect())
+    }
+
+    /// Sets pgvector's HNSW candidate list for this process's searches.
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.ef_search = ef;
+    }
+}
+
+/// A lost connection, or a conflict with another writer that a retry of the
+/// same (idempotent) work resolves.
+fn retryable(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    let conflict = e.code().is_some_and(|c| {
+        [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::FOREIGN_KEY_VIOLATION]
+            .contains(c)
+    });
+    e.is_closed() || conflict || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+/// `user@host:port/dbname`, without the password.
+fn describe(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}/{}", config.get_dbname().unwrap_or(""))
+}
+
+/// The URL with any password replaced.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+const COLUMNS: &str = "SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, v.id, v.norm FROM images i JOIN vectors v ON v.hash = i.hash";
+
+fn record(r: &postgres::Row) -> ImageRecord {
+    ImageRecord {
+        key: r.get(0),
+        path: r.get(1),
+        hash: r.get(2),
+        size: r.get::<_, i64>(3) as u64,
+        mtime: r.get(4),
+        label: r.get(5),
+        row: r.get::<_, i64>(6) as u64,
+        norm: r.get(7),
+    }
+}
+
+impl ImageStore for PgStore {
+    fn describe(&self) -> String {
+        format!("PostgreSQL {}", self.name)
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn all(&self) -> Result<Vec<ImageRecord>> {
+        self.records(&format!("{COLUMNS} ORDER BY i.key"), &[])
+    }
+
+    fn by_key(&self, key: i64) -> Result<Option<ImageRecord>> {
+        Ok(self.records(&format!("{COLUMNS} WHERE i.key = $1"), &[&key])?.pop())
+    }
+
+    fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
+        Ok(self.records(&format!("{COLUMNS} WHERE i.path = $1"), &[&path])?.pop())
+    }
+
+    fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
+        self.records(&format!("{COLUMNS} WHERE i.hash = $1 ORDER BY i.key"), &[&hash])
+    }
+
+    fn embedding(&self, image: &ImageRecord) -> Result<Vec<f32>> {
+        let row = self.retry(|c| c.query_opt("SELECT embedding, norm FROM vectors WHERE hash = $1", &[&image.hash]))?;
+        let row = row.ok_or_else(|| self.err(format!("no vector for {} (deleted meanwhile?)", image.path)))?;
+        let (v, norm): (Vector, f32) = (row.get(0), row.get(1));
+        Ok(v.to_vec().into_iter().map(|x| x * norm).collect())
+    }
+
+    fn len(&self) -> Result<usize> {
+        let n: i64 = self.retry(|c| c.query_one("SELECT COUNT(*) FROM images", &[]))?.get(0);
+        Ok(n as usize)
+    }
+
+    fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>> {
+        // Unit vectors and norms, by content hash.
+        let mut fresh: Vec<(&str, f32, Vector)> = Vec::new();
+        for img in images {
+            if let NewVector::Embedding(e) = &img.vector {
+                if e.len() != self.dim {
+                    return Err(Error::Msg(format!("{}: embedding has {} dims, the store {}", img.path, e.len(), self.dim)));
+                }
+                let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+                let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+                fresh.push((&img.hash, norm, Vector::from(e.iter().map(|v| v * inv).collect::<Vec<_>>())));
+            }
+        }
+        // One transaction; upserts, so a retry after a lost connection is safe.
+        self.retry(|c| {
+            let mut tx = c.transaction()?;
+            let insert_vector = tx.prepare(
+                "INSERT INTO vectors(hash, norm, embedding) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+            )?;
+            for (hash, norm, v) in &fresh {
+                tx.execute(&insert_vector, &[hash, norm, v])?;
+            }
+            let insert = tx.prepare(
+                "INSERT INTO images(path, hash, size, mtime, label) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (path) DO UPDATE SET hash = excluded.hash, size = excluded.size,
+                     mtime = excluded.mtime, label = excluded.label
+                 RETURNING key",
+            )?;
+            // The contents these paths held before: a replaced one may be orphaned.
+            let paths: Vec<&str> = images.iter().map(|i| i.path.as_str()).collect();
+            let before: Vec<String> =
+                tx.query("SELECT hash FROM images WHERE path = ANY($1)", &[&paths])?.iter().map(|r| r.get(0)).collect();
+            let mut keys = Vec::with_capacity(images.len());
+            for img in images {
+                let row = tx.query_one(&insert, &[&img.path, &img.hash, &(img.size as i64), &img.mtime, &img.label])?;
+                keys.push(row.get(0));
+            }
+            tx.execute(GC_VECTORS, &[&before])?;
+            tx.commit()?;
+            Ok(keys)
+        })
+    }
+
+    fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()> {
+        self.retry(|c| {
+            c.execute(
+                "UPDATE images SET path = $2, size = $3, mtime = $4, label = $5 WHERE key = $1",
+                &[&key, &path, &(size as i64), &mtime, &label],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn delete(&mut self, keys: &[i64]) -> Result<()> {
+        self.retry(|c| {
+            let mut tx = c.transaction()?;
+            let gone: Vec<String> = tx
+                .query("DELETE FROM images WHERE key = ANY($1) RETURNING hash", &[&keys])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tx.execute(GC_VECTORS, &[&gone])?;
+            tx.commit()
+        })
+    }
+
+    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm == 0.0 || k == 0 {
+            return Ok(Vec::new());
+        }
+        let q = Vector::from(query.iter().map(|v| v / norm).collect::<Vec<_>>());
+        let ef = self.ef_search.max(k);
+        let rows = self.retry(|c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
+            // The HNSW index answers the inner query; the join only names them.
+            let rows = tx.query(
+                "WITH nn AS (SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors ORDER BY embedding <=> $1 LIMIT $2)
+                 SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm
+                 FROM nn JOIN images i ON i.hash = nn.hash ORDER BY nn.d, i.key",
+                &[&q, &(k as i64)],
+            )?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let d: f64 = r.get(0);
+                let rec = ImageRecord {
+                    key: r.get(1),
+                    path: r.get(2),
+                    hash: r.get(3),
+                    size: r.get::<_, i64>(4) as u64,
+                    mtime: r.get(5),
+                    label: r.get(6),
+                    row: r.get::<_, i64>(7) as u64,
+                    norm: r.get(8),
+                };
+                // pgvector's cosine distance is 1 - cos.
+                (rec, crate::index::angular(1.0 - d as f32))
+            })
+            .take(k)
+            .collect())
+    }
+}
+
+/// Drops the vectors of these hashes that no image uses any more.
+const GC_VECTORS: &str =
+    "DELETE FROM vectors v WHERE v.hash = ANY($1) AND NOT EXISTS (SELECT 1 FROM images i WHERE i.hash = v.hash)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_folders_and_passwords_hidden() {
+        assert!(is_url("postgres://u@h/db") && is_url("postgresql://h/db") && !is_url("./.imgsearch"));
+        assert_eq!(redact("postgres://me:secret@db.example:5432/x"), "postgres://me:***@db.example:5432/x");
+        assert_eq!(redact("postgres://me@h/x"), "postgres://me@h/x");
+    }
+}

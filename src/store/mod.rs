@@ -104,6 +104,19 @@ pub struct NewImage {
     pub vector: NewVector,
 }
 
+impl NewImage {
+    /// For a new embedding: its unit vector and norm, checked against the store's `dim`.
+    pub(crate) fn unit_embedding(&self, dim: usize) -> Result<Option<(Vec<f32>, f32)>> {
+        let NewVector::Embedding(e) = &self.vector else { return Ok(None) };
+        if e.len() != dim {
+            return Err(Error::Msg(format!("{}: embedding has {} dims, the store {dim}", self.path, e.len())));
+        }
+        let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        Ok(Some((e.iter().map(|v| v * inv).collect(), norm)))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum NewVector {
     Embedding(Vec<f32>),
@@ -335,13 +348,8 @@ impl Store {
         let mut new_rows = Vec::new();
         let mut bytes = Vec::new();
         for img in images {
-            if let NewVector::Embedding(e) = &img.vector {
-                if e.len() != self.dim {
-                    return Err(Error::Msg(format!("{}: embedding has {} dims, the store {}", img.path, e.len(), self.dim)));
-                }
-                let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
-                let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-                e.iter().for_each(|v| bytes.extend_from_slice(&(v * inv).to_le_bytes()));
+            if let Some((unit, norm)) = img.unit_embedding(self.dim)? {
+                unit.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
                 new_rows.push((self.rows + new_rows.len() as u64, norm));
             }
         }

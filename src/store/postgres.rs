@@ -21,7 +21,7 @@ use pgvector::Vector;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{ImageRecord, ImageStore, NewImage, NewVector};
+use super::{ImageRecord, ImageStore, NewImage};
 use crate::{Error, Result};
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -225,15 +225,20 @@ fn redact(url: &str) -> String {
 const COLUMNS: &str = "SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, v.id, v.norm FROM images i JOIN vectors v ON v.hash = i.hash";
 
 fn record(r: &postgres::Row) -> ImageRecord {
+    record_at(r, 0)
+}
+
+/// The record in the 8 columns of [`COLUMNS`], starting at column `at`.
+fn record_at(r: &postgres::Row, at: usize) -> ImageRecord {
     ImageRecord {
-        key: r.get(0),
-        path: r.get(1),
-        hash: r.get(2),
-        size: r.get::<_, i64>(3) as u64,
-        mtime: r.get(4),
-        label: r.get(5),
-        row: r.get::<_, i64>(6) as u64,
-        norm: r.get(7),
+        key: r.get(at),
+        path: r.get(at + 1),
+        hash: r.get(at + 2),
+        size: r.get::<_, i64>(at + 3) as u64,
+        mtime: r.get(at + 4),
+        label: r.get(at + 5),
+        row: r.get::<_, i64>(at + 6) as u64,
+        norm: r.get(at + 7),
     }
 }
 
@@ -278,13 +283,8 @@ impl ImageStore for PgStore {
         // Unit vectors and norms, by content hash.
         let mut fresh: Vec<(&str, f32, Vector)> = Vec::new();
         for img in images {
-            if let NewVector::Embedding(e) = &img.vector {
-                if e.len() != self.dim {
-                    return Err(Error::Msg(format!("{}: embedding has {} dims, the store {}", img.path, e.len(), self.dim)));
-                }
-                let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
-                let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-                fresh.push((&img.hash, norm, Vector::from(e.iter().map(|v| v * inv).collect::<Vec<_>>())));
+            if let Some((unit, norm)) = img.unit_embedding(self.dim)? {
+                fresh.push((&img.hash, norm, Vector::from(unit)));
             }
         }
         // One transaction; upserts, so a retry after a lost connection is safe.
@@ -364,18 +364,8 @@ impl ImageStore for PgStore {
             .iter()
             .map(|r| {
                 let d: f64 = r.get(0);
-                let rec = ImageRecord {
-                    key: r.get(1),
-                    path: r.get(2),
-                    hash: r.get(3),
-                    size: r.get::<_, i64>(4) as u64,
-                    mtime: r.get(5),
-                    label: r.get(6),
-                    row: r.get::<_, i64>(7) as u64,
-                    norm: r.get(8),
-                };
                 // pgvector's cosine distance is 1 - cos.
-                (rec, crate::index::angular(1.0 - d as f32))
+                (record_at(r, 1), crate::index::angular(1.0 - d as f32))
             })
             .take(k)
             .collect())

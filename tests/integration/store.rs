@@ -1,8 +1,8 @@
 //! One store suite, two implementations: the embedded store and PostgreSQL
-//! + pgvector. The PostgreSQL runs need a server: `IMGSEARCH_TEST_PG` names
-//! one (an admin URL; each test makes its own database), and `.ci/run`
-//! always starts one (`scripts/pg-test-server`). Without it they are
-//! skipped, loudly.
+//! with pgvector. The PostgreSQL runs need a server: `IMGSEARCH_TEST_PG`
+//! names one (an admin URL; each test makes its own database), and
+//! `.ci/run` always starts one (`scripts/pg-test-server`). Without it they
+//! are skipped, loudly.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};

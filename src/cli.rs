@@ -537,21 +537,17 @@ fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
 
 /// Opens the index `db` names, a folder or a PostgreSQL database, for reading.
 fn open_any_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Box<dyn crate::store::ImageStore>> {
-    if is_database(db) {
+    if crate::store::is_database(db) {
         let config = Config::by_name(backbone).context("unknown backbone")?;
         return Ok(crate::store::open(db, backbone, config.embedding_dim())?);
     }
     Ok(Box::new(open_index(db, backbone)?))
 }
 
-fn is_database(db: &std::path::Path) -> bool {
-    db.to_str().is_some_and(crate::store::postgres::is_url)
-}
-
 /// Refuses a database `--db` for the commands that need the embedded store.
 fn embedded_only(db: &std::path::Path) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !is_database(db),
+        !crate::store::is_database(db),
         "this command needs the embedded store (--db DIR) for now; on PostgreSQL only `index` and `search --image` \
          (CNN space) work yet"
     );

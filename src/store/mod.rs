@@ -70,6 +70,11 @@ pub fn open(db: &Path, backbone: &str, dim: usize) -> Result<Box<dyn ImageStore>
     }
 }
 
+/// Whether `db` names a database (a `postgres://` URL) rather than a folder.
+pub fn is_database(db: &Path) -> bool {
+    db.to_str().is_some_and(postgres::is_url)
+}
+
 const VECTORS_MAGIC: &[u8; 8] = b"IMGSVEC1";
 const VECTORS_HEADER: usize = 64;
 

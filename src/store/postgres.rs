@@ -107,27 +107,25 @@ impl PgStore {
     /// Runs `f` on a pooled connection, again on a fresh one when the
     /// connection was lost. Only for idempotent work.
     fn retry<T>(&self, mut f: impl FnMut(&mut Conn) -> std::result::Result<T, postgres::Error>) -> Result<T> {
-        let mut last = None;
+        let mut last = self.err("no attempt made");
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(200 << attempt));
             }
-            let mut conn = match self.pool.get() {
+            let mut conn = match self.conn() {
                 Ok(c) => c,
                 Err(e) => {
-                    last = Some(format!("no connection to PostgreSQL at {}: {e}", self.name));
+                    last = e;
                     continue;
                 }
             };
             match f(&mut conn) {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) => {
-                    last = Some(format!("lost the connection to {}: {e}", self.name));
-                }
+                Err(e) if retryable(&e) => last = self.err(format!("lost the connection to {}: {e}", self.name)),
                 Err(e) => return Err(self.err(e)),
             }
         }
-        Err(self.err(last.unwrap_or_default()))
+        Err(last)
     }
 
     fn migrate(&self, backbone: &str, dim: usize) -> Result<()> {

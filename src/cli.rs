@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backbone::{imagenet_classes, softmax, top_k, Config, Embedder, DEFAULT_MAX_PIXELS};
 use crate::joint::{JointModel, OptimizerKind, TrainOptions};
 use crate::models;
-use crate::store::Store;
+use crate::store::{ImageStore, Store};
 
 /// Self-hosted semantic image search.
 #[derive(Debug, Parser)]
@@ -450,6 +450,9 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
             joint_rows = Some(crate::joint::vectors::JointVectors::update(store, &model)?.len());
         }
     }
+    if let Some(pg) = store.as_postgres() {
+        joint_rows = sync_joint(pg)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -473,6 +476,15 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
         }
     }
     Ok(())
+}
+
+/// Gives new contents in a database their joint embedding under its
+/// current model, if there is one; returns how many contents have one.
+fn sync_joint(pg: &crate::store::postgres::PgStore) -> anyhow::Result<Option<usize>> {
+    let Some(m) = pg.model()? else { return Ok(None) };
+    let model = JointModel::from_stored(&m.info, &m.weights, &pg.describe())?;
+    pg.sync_joint(m.id, model.out_dim(), None, &|x| model.project(x))?;
+    Ok(Some(pg.joint_len()?))
 }
 
 /// Keeps the HNSW graph in step with the store once it is large enough:
@@ -529,7 +541,6 @@ fn image_embedding(
 
 /// Opens the index in `db` for reading; a missing one says how to make it.
 fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
-    embedded_only(db)?;
     anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
     let config = Config::by_name(backbone).context("unknown backbone")?;
     Ok(Store::open(db, backbone, config.embedding_dim())?)
@@ -544,22 +555,22 @@ fn open_any_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Box<dy
     Ok(Box::new(open_index(db, backbone)?))
 }
 
-/// Refuses a database `--db` for the commands that need the embedded store.
-fn embedded_only(db: &std::path::Path) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !crate::store::is_database(db),
-        "this command needs the embedded store (--db DIR) for now; on PostgreSQL only `index` and `search --image` \
-         (CNN space) work yet"
-    );
-    Ok(())
-}
-
-/// The joint model of `db`, refused if trained on another backbone.
-fn load_joint(db: &std::path::Path, backbone: &str) -> anyhow::Result<JointModel> {
-    let model = JointModel::load(db)?;
+/// The current joint model of `store` (in folder `db` or in its
+/// database), refused if trained on another backbone.
+fn load_joint(store: &dyn crate::store::ImageStore, db: &std::path::Path, backbone: &str) -> anyhow::Result<JointModel> {
+    let (_, model) = JointModel::load_current(store, db)?
+        .ok_or_else(|| crate::Error::NoModel { db: store_name(store, db) })?;
     let words = model.info.words.clone();
     model.check_compatible(backbone, &words)?;
     Ok(model)
+}
+
+/// How messages name a store: its folder, or the database without a password.
+fn store_name(store: &dyn crate::store::ImageStore, db: &std::path::Path) -> PathBuf {
+    match store.as_postgres() {
+        Some(pg) => pg.describe().into(),
+        None => db.to_path_buf(),
+    }
 }
 
 /// The encoder for `choice`: word vectors (`words`) or the sentence encoder (loaded here).
@@ -573,9 +584,6 @@ fn load_sentence_encoder(models_dir: &std::path::Path, choice: EncoderChoice) ->
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
     use crate::joint::vectors::JointVectors;
     let joint_space = a.text.is_some() || a.space == Space::Joint;
-    if joint_space || a.class.is_some() {
-        embedded_only(db)?;
-    }
     let store = open_any_index(db, &a.backbone)?;
     anyhow::ensure!(
         !(joint_space && a.class.is_some()),
@@ -592,9 +600,11 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     let embed_new = |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
     let mut joint_vectors = None;
     let query: Vec<f32> = if joint_space {
-        let model = load_joint(db, &a.backbone)?;
-        let embedded = store.as_embedded().expect("checked above: joint space needs the embedded store");
-        joint_vectors = Some(JointVectors::update(embedded, &model)?);
+        let model = load_joint(store.as_ref(), db, &a.backbone)?;
+        // A database keeps its joint embeddings itself.
+        if let Some(embedded) = store.as_embedded() {
+            joint_vectors = Some(JointVectors::update(embedded, &model)?);
+        }
         match (&a.text, &a.image) {
             (Some(text), _) => {
                 let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
@@ -678,25 +688,25 @@ fn epoch_bar(epochs: usize) -> indicatif::ProgressBar {
 }
 
 fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> anyhow::Result<()> {
-    embedded_only(db)?;
     use crate::joint::data::{evaluate, fit};
     let data = LabelledImagesRoot::read(&a.data)?;
     // Load the word vectors first: a bad --words file fails before any embedding.
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
-    let indexed = index_into(&mut store, &embedder, std::slice::from_ref(&data.root))?;
+    let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let indexed = index_into(store.as_mut(), &embedder, std::slice::from_ref(&data.root))?;
     drop(embedder);
-    update_hnsw(&store)?;
+    if let Some(embedded) = store.as_embedded() {
+        update_hnsw(embedded)?;
+    }
     let options = a.recipe.options();
     let split = read_split(a.split.as_deref(), &data.items, options.seed)?;
-    let records: Vec<Option<crate::store::ImageRecord>> = data
+    let embeddings: Vec<Option<Vec<f32>>> = data
         .paths
         .iter()
-        .map(|p| store.by_path(&p.to_string_lossy()))
+        .map(|p| store.by_path(&p.to_string_lossy())?.map(|r| store.embedding(&r)).transpose())
         .collect::<crate::Result<_>>()?;
-    let (train_set, test_set, missing) =
-        split_examples(&split, &data.items, |i| records[i].as_ref().map(|r| store.embedding(r)));
+    let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
     if !missing.is_empty() {
         eprintln!(
             "note: {} split entries match no indexed image under {} (first: {}); training without them",
@@ -721,10 +731,7 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
     })?;
     bar.finish_and_clear();
     let figures = if test_set.is_empty() { None } else { Some(evaluate(&fitted.model, &fitted.targets, &test_set)?) };
-    let dir = crate::joint::model_dir(db);
-    JointModel::save(&dir, &fitted.info, &fitted.tensors)?;
-    let joint = crate::joint::vectors::JointVectors::update(&store, &fitted.model)?;
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "data": data.root,
         "split": split.source,
         "backbone": a.backbone,
@@ -742,10 +749,30 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
         "final_loss": fitted.report.losses.last().map(|l| l.loss),
         "losses": fitted.report.losses,
         "test": figures,
-        "joint_vectors": joint.len(),
-        "model": dir,
     });
-    crate::joint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    // Saved where the store is: the model folder, or the database (every replica's).
+    let (joint_vectors, saved_in) = match store.as_postgres() {
+        Some(pg) => {
+            let info = serde_json::to_string_pretty(&fitted.info)?;
+            let weights = JointModel::weights_bytes(&fitted.tensors)?;
+            let model = &fitted.model;
+            let text = serde_json::to_string_pretty(&report)?;
+            let (id, rows) = pg.save_model(&info, &weights, &text, model.out_dim(), &|x| model.project(x))?;
+            (rows, format!("{} (model {id})", pg.describe()))
+        }
+        None => {
+            let dir = crate::joint::model_dir(db);
+            JointModel::save(&dir, &fitted.info, &fitted.tensors)?;
+            let embedded = store.as_embedded().expect("a store is a folder or a database");
+            let joint = crate::joint::vectors::JointVectors::update(embedded, &fitted.model)?;
+            report["joint_vectors"] = joint.len().into();
+            report["model"] = serde_json::json!(dir);
+            crate::joint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+            (joint.len(), dir.display().to_string())
+        }
+    };
+    report["joint_vectors"] = joint_vectors.into();
+    report["model"] = saved_in.clone().into();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -765,7 +792,7 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
     if let Some(f) = &figures {
         println!("test split ({} images): tagging top-1 {:.3}, word->image precision@10 {:.3}", f.images, f.tagging_top1, f.word_to_image_precision_at_10);
     }
-    println!("model, report and joint embeddings ({} images) in {}", joint.len(), dir.display());
+    println!("model, report and joint embeddings ({joint_vectors} images) in {saved_in}");
     Ok(())
 }
 
@@ -793,10 +820,10 @@ impl LabelledImagesRoot {
 }
 
 fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
-    let store = open_index(db, &a.backbone)?;
-    let model = load_joint(db, &a.backbone)?;
+    let store = open_any_index(db, &a.backbone)?;
+    let model = load_joint(store.as_ref(), db, &a.backbone)?;
     let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
-    let embedding = image_embedding(&store, &a.image, |path| Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding))?;
+    let embedding = image_embedding(store.as_ref(), &a.image, |path| Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding))?;
     let projected = model.project(&embedding)?;
     let tags = encoder.tag_words().nearest(&projected, a.k);
     if a.json {
@@ -811,7 +838,6 @@ fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow
 }
 
 fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> anyhow::Result<()> {
-    embedded_only(db)?;
     anyhow::ensure!(
         crate::server::is_loopback(&a.addr) || a.token.is_some(),
         "binding to {} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN",
@@ -822,11 +848,16 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
     pins.push(if a.backbone == "lite2" { models::LITE2 } else { models::LITE0 });
     models::fetch(models_dir, &pins, &mut |line| eprintln!("{line}"))?;
     let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = Store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
     if !a.folders.is_empty() {
-        let r = index_into(&mut store, &embedder, &a.folders)?;
+        let r = index_into(store.as_mut(), &embedder, &a.folders)?;
         eprintln!("indexed {} new, {} unchanged, {} failed ({} images)", r.embedded, r.unchanged, r.failed.len(), store.len()?);
-        update_hnsw(&store)?;
+        if let Some(embedded) = store.as_embedded() {
+            update_hnsw(embedded)?;
+        }
+        if let Some(pg) = store.as_postgres() {
+            sync_joint(pg)?;
+        }
     }
     drop(store);
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;

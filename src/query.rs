@@ -44,21 +44,7 @@ pub struct Indexes<'a> {
 /// `max_distance` dropped. Rows no image uses any more are skipped.
 pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
     let Some(store) = ix.store.as_embedded() else {
-        // A database store searches where its vectors are.
-        let Query::Cnn(q) = query else {
-            return Err(crate::Error::Msg(format!(
-                "class-weighted and joint-space search are not available on {} yet; use an embedded --db DIR for them",
-                ix.store.describe()
-            )));
-        };
-        let results = ix.store.nearest(q, k)?.into_iter().map(|(r, distance)| Found {
-            rank: 0,
-            key: r.key,
-            path: r.path,
-            label: r.label,
-            distance,
-        });
-        return Ok(ranked(results, k, max_distance));
+        return search_database(ix.store, query, k, max_distance);
     };
     let (vectors, dim) = match query {
         Query::Joint(_) => {
@@ -97,6 +83,25 @@ pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f3
         want *= 4;
     };
     Ok(ranked(results.into_iter(), k, max_distance))
+}
+
+/// A search where the vectors are: in PostgreSQL (pgvector's HNSW indexes
+/// for the CNN and joint spaces, an exact scan for class weights).
+fn search_database(store: &dyn ImageStore, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
+    let hits = match (query, store.as_postgres()) {
+        (Query::Cnn(q), _) => store.nearest(q, k)?,
+        (Query::Joint(q), Some(pg)) => pg.nearest_joint(q, k)?,
+        (Query::Weighted { embedding, weights }, Some(pg)) => pg.nearest_weighted(embedding, weights, k)?,
+        _ => {
+            return Err(crate::Error::Msg(format!(
+                "class-weighted and joint-space search are not available on {}",
+                store.describe()
+            )))
+        }
+    };
+    let results =
+        hits.into_iter().map(|(r, distance)| Found { rank: 0, key: r.key, path: r.path, label: r.label, distance });
+    Ok(ranked(results, k, max_distance))
 }
 
 /// The first `k` within `max_distance`, ranked from 1.

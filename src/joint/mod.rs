@@ -175,6 +175,42 @@ impl JointModel {
         write_atomic(&info_path(dir), &json)
     }
 
+    /// The safetensors bytes of trained tensors (what a database keeps as
+    /// `model.safetensors`).
+    pub fn weights_bytes(tensors: &HeadTensors) -> Result<Vec<u8>> {
+        // candle writes safetensors to a file only; a private temporary one.
+        let tmp = std::env::temp_dir().join(format!(
+            "imgsearch-model-{}-{}.safetensors",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+        ));
+        candle_core::safetensors::save(tensors, &tmp)?;
+        let bytes = std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e));
+        let _ = std::fs::remove_file(&tmp);
+        bytes
+    }
+
+    /// A model from its `model.json` text and safetensors bytes (as a database keeps them).
+    pub fn from_stored(info: &str, weights: &[u8], source: &str) -> Result<Self> {
+        let info: ModelInfo = serde_json::from_str(info)
+            .map_err(|e| Error::Store { path: source.into(), reason: format!("bad model description: {e}") })?;
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
+        Self::from_tensors(info, &tensors)
+    }
+
+    /// The current model of `store` (its folder `db`, or its database) with
+    /// the database's model id (0 for a folder); `None` when none was trained.
+    pub fn load_current(store: &dyn crate::store::ImageStore, db: &Path) -> Result<Option<(i64, Self)>> {
+        match store.as_postgres() {
+            Some(pg) => match pg.model()? {
+                Some(m) => Ok(Some((m.id, Self::from_stored(&m.info, &m.weights, &store.describe())?))),
+                None => Ok(None),
+            },
+            None if exists(db) => Ok(Some((0, Self::load(db)?))),
+            None => Ok(None),
+        }
+    }
+
     /// Loads the model of the store in `db`; no model says how to train one.
     pub fn load(db: &Path) -> Result<Self> {
         let dir = model_dir(db);

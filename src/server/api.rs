@@ -400,17 +400,17 @@ fn stored_embedding(engine: &Engine, key: i64) -> ApiResult<Vec<f32>> {
         .store
         .by_key(key)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
-    Ok(engine.store.embedding(&r))
+    Ok(engine.store.embedding(&r)?)
+}
+
+fn no_model(state: &State) -> ApiError {
+    ApiError::from(crate::Error::NoModel { db: state.db.clone() })
 }
 
 fn tags_of(state: &State, engine: &Engine, raw: &[f32], k: usize) -> ApiResult<Vec<TagOut>> {
-    let (model, _) = engine.joint.as_ref().ok_or_else(|| {
-        ApiError::from(crate::Error::NoModel {
-            db: state.db.clone(),
-        })
-    })?;
-    let projected = model.project(raw)?;
-    let text = state.text.as_ref().ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }))?;
+    let joint = engine.joint.as_ref().ok_or_else(|| no_model(state))?;
+    let projected = joint.model.project(raw)?;
+    let text = state.text().ok_or_else(|| no_model(state))?;
     Ok(text
         .tag_words()
         .nearest(&projected, k)
@@ -490,10 +490,14 @@ fn run_search(
         Some((bytes, name)) => Some(embed_upload(state, bytes, name)?),
         None => None,
     };
+    if space == "joint" || p.tags == Some(true) {
+        // Another process may have trained a newer model meanwhile.
+        state.refresh_model()?;
+    }
     let mut truncated = false;
     let text_vector = match text {
         Some(t) => {
-            let encoder = state.text.as_ref().ok_or_else(|| ApiError::from(crate::Error::NoModel { db: state.db.clone() }))?;
+            let encoder = state.text().ok_or_else(|| no_model(state))?;
             let (v, cut) = encoder.query(t)?;
             truncated = cut;
             Some(v)
@@ -506,13 +510,7 @@ fn run_search(
         (None, Some(key)) => Some(stored_embedding(&engine, key)?),
         (None, None) => None,
     };
-    let joint = || {
-        engine.joint.as_ref().map(|(m, _)| m).ok_or_else(|| {
-            ApiError::from(crate::Error::NoModel {
-                db: state.db.clone(),
-            })
-        })
-    };
+    let joint = || engine.joint.as_ref().map(|j| &j.model).ok_or_else(|| no_model(state));
     let query = match (space, &image, class_weights) {
         ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted {
             embedding: img.clone(),
@@ -534,9 +532,9 @@ fn run_search(
         }
     };
     let indexes = query::Indexes {
-        store: &engine.store,
+        store: engine.store.as_ref(),
         hnsw: engine.hnsw.as_ref(),
-        joint: engine.joint.as_ref().map(|(_, v)| v),
+        joint: engine.joint.as_ref().and_then(|j| j.vectors.as_ref()),
     };
     let found = query::search(&indexes, &query, k, p.max_distance)?;
     let tags = match &image {
@@ -562,19 +560,28 @@ fn run_search(
     Ok(SearchResponse { space: space.to_owned(), results, note, tags })
 }
 
-/// After images are added: extend the HNSW graph and the joint vectors.
-fn refresh(engine: &mut Engine) -> crate::Result<()> {
-    let dim = engine.store.dim();
-    let rows = engine.store.vectors().len() / dim;
+/// After an image is added: extend the HNSW graph and the joint vectors
+/// (embedded store), or give its content a joint embedding (database).
+fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
+    if let Some(pg) = engine.store.as_postgres() {
+        if let Some(joint) = &engine.joint {
+            let model = &joint.model;
+            pg.sync_joint(joint.id, model.out_dim(), Some(&[hash.to_owned()]), &|x| model.project(x))?;
+        }
+        return Ok(());
+    }
+    let Some(store) = engine.store.as_embedded() else { return Ok(()) };
+    let dim = store.dim();
+    let rows = store.vectors().len() / dim;
     if let Some(h) = &mut engine.hnsw {
         if h.len() < rows {
             let covered = h.len();
-            h.insert_rows(engine.store.vectors(), dim, covered);
-            h.save(engine.store.dir())?;
+            h.insert_rows(store.vectors(), dim, covered);
+            h.save(store.dir())?;
         }
     }
-    if let Some((model, vectors)) = &mut engine.joint {
-        *vectors = crate::joint::vectors::JointVectors::update(&engine.store, model)?;
+    if let Some(joint) = &mut engine.joint {
+        joint.vectors = Some(crate::joint::vectors::JointVectors::update(store, &joint.model)?);
     }
     Ok(())
 }
@@ -613,11 +620,10 @@ async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<Response> {
     let s = state.clone();
     let text = blocking(&state, move |st| {
         let engine = lock(&st.engine);
-        Ok(s.metrics.render(
-            engine.store.len()?,
-            engine.store.rows(),
-            engine.joint.is_some(),
-        ))
+        let images = engine.store.len()?;
+        // A database keeps one vector per content; the embedded store counts its rows.
+        let rows = engine.store.as_embedded().map_or(images as u64, |s| s.rows());
+        Ok(s.metrics.render(images, rows, engine.joint.is_some()))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -635,8 +641,8 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
             joint_labels: engine
                 .joint
                 .as_ref()
-                .map(|(m, _)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
-            hnsw: engine.hnsw.is_some(),
+                .map(|j| j.model.info.labels.iter().map(|(l, _)| l.clone()).collect()),
+            hnsw: engine.hnsw.is_some() || engine.store.as_postgres().is_some(),
         }))
     })
     .await
@@ -684,6 +690,7 @@ async fn tags_get(
         .key
         .ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
     blocking(&state, move |st| {
+        st.refresh_model()?;
         let engine = lock(&st.engine);
         let raw = stored_embedding(&engine, key)?;
         tags_of(st, &engine, &raw, k).map(Json)
@@ -703,6 +710,7 @@ async fn tags_post(
         ApiError::bad_request("no image: send it in the multipart field \"image\"")
     })?;
     blocking(&state, move |st| {
+        st.refresh_model()?;
         let raw = embed_upload(st, &bytes, &name)?;
         let engine = lock(&st.engine);
         tags_of(st, &engine, &raw, k).map(Json)
@@ -776,15 +784,21 @@ async fn add_image(
             use sha2::Digest;
             format!("{:x}", sha2::Sha256::digest(&bytes))
         };
-        let dir = st.uploads.join(&label);
-        std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
-        let path = dir.join(format!("{}.{ext}", &hash[..16]));
-        if !path.exists() {
-            crate::joint::write_atomic(&path, &bytes)?;
-        }
+        let file = format!("{}.{ext}", &hash[..16]);
         let mut engine = lock(&st.engine);
-        let r = crate::indexer::add_file(&mut engine.store, &path, |_| Ok(embedding))?;
-        refresh(&mut engine)?;
+        let r = match &st.uploads {
+            Some(uploads) => {
+                let dir = uploads.join(&label);
+                std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+                let path = dir.join(&file);
+                if !path.exists() {
+                    crate::joint::write_atomic(&path, &bytes)?;
+                }
+                crate::indexer::add_file(engine.store.as_mut(), &path, |_| Ok(embedding))?
+            }
+            None => add_to_database(engine.store.as_ref(), &format!("{DB_UPLOADS}{label}/{file}"), &hash, &label, &bytes, embedding)?,
+        };
+        refresh(&mut engine, &r.hash)?;
         Ok((
             StatusCode::CREATED,
             Json(image_out(r.key, &r.label, &r.path)),
@@ -814,10 +828,10 @@ async fn add_image_by_path(
             return Err(outside());
         }
         let mut engine = lock(&st.engine);
-        let r = crate::indexer::add_file(&mut engine.store, &path, |p| {
+        let r = crate::indexer::add_file(engine.store.as_mut(), &path, |p| {
             Ok(lock(&st.embedder).embed_file(p)?.embedding)
         })?;
-        refresh(&mut engine)?;
+        refresh(&mut engine, &r.hash)?;
         Ok((
             StatusCode::CREATED,
             Json(image_out(r.key, &r.label, &r.path)),
@@ -853,17 +867,61 @@ async fn delete_image(
         let r = engine.store.by_key(key)?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
         })?;
+        // A database drops an upload's bytes with its last image.
         engine.store.delete(&[key])?;
-        let uploads = st
-            .uploads
-            .canonicalize()
-            .unwrap_or_else(|_| st.uploads.clone());
-        if Path::new(&r.path).starts_with(&uploads) {
-            let _ = std::fs::remove_file(&r.path);
+        if let Some(uploads) = &st.uploads {
+            let uploads = uploads.canonicalize().unwrap_or_else(|_| uploads.clone());
+            if Path::new(&r.path).starts_with(&uploads) {
+                let _ = std::fs::remove_file(&r.path);
+            }
         }
         Ok(StatusCode::NO_CONTENT)
     })
     .await
+}
+
+/// Where uploads kept in a database are said to be (their paths are names, not files).
+const DB_UPLOADS: &str = "db:uploads/";
+
+/// Adds an upload to a database store with its bytes; the same content
+/// under the same label is the same image.
+fn add_to_database(
+    store: &dyn crate::store::ImageStore,
+    path: &str,
+    hash: &str,
+    label: &str,
+    bytes: &[u8],
+    embedding: Vec<f32>,
+) -> crate::Result<crate::store::ImageRecord> {
+    use crate::store::{NewImage, NewVector};
+    let pg = store.as_postgres().expect("only a database store keeps uploads itself");
+    if let Some(r) = store.by_path(path)? {
+        return Ok(r);
+    }
+    let vector = match store.by_hash(hash)?.into_iter().next() {
+        Some(original) => NewVector::SameAs { row: original.row, norm: original.norm },
+        None => NewVector::Embedding(embedding),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let image = NewImage { path: path.to_owned(), hash: hash.to_owned(), size: bytes.len() as u64, mtime: now, label: label.to_owned(), vector };
+    pg.add_upload(&image, bytes)?;
+    store.by_path(path)?.ok_or_else(|| crate::Error::Msg(format!("{path}: not found after adding")))
+}
+
+/// An image's bytes: its file, or (on a database) the upload's stored bytes,
+/// which also stand in for a file this replica cannot see.
+fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &str) -> ApiResult<Vec<u8>> {
+    let from_file = if r.path.starts_with(DB_UPLOADS) { None } else { Some(std::fs::read(&r.path)) };
+    let error = match from_file {
+        Some(Ok(bytes)) => return Ok(bytes),
+        Some(Err(e)) => e.to_string(),
+        None => "not stored".into(),
+    };
+    let engine = lock(&st.engine);
+    if let Some(bytes) = engine.store.as_postgres().map(|pg| pg.blob(&r.hash)).transpose()?.flatten() {
+        return Ok(bytes);
+    }
+    Err(ApiError::new(StatusCode::NOT_FOUND, format!("image {}: its file cannot be read ({error}){hint}", r.key)))
 }
 
 fn content_type(bytes: &[u8]) -> &'static str {
@@ -887,12 +945,7 @@ async fn thumbnail(
         if let Ok(bytes) = std::fs::read(&cached) {
             return Ok(bytes);
         }
-        let original = std::fs::read(&r.path).map_err(|e| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("image {key}: its file cannot be read ({e}); re-run `imgsearch index`"),
-            )
-        })?;
+        let original = original_bytes(st, &r, "; re-run `imgsearch index`")?;
         let rgb = crate::backbone::decode_rgb(
             &original,
             Path::new(&r.path),
@@ -938,12 +991,7 @@ async fn original(
         let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
         })?;
-        std::fs::read(&r.path).map_err(|e| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("image {key}: its file cannot be read ({e})"),
-            )
-        })
+        original_bytes(st, &r, "")
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, content_type(&bytes))], bytes).into_response())

@@ -5,6 +5,11 @@
 //! Inference and searches run on the blocking pool behind a bounded queue
 //! (a full queue answers 503 at once); the async threads only parse and
 //! answer. Stored images are addressed by key, never by path.
+//!
+//! On PostgreSQL (`--db postgres://...`) a replica keeps nothing of its own
+//! but a thumbnail cache: uploads are stored in the database, searches run
+//! there, and the joint model is the database's current one, reloaded when
+//! another process trains a new one.
 
 mod api;
 mod metrics;
@@ -21,7 +26,7 @@ use crate::backbone::Embedder;
 use crate::index::HnswIndex;
 use crate::joint::vectors::JointVectors;
 use crate::joint::JointModel;
-use crate::store::Store;
+use crate::store::ImageStore;
 use crate::words::WordVectors;
 use crate::Error;
 
@@ -59,9 +64,19 @@ impl Default for Options {
 
 /// The index and what is derived from it; changes under the lock.
 pub(crate) struct Engine {
-    pub store: Store,
+    pub store: Box<dyn ImageStore>,
+    /// The local HNSW graph (embedded store; a database indexes itself).
     pub hnsw: Option<HnswIndex>,
-    pub joint: Option<(JointModel, JointVectors)>,
+    pub joint: Option<Joint>,
+}
+
+/// The joint model in use.
+pub(crate) struct Joint {
+    /// The database's model id (0 for a folder's model).
+    pub id: i64,
+    pub model: JointModel,
+    /// Every image's joint embedding (embedded store; a database keeps them).
+    pub vectors: Option<JointVectors>,
 }
 
 /// Everything a request may use.
@@ -71,9 +86,11 @@ pub struct State {
     /// Word vectors for `/api/words`.
     pub(crate) words: WordVectors,
     /// The joint model's text side (queries and tags), when there is a model.
-    pub(crate) text: Option<crate::text::QueryEncoder>,
+    pub(crate) text: Mutex<Option<Arc<crate::text::QueryEncoder>>>,
+    /// The store's name for messages: its folder, or the database (no password).
     pub(crate) db: PathBuf,
-    pub(crate) uploads: PathBuf,
+    /// Where uploads are written (embedded store; a database keeps their bytes).
+    pub(crate) uploads: Option<PathBuf>,
     pub(crate) thumbs: PathBuf,
     pub(crate) roots: Vec<PathBuf>,
     pub(crate) options: Options,
@@ -82,43 +99,86 @@ pub struct State {
 }
 
 impl State {
-    /// Loads the index in `db` and the models. Uploaded images live in
-    /// `<db>/uploads`, thumbnails in `<db>/thumbs`.
+    /// Loads the store `db` names (a folder or a `postgres://` URL) and the
+    /// models. A folder keeps uploads in `<db>/uploads` and thumbnails in
+    /// `<db>/thumbs`; a database keeps uploads itself, and thumbnails are
+    /// cached in the user's cache folder.
     pub fn load(db: &Path, embedder: Embedder, words: WordVectors, options: Options) -> crate::Result<Self> {
         let dim = embedder.model().config().embedding_dim();
-        let store = Store::open(db, &options.backbone, dim)?;
-        let hnsw = if HnswIndex::exists(db) { Some(HnswIndex::load(db, Default::default())?) } else { None };
-        let (joint, text) = if crate::joint::exists(db) {
-            let model = JointModel::load(db)?;
-            let trained = model.info.words.clone();
-            model.check_compatible(&options.backbone, &trained)?;
-            let text = crate::text::QueryEncoder::for_model(&options.models, &trained, options.words_file.as_deref())?;
-            let vectors = JointVectors::update(&store, &model)?;
-            (Some((model, vectors)), Some(text))
-        } else {
-            (None, None)
+        let store = crate::store::open(db, &options.backbone, dim)?;
+        let name: PathBuf = match store.as_postgres() {
+            Some(pg) => pg.describe().into(),
+            None => db.to_path_buf(),
         };
-        let uploads = db.join("uploads");
-        let thumbs = db.join("thumbs");
-        for dir in [&uploads, &thumbs] {
+        let hnsw = match store.as_embedded() {
+            Some(_) if HnswIndex::exists(db) => Some(HnswIndex::load(db, Default::default())?),
+            _ => None,
+        };
+        let (uploads, thumbs) = match store.as_embedded() {
+            Some(_) => (Some(db.join("uploads")), db.join("thumbs")),
+            None => (None, thumbnail_cache()),
+        };
+        for dir in uploads.iter().chain([&thumbs]) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let mut roots: Vec<PathBuf> = options.roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
-        roots.push(uploads.canonicalize().map_err(|e| Error::io(&uploads, e))?);
-        Ok(Self {
-            engine: Mutex::new(Engine { store, hnsw, joint }),
+        if let Some(uploads) = &uploads {
+            roots.push(uploads.canonicalize().map_err(|e| Error::io(uploads, e))?);
+        }
+        let state = Self {
+            engine: Mutex::new(Engine { store, hnsw, joint: None }),
             embedder: Mutex::new(embedder),
             words,
-            text,
-            db: db.to_path_buf(),
+            text: Mutex::new(None),
+            db: name,
             uploads,
             thumbs,
             roots,
             queue: Arc::new(tokio::sync::Semaphore::new(options.queue.max(1))),
             options,
             metrics: metrics::Metrics::default(),
-        })
+        };
+        state.refresh_model()?;
+        Ok(state)
     }
+
+    /// Loads the store's current joint model when it is not the one in use
+    /// (at start, and on a database after another process trained one),
+    /// with its text side and joint embeddings.
+    pub(crate) fn refresh_model(&self) -> crate::Result<()> {
+        let db = self.db.as_path();
+        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let current = match engine.store.as_postgres() {
+            Some(pg) => pg.model_id()?,
+            None => crate::joint::exists(db).then_some(0),
+        };
+        if current == engine.joint.as_ref().map(|j| j.id) {
+            return Ok(());
+        }
+        let Some((id, model)) = JointModel::load_current(engine.store.as_ref(), db)? else {
+            return Ok(());
+        };
+        let trained = model.info.words.clone();
+        model.check_compatible(&self.options.backbone, &trained)?;
+        let text = crate::text::QueryEncoder::for_model(&self.options.models, &trained, self.options.words_file.as_deref())?;
+        let vectors = match engine.store.as_embedded() {
+            Some(store) => Some(JointVectors::update(store, &model)?),
+            None => None,
+        };
+        engine.joint = Some(Joint { id, model, vectors });
+        *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(text));
+        Ok(())
+    }
+
+    /// The joint model's text side, if there is a model.
+    pub(crate) fn text(&self) -> Option<Arc<crate::text::QueryEncoder>> {
+        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Where a database-backed replica caches thumbnails (derived data).
+fn thumbnail_cache() -> PathBuf {
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("imgsearch").join("thumbs")
 }
 
 /// An error answer: a status and a message saying what was wrong.

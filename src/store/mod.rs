@@ -60,6 +60,11 @@ pub trait ImageStore: Send {
     fn as_embedded(&self) -> Option<&Store> {
         None
     }
+    /// The PostgreSQL store, for what it keeps besides images (models,
+    /// joint embeddings, uploaded originals).
+    fn as_postgres(&self) -> Option<&postgres::PgStore> {
+        None
+    }
 }
 
 /// Opens the store `db` names: a `postgres://` URL, else a folder.

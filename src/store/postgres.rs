@@ -10,6 +10,15 @@
 //!   processes starting together apply them once; a schema newer than this
 //!   binary is refused with both versions named.
 //!
+//! - `models`: every trained joint model (`model.json` text and the
+//!   safetensors bytes); the newest row is the one every replica uses.
+//! - `joint`: each content's joint embedding under the current model, a
+//!   pgvector column with its own HNSW index (cosine). Saving a model
+//!   replaces them all in the same transaction; images added later get
+//!   theirs from whoever adds them ([`PgStore::sync_joint`]).
+//! - `blobs`: the bytes of images uploaded through `serve`, so every
+//!   replica can show an upload another one received.
+//!
 //! Connections come from an r2d2 pool; each sets a statement timeout. Reads
 //! and the (idempotent, upserting) batch writes are retried after a lost
 //! connection; a batch is one transaction, so a retry neither loses nor
@@ -28,7 +37,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -53,7 +62,8 @@ pub struct PgStore {
 }
 
 fn migrations(dim: usize) -> Vec<String> {
-    vec![format!(
+    vec![
+        format!(
         "CREATE EXTENSION IF NOT EXISTS vector;
          CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
          CREATE TABLE vectors(
@@ -70,8 +80,40 @@ fn migrations(dim: usize) -> Vec<String> {
              mtime BIGINT NOT NULL,
              label TEXT NOT NULL);
          CREATE INDEX images_hash ON images(hash);"
-    )]
+        ),
+        // Version 2: trained models, joint embeddings, uploaded originals.
+        "CREATE TABLE models(
+             id BIGSERIAL PRIMARY KEY,
+             info TEXT NOT NULL,
+             weights BYTEA NOT NULL,
+             report TEXT NOT NULL,
+             created TIMESTAMPTZ NOT NULL DEFAULT now());
+         CREATE TABLE joint(
+             hash TEXT PRIMARY KEY REFERENCES vectors(hash) ON DELETE CASCADE,
+             model BIGINT NOT NULL REFERENCES models(id),
+             embedding vector NOT NULL);
+         CREATE TABLE blobs(
+             hash TEXT PRIMARY KEY REFERENCES vectors(hash) ON DELETE CASCADE,
+             bytes BYTEA NOT NULL);"
+            .to_owned(),
+    ]
 }
+
+/// A trained joint model as the database keeps it.
+#[derive(Debug, Clone)]
+pub struct StoredModel {
+    pub id: i64,
+    /// `model.json`.
+    pub info: String,
+    /// `model.safetensors`.
+    pub weights: Vec<u8>,
+}
+
+/// Projects raw CNN embeddings (`[n, dim]`, row-major) into the joint space.
+pub type Project<'a> = &'a dyn Fn(&[f32]) -> Result<Vec<f32>>;
+
+/// Rows read and projected per round trip when filling joint embeddings.
+const JOINT_BATCH: i64 = 1024;
 
 impl PgStore {
     /// Connects to `url`, applies pending migrations, and checks that the
@@ -181,6 +223,231 @@ impl PgStore {
     pub fn set_ef_search(&mut self, ef: usize) {
         self.ef_search = ef;
     }
+
+    /// The id of the current (newest) joint model, if one was trained.
+    pub fn model_id(&self) -> Result<Option<i64>> {
+        Ok(self.retry(|c| c.query_one("SELECT MAX(id) FROM models", &[]))?.get(0))
+    }
+
+    /// The current joint model.
+    pub fn model(&self) -> Result<Option<StoredModel>> {
+        let row = self.retry(|c| c.query_opt("SELECT id, info, weights FROM models ORDER BY id DESC LIMIT 1", &[]))?;
+        Ok(row.map(|r| StoredModel { id: r.get(0), info: r.get(1), weights: r.get(2) }))
+    }
+
+    /// The training report of the current model (JSON).
+    pub fn model_report(&self) -> Result<Option<String>> {
+        let row = self.retry(|c| c.query_opt("SELECT report FROM models ORDER BY id DESC LIMIT 1", &[]))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Makes a trained model the current one for every process on this
+    /// database, in one transaction: the model row, then every stored
+    /// content's joint embedding (`project`, `out_dim` wide) and their HNSW
+    /// index, replacing the previous model's. Readers see the old model or
+    /// the new one, never a mix. Returns the model id and the rows projected.
+    pub fn save_model(&self, info: &str, weights: &[u8], report: &str, out_dim: usize, project: Project<'_>) -> Result<(i64, usize)> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(|e| self.err(e))?;
+        let run = |tx: &mut postgres::Transaction| -> std::result::Result<(i64, usize), Error> {
+            let pg = |e: postgres::Error| self.err(e);
+            // One trainer at a time.
+            tx.execute("SELECT pg_advisory_xact_lock(7355609)", &[]).map_err(pg)?;
+            let id: i64 = tx
+                .query_one("INSERT INTO models(info, weights, report) VALUES ($1, $2, $3) RETURNING id", &[&info, &weights, &report])
+                .map_err(pg)?
+                .get(0);
+            tx.batch_execute(&format!(
+                "TRUNCATE joint; DROP INDEX IF EXISTS joint_hnsw;
+                 ALTER TABLE joint ALTER COLUMN embedding TYPE vector({out_dim})"
+            ))
+            .map_err(pg)?;
+            let select = tx.prepare("SELECT hash, embedding, norm FROM vectors").map_err(pg)?;
+            let portal = tx.bind(&select, &[]).map_err(pg)?;
+            let insert = tx.prepare("INSERT INTO joint(hash, model, embedding) VALUES ($1, $2, $3)").map_err(pg)?;
+            let mut total = 0;
+            loop {
+                let rows = tx.query_portal(&portal, JOINT_BATCH as i32).map_err(pg)?;
+                if rows.is_empty() {
+                    break;
+                }
+                let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
+                for (hash, v) in hashes.iter().zip(projected) {
+                    tx.execute(&insert, &[hash, &id, &v]).map_err(pg)?;
+                }
+                total += rows.len();
+            }
+            // Built after the load: faster than maintaining it row by row.
+            tx.batch_execute("CREATE INDEX joint_hnsw ON joint USING hnsw (embedding vector_cosine_ops)").map_err(pg)?;
+            Ok((id, total))
+        };
+        let done = run(&mut tx)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(done)
+    }
+
+    /// The hashes of `rows` (`hash, embedding, norm`) and their joint
+    /// embeddings, unit length (a zero projection stays zero).
+    fn project_rows(&self, rows: &[postgres::Row], out_dim: usize, project: Project<'_>) -> Result<(Vec<String>, Vec<Vector>)> {
+        let mut raw = Vec::with_capacity(rows.len() * self.dim);
+        let mut hashes = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (v, norm): (Vector, f32) = (r.get(1), r.get(2));
+            raw.extend(v.as_slice().iter().map(|x| x * norm));
+            hashes.push(r.get::<_, String>(0));
+        }
+        let out = project(&raw)?;
+        if out.len() != rows.len() * out_dim {
+            return Err(self.err(format!("the joint model gave {} values for {} rows of {out_dim}", out.len(), rows.len())));
+        }
+        Ok((hashes, out.chunks_exact(out_dim).map(|v| Vector::from(crate::query::unit(v))).collect()))
+    }
+
+    /// Gives stored contents without a joint embedding one under model
+    /// `model_id` (all of them, or only `hashes`). Rows are written only
+    /// while `model_id` is still the current model, so a process that
+    /// missed a retrain cannot mix spaces. Idempotent. Returns rows added.
+    pub fn sync_joint(&self, model_id: i64, out_dim: usize, hashes: Option<&[String]>, project: Project<'_>) -> Result<usize> {
+        let mut added = 0;
+        loop {
+            let rows = self.retry(|c| {
+                c.query(
+                    "SELECT v.hash, v.embedding, v.norm FROM vectors v
+                     WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
+                       AND NOT EXISTS (SELECT 1 FROM joint j WHERE j.hash = v.hash)
+                     LIMIT $2",
+                    &[&hashes, &JOINT_BATCH],
+                )
+            })?;
+            if rows.is_empty() {
+                return Ok(added);
+            }
+            let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
+            let n = self.retry(|c| {
+                let mut tx = c.transaction()?;
+                let insert = tx.prepare(
+                    "INSERT INTO joint(hash, model, embedding)
+                     SELECT $1, $2, $3 WHERE $2 = (SELECT MAX(id) FROM models)
+                       AND EXISTS (SELECT 1 FROM vectors WHERE hash = $1)
+                     ON CONFLICT (hash) DO NOTHING",
+                )?;
+                let mut n = 0;
+                for (hash, v) in hashes.iter().zip(&projected) {
+                    n += tx.execute(&insert, &[hash, &model_id, v])?;
+                }
+                tx.commit()?;
+                Ok(n)
+            })?;
+            if n == 0 {
+                // Another model is current now (or another process filled them).
+                return Ok(added);
+            }
+            added += n as usize;
+        }
+    }
+
+    /// How many contents have a joint embedding.
+    pub fn joint_len(&self) -> Result<usize> {
+        let n: i64 = self.retry(|c| c.query_one("SELECT COUNT(*) FROM joint", &[]))?.get(0);
+        Ok(n as usize)
+    }
+
+    /// The `k` images nearest to `query` in the joint space (HNSW in the database).
+    pub fn nearest_joint(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
+        // The index answers the innermost query; vectors only adds id and norm.
+        self.nearest_by(
+            "SELECT v.id, j.hash, v.norm, j.d FROM (SELECT hash, embedding <=> $1 AS d FROM joint ORDER BY embedding <=> $1 LIMIT $2) j
+             JOIN vectors v ON v.hash = j.hash",
+            &[&q],
+            k,
+        )
+    }
+
+    /// The `k` images nearest to `query` with both sides multiplied by
+    /// `weights` (one ImageNet class's row): an exact scan, as in the
+    /// embedded store, since no index holds reweighted vectors.
+    pub fn nearest_weighted(&self, query: &[f32], weights: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        let qw: Vec<f32> = query.iter().zip(weights).map(|(q, w)| q * w).collect();
+        let Some(qw) = unit_vector(&qw) else { return Ok(Vec::new()) };
+        let w = Vector::from(weights.to_vec());
+        self.nearest_by(
+            "SELECT id, hash, norm, (embedding * $3) <=> $1 AS d FROM vectors ORDER BY (embedding * $3) <=> $1 LIMIT $2",
+            &[&qw, &w],
+            k,
+        )
+    }
+
+    /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
+    /// (the query) and `$2` (the limit), plus `extra` from `$3` on; its
+    /// hits are joined with their images, nearest first.
+    fn nearest_by(&self, inner: &str, args: &[&(dyn postgres::types::ToSql + Sync)], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let ef = self.ef_search.max(k);
+        let limit = k as i64;
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![args[0], &limit];
+        params.extend_from_slice(&args[1..]);
+        let sql = format!(
+            "WITH nn AS ({inner})
+             SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm
+             FROM nn JOIN images i ON i.hash = nn.hash ORDER BY nn.d, i.key"
+        );
+        let rows = self.retry(|c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
+            // The HNSW index answers the inner query; the join only names them.
+            let rows = tx.query(&sql, &params)?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let d: f64 = r.get(0);
+                // pgvector's cosine distance is 1 - cos.
+                (record_at(r, 1), crate::index::angular(1.0 - d as f32))
+            })
+            .take(k)
+            .collect())
+    }
+
+    /// Adds an uploaded image with its bytes, in one transaction, so any
+    /// replica can serve the original. Returns its key.
+    pub fn add_upload(&self, image: &NewImage, bytes: &[u8]) -> Result<i64> {
+        let fresh = image.unit_embedding(self.dim)?.map(|(u, n)| (n, Vector::from(u)));
+        self.retry(|c| {
+            let mut tx = c.transaction()?;
+            if let Some((norm, v)) = &fresh {
+                tx.execute(
+                    "INSERT INTO vectors(hash, norm, embedding) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+                    &[&image.hash, norm, v],
+                )?;
+            }
+            tx.execute("INSERT INTO blobs(hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING", &[&image.hash, &bytes])?;
+            let key: i64 = tx
+                .query_one(
+                    "INSERT INTO images(path, hash, size, mtime, label) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (path) DO UPDATE SET label = excluded.label RETURNING key",
+                    &[&image.path, &image.hash, &(image.size as i64), &image.mtime, &image.label],
+                )?
+                .get(0);
+            tx.commit()?;
+            Ok(key)
+        })
+    }
+
+    /// The stored bytes of an uploaded image with this content.
+    pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.retry(|c| c.query_opt("SELECT bytes FROM blobs WHERE hash = $1", &[&hash]))?.map(|r| r.get(0)))
+    }
+}
+
+/// `v` at unit length as a pgvector value; `None` for a zero vector.
+fn unit_vector(v: &[f32]) -> Option<Vector> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (norm > 0.0).then(|| Vector::from(v.iter().map(|x| x / norm).collect::<Vec<_>>()))
 }
 
 /// A lost connection, or a conflict with another writer that a retry of the
@@ -339,34 +606,12 @@ impl ImageStore for PgStore {
     }
 
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
-        let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm == 0.0 || k == 0 {
-            return Ok(Vec::new());
-        }
-        let q = Vector::from(query.iter().map(|v| v / norm).collect::<Vec<_>>());
-        let ef = self.ef_search.max(k);
-        let rows = self.retry(|c| {
-            let mut tx = c.transaction()?;
-            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
-            // The HNSW index answers the inner query; the join only names them.
-            let rows = tx.query(
-                "WITH nn AS (SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors ORDER BY embedding <=> $1 LIMIT $2)
-                 SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm
-                 FROM nn JOIN images i ON i.hash = nn.hash ORDER BY nn.d, i.key",
-                &[&q, &(k as i64)],
-            )?;
-            tx.commit()?;
-            Ok(rows)
-        })?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let d: f64 = r.get(0);
-                // pgvector's cosine distance is 1 - cos.
-                (record_at(r, 1), crate::index::angular(1.0 - d as f32))
-            })
-            .take(k)
-            .collect())
+        let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
+        self.nearest_by("SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors ORDER BY embedding <=> $1 LIMIT $2", &[&q], k)
+    }
+
+    fn as_postgres(&self) -> Option<&PgStore> {
+        Some(self)
     }
 }
 

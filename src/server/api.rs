@@ -774,6 +774,8 @@ async fn add_image(
         ApiError::bad_request("no image: send it in the multipart field \"image\"")
     })?;
     blocking(&state, move |st| {
+        // The current model, so the new image gets its joint embedding.
+        st.refresh_model()?;
         // Decoded and embedded before anything is written.
         let embedding = embed_upload(st, &bytes, &name)?;
         let ext = image::guess_format(&bytes)
@@ -827,6 +829,7 @@ async fn add_image_by_path(
         if !path.is_file() || !st.roots.iter().any(|r| path.starts_with(r)) {
             return Err(outside());
         }
+        st.refresh_model()?;
         let mut engine = lock(&st.engine);
         let r = crate::indexer::add_file(engine.store.as_mut(), &path, |p| {
             Ok(lock(&st.embedder).embed_file(p)?.embedding)

@@ -142,6 +142,11 @@ impl PgStore {
         Error::Store { path: self.name.clone().into(), reason: e.to_string() }
     }
 
+    /// A database error with the server's own message (`db error` alone says nothing).
+    fn pg_err(&self, e: postgres::Error) -> Error {
+        self.err(pg_message(&e))
+    }
+
     fn conn(&self) -> Result<Conn> {
         self.pool.get().map_err(|e| self.err(format!("no connection to PostgreSQL at {}: {e}", self.name)))
     }
@@ -163,8 +168,8 @@ impl PgStore {
             };
             match f(&mut conn) {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) => last = self.err(format!("lost the connection to {}: {e}", self.name)),
-                Err(e) => return Err(self.err(e)),
+                Err(e) if retryable(&e) => last = self.err(format!("lost the connection to {}: {}", self.name, pg_message(&e))),
+                Err(e) => return Err(self.pg_err(e)),
             }
         }
         Err(last)
@@ -172,14 +177,14 @@ impl PgStore {
 
     fn migrate(&self, backbone: &str, dim: usize) -> Result<()> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
         // One migrator at a time, across processes.
-        tx.execute("SELECT pg_advisory_xact_lock(7355608)", &[]).map_err(|e| self.err(e))?;
+        tx.execute("SELECT pg_advisory_xact_lock(7355608)", &[]).map_err(|e| self.pg_err(e))?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.pg_err(e))?;
         let current: i32 = tx
             .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.pg_err(e))?
             .get(0);
         if current > SCHEMA_VERSION {
             return Err(self.err(format!(
@@ -189,12 +194,12 @@ impl PgStore {
         }
         for (i, sql) in migrations(dim).iter().enumerate().skip(current as usize) {
             tx.batch_execute(sql).map_err(|e| self.err(format!("migration {}: {e}", i + 1)))?;
-            tx.execute("INSERT INTO schema_version VALUES ($1)", &[&(i as i32 + 1)]).map_err(|e| self.err(e))?;
+            tx.execute("INSERT INTO schema_version VALUES ($1)", &[&(i as i32 + 1)]).map_err(|e| self.pg_err(e))?;
         }
         let setting = |tx: &mut postgres::Transaction, name: &str| -> Result<Option<String>> {
             Ok(tx
                 .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
-                .map_err(|e| self.err(e))?
+                .map_err(|e| self.pg_err(e))?
                 .map(|r| r.get(0)))
         };
         match (setting(&mut tx, "backbone")?, setting(&mut tx, "dim")?) {
@@ -209,10 +214,10 @@ impl PgStore {
                     "INSERT INTO settings VALUES ('backbone', $1), ('dim', $2) ON CONFLICT (name) DO NOTHING",
                     &[&backbone, &dim.to_string()],
                 )
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.pg_err(e))?;
             }
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.pg_err(e))
     }
 
     fn records(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<ImageRecord>> {
@@ -248,9 +253,9 @@ impl PgStore {
     /// the new one, never a mix. Returns the model id and the rows projected.
     pub fn save_model(&self, info: &str, weights: &[u8], report: &str, out_dim: usize, project: Project<'_>) -> Result<(i64, usize)> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
         let run = |tx: &mut postgres::Transaction| -> std::result::Result<(i64, usize), Error> {
-            let pg = |e: postgres::Error| self.err(e);
+            let pg = |e: postgres::Error| self.pg_err(e);
             // One trainer at a time.
             tx.execute("SELECT pg_advisory_xact_lock(7355609)", &[]).map_err(pg)?;
             let id: i64 = tx
@@ -282,7 +287,7 @@ impl PgStore {
             Ok((id, total))
         };
         let done = run(&mut tx)?;
-        tx.commit().map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.pg_err(e))?;
         Ok(done)
     }
 
@@ -310,6 +315,10 @@ impl PgStore {
     pub fn sync_joint(&self, model_id: i64, out_dim: usize, hashes: Option<&[String]>, project: Project<'_>) -> Result<usize> {
         let mut added = 0;
         loop {
+            if self.model_id()? != Some(model_id) {
+                // Retrained meanwhile: the new model's rows are its trainer's to write.
+                return Ok(added);
+            }
             let rows = self.retry(|c| {
                 c.query(
                     "SELECT v.hash, v.embedding, v.norm FROM vectors v
@@ -323,7 +332,7 @@ impl PgStore {
                 return Ok(added);
             }
             let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
-            let n = self.retry(|c| {
+            let written = self.retry(|c| {
                 let mut tx = c.transaction()?;
                 let insert = tx.prepare(
                     "INSERT INTO joint(hash, model, embedding)
@@ -337,7 +346,13 @@ impl PgStore {
                 }
                 tx.commit()?;
                 Ok(n)
-            })?;
+            });
+            let n = match written {
+                Ok(n) => n,
+                // A retrain with another width between the check and the insert.
+                Err(_) if self.model_id()? != Some(model_id) => return Ok(added),
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 // Another model is current now (or another process filled them).
                 return Ok(added);
@@ -448,6 +463,17 @@ impl PgStore {
 fn unit_vector(v: &[f32]) -> Option<Vector> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     (norm > 0.0).then(|| Vector::from(v.iter().map(|x| x / norm).collect::<Vec<_>>()))
+}
+
+/// The server's message for a database error (with its detail), else the error itself.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string(),
+    }
 }
 
 /// A lost connection, or a conflict with another writer that a retry of the

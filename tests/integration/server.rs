@@ -130,7 +130,7 @@ async fn get(uri: &str) -> Answer {
 }
 
 /// A multipart body: an optional image and text fields.
-fn multipart(image: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+pub(crate) fn multipart(image: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -> (String, Vec<u8>) {
     let boundary = "imgsearchtestboundary";
     let mut body = Vec::new();
     for (name, value) in fields {

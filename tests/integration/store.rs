@@ -178,39 +178,274 @@ fn postgres_faults_are_named_and_survived() {
 }
 
 #[test]
-fn index_and_search_run_on_postgres_end_to_end() {
-    // Needs models.
-    let Some(admin) = pg_admin("index_and_search_run_on_postgres_end_to_end") else { return };
+fn postgres_keeps_models_joint_embeddings_and_uploads() {
+    let Some(admin) = pg_admin("postgres_keeps_models_joint_embeddings_and_uploads") else { return };
     let url = fresh_database(&admin);
+    let mut s = PgStore::open(&url, "lite0", 3).unwrap();
+    s.add_batch(&[image("/a.jpg", "ha", vec![3.0, 4.0, 0.0]), image("/b.jpg", "hb", vec![0.0, 2.0, 0.0]), image("/c.jpg", "hc", vec![1.0, 0.0, 5.0])])
+        .unwrap();
+    assert!(s.model_id().unwrap().is_none() && s.model().unwrap().is_none());
+
+    // Class weights: (1, 1, 0) hides the third component, so c (1, 0, 5) is
+    // the nearest to (1, 0, 0), though unweighted a is.
+    let paths = |hits: Vec<(imgsearch::store::ImageRecord, f32)>| hits.into_iter().map(|(r, _)| r.path).collect::<Vec<_>>();
+    assert_eq!(paths(s.nearest(&[1.0, 0.0, 0.0], 3).unwrap()), ["/a.jpg", "/c.jpg", "/b.jpg"]);
+    let weighted = s.nearest_weighted(&[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0], 3).unwrap();
+    assert_eq!(paths(weighted.clone()), ["/c.jpg", "/a.jpg", "/b.jpg"]);
+    assert!(weighted[0].1.abs() < 1e-3, "c is (1, 0) once weighted: {}", weighted[0].1);
+
+    // A model: the joint space is the first two components of the raw embedding.
+    let first_two = |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.chunks_exact(3).flat_map(|r| [r[0], r[1]]).collect()) };
+    let (id, rows) = s.save_model("{\"m\": 1}", b"weights", "{}", 2, &first_two).unwrap();
+    assert_eq!((s.model_id().unwrap(), rows, s.joint_len().unwrap()), (Some(id), 3, 3));
+    let m = s.model().unwrap().unwrap();
+    assert_eq!((m.id, m.info.as_str(), m.weights.as_slice()), (id, "{\"m\": 1}", b"weights".as_slice()));
+    let joint = s.nearest_joint(&[1.0, 0.0], 3).unwrap();
+    assert_eq!(paths(joint.clone()), ["/c.jpg", "/a.jpg", "/b.jpg"]);
+    assert!(joint[0].1.abs() < 1e-3);
+
+    // An image added later gets its joint embedding from whoever adds it; once.
+    s.add_batch(&[image("/d.jpg", "hd", vec![-1.0, 0.0, 0.0])]).unwrap();
+    assert_eq!(s.sync_joint(id, 2, Some(&["hd".to_owned()]), &first_two).unwrap(), 1);
+    assert_eq!(s.sync_joint(id, 2, None, &first_two).unwrap(), 0);
+    assert_eq!(s.nearest_joint(&[-1.0, 0.0], 1).unwrap()[0].0.path, "/d.jpg");
+
+    // Retraining replaces every joint embedding at once; a process still on
+    // the old model cannot add rows to the new space.
+    let all_three = |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.to_vec()) };
+    let (id2, rows) = s.save_model("{}", b"w2", "{}", 3, &all_three).unwrap();
+    assert!(id2 > id && rows == 4);
+    assert_eq!(s.nearest_joint(&[0.0, 0.0, 1.0], 1).unwrap()[0].0.path, "/c.jpg");
+    s.add_batch(&[image("/e.jpg", "he", vec![0.0, -1.0, 0.0])]).unwrap();
+    assert_eq!(s.sync_joint(id, 2, None, &first_two).unwrap(), 0, "a stale model writes nothing");
+    assert_eq!(s.sync_joint(id2, 3, None, &all_three).unwrap(), 1);
+
+    // An upload keeps its bytes in the database until its image goes.
+    let up = NewImage { path: "db:uploads/cat/1234.jpg".into(), ..image("", "hup", vec![0.5, 0.5, 0.5]) };
+    let key = s.add_upload(&up, b"jpeg bytes").unwrap();
+    assert_eq!(s.by_key(key).unwrap().unwrap().path, "db:uploads/cat/1234.jpg");
+    assert_eq!(s.blob("hup").unwrap().as_deref(), Some(b"jpeg bytes".as_slice()));
+    assert_eq!(s.add_upload(&up, b"jpeg bytes").unwrap(), key, "the same upload again is the same image");
+    assert_eq!(s.sync_joint(id2, 3, None, &all_three).unwrap(), 1);
+    let before = s.joint_len().unwrap();
+    s.delete(&[key]).unwrap();
+    assert!(s.blob("hup").unwrap().is_none());
+    assert_eq!(s.joint_len().unwrap(), before - 1, "its joint embedding went with it");
+}
+
+/// Runs the binary with `--db db`; its stdout, or a failure naming stderr.
+fn run(db: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["--db", db]).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A folder of label folders with a few Pascal photos.
+fn small_collection(per_label: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (label, file) in [("cat", "2008_000116.jpg"), ("cat", "2008_000182.jpg"), ("bottle", "2008_000112.jpg")] {
+    for label in ["cat", "bottle"] {
+        let mut files: Vec<_> = std::fs::read_dir(pascal_images().join(label)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
         std::fs::create_dir_all(dir.path().join(label)).unwrap();
-        std::fs::copy(pascal_images().join(label).join(file), dir.path().join(label).join(file)).unwrap();
+        for f in files.iter().take(per_label) {
+            std::fs::copy(f, dir.path().join(label).join(f.file_name().unwrap())).unwrap();
+        }
     }
+    dir
+}
+
+/// A quick, seeded training recipe on the word vectors.
+const QUICK_TRAIN: &[&str] = &["--encoder", "glove", "--no-captions", "--epochs", "5", "--hidden", "64", "--json"];
+
+#[test]
+fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
+    // Needs models.
+    let Some(admin) = pg_admin("every_command_runs_on_postgres_with_the_embedded_store_s_answers") else { return };
+    let url = fresh_database(&admin);
+    let dir = small_collection(4);
     let embedded = tempfile::tempdir().unwrap();
     let embedded = embedded.path().join("db");
-    let run = |db: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["--db", db]).args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let local = embedded.to_str().unwrap();
     let folder = dir.path().to_str().unwrap();
-    assert!(run(&url, &["index", folder]).contains("indexed 3 new"));
-    assert!(run(&url, &["index", folder]).contains("indexed 0 new, 3 unchanged"));
-    run(embedded.to_str().unwrap(), &["index", folder]);
-    // The same answers from both stores.
-    let query = dir.path().join("cat/2008_000116.jpg");
-    let search = |db: &str| -> serde_json::Value {
-        serde_json::from_str(&run(db, &["search", "--image", query.to_str().unwrap(), "-k", "3", "--json"])).unwrap()
+    assert!(run(&url, &["index", folder]).contains("indexed 8 new"));
+    assert!(run(&url, &["index", folder]).contains("indexed 0 new, 8 unchanged"));
+    run(local, &["index", folder]);
+    let json = |s: String| -> serde_json::Value { serde_json::from_str(&s).unwrap() };
+    // The same answers from both stores, for every kind of search.
+    let same = |args: &[&str]| {
+        let (pg, emb) = (json(run(&url, args)), json(run(local, args)));
+        let (pg, emb) = (pg.as_array().unwrap(), emb.as_array().unwrap());
+        assert_eq!(pg.len(), emb.len(), "{args:?}");
+        for (p, e) in pg.iter().zip(emb) {
+            assert!((p["distance"].as_f64().unwrap() - e["distance"].as_f64().unwrap()).abs() < 1e-3, "{args:?}: {p} vs {e}");
+        }
+        // Paths may only differ among ties.
+        let paths = |v: &[serde_json::Value]| v.iter().map(|r| r["path"].as_str().unwrap().to_owned()).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(paths(pg), paths(emb), "{args:?}");
+        pg.clone()
     };
-    let (pg, local) = (search(&url), search(embedded.to_str().unwrap()));
-    assert_eq!(pg[0]["path"].as_str().unwrap(), query.canonicalize().unwrap().to_str().unwrap());
-    assert!(pg[0]["distance"].as_f64().unwrap() < 1e-3);
-    for i in 0..3 {
-        assert_eq!(pg[i]["path"], local[i]["path"]);
-        assert!((pg[i]["distance"].as_f64().unwrap() - local[i]["distance"].as_f64().unwrap()).abs() < 1e-4);
+    let query = dir.path().join("cat").read_dir().unwrap().next().unwrap().unwrap().path().canonicalize().unwrap();
+    let q = query.to_str().unwrap();
+    let hits = same(&["search", "--image", q, "-k", "8", "--json"]);
+    assert_eq!(hits[0]["path"].as_str().unwrap(), q);
+    same(&["search", "--image", q, "--class", "tabby", "-k", "8", "--json"]);
+
+    // Before training, the database says how to train.
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["--db", &url, "tag", q]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("imgsearch train") && err.contains("127.0.0.1"), "{err}");
+
+    // Train on both (same seed, same embeddings): the model lands in the database.
+    let mut train = vec!["train", "--data", folder];
+    train.extend_from_slice(QUICK_TRAIN);
+    let report = json(run(&url, &train));
+    assert_eq!(report["joint_vectors"], 8);
+    assert!(report["model"].as_str().unwrap().contains("(model 1)"), "{report}");
+    run(local, &train);
+    same(&["search", "--text", "cat", "-k", "8", "--json"]);
+    same(&["search", "--image", q, "--space", "joint", "-k", "8", "--json"]);
+    let tags = |db: &str| json(run(db, &["tag", q, "-k", "5", "--json"]));
+    let (pg_tags, emb_tags) = (tags(&url), tags(local));
+    for (p, e) in pg_tags.as_array().unwrap().iter().zip(emb_tags.as_array().unwrap()) {
+        assert_eq!(p[1], e[1]);
     }
-    // What the database cannot do yet says so.
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["--db", &url, "tag", "1"]).output().unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("embedded store"));
+
+    // Images indexed after training get their joint embedding.
+    let extra = dir.path().join("cat").join("copy-of-bottle.jpg");
+    let bottle = dir.path().join("bottle").read_dir().unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&bottle).unwrap();
+    bytes.extend_from_slice(b"trailing bytes: new content, same picture");
+    std::fs::write(&extra, bytes).unwrap();
+    let out = run(&url, &["index", folder]);
+    assert!(out.contains("indexed 1 new") && out.contains("joint embeddings: 9 vectors"), "{out}");
+}
+
+/// One HTTP/1.1 exchange with a local server: the status and body.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a full answer");
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = answer[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + n]);
+        raw = &raw[eol + 4 + n..];
+    }
+}
+
+/// A `serve` process; killed when dropped.
+struct Replica {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Replica {
+    fn start(db: &str, folders: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+            .args(["--db", db, "serve", "--addr", "127.0.0.1:0", "--token", "secret"])
+            .args(folders)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve exited before serving").unwrap();
+            if let Some(url) = line.strip_prefix("serving on http://") {
+                break url.trim_end_matches('/').to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, body) = http(&self.addr, "GET", path, &[], b"");
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn two_serve_replicas_on_one_database_see_each_other_s_changes() {
+    // Needs models.
+    let Some(admin) = pg_admin("two_serve_replicas_on_one_database_see_each_other_s_changes") else { return };
+    let url = fresh_database(&admin);
+    let dir = small_collection(3);
+    // A indexes the folder and serves it; B only serves.
+    let a = Replica::start(&url, &[dir.path().to_str().unwrap()]);
+    let b = Replica::start(&url, &[]);
+    assert_eq!(b.get("/api/status").1["images"], 6);
+
+    // Add through A (an upload), find through B, with the picture.
+    let dog = pascal_images().join("dog").read_dir().unwrap().next().unwrap().unwrap().path();
+    let photo = std::fs::read(&dog).unwrap();
+    let (ct, body) = crate::server::multipart(Some(("dog.jpg", &photo)), &[("label", "dog")]);
+    let (status, answer) =
+        http(&a.addr, "POST", "/api/images", &[("Content-Type", &ct), ("Authorization", "Bearer secret")], &body);
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    let key = serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["key"].as_i64().unwrap();
+    let (status, found) = b.get(&format!("/api/search?key={key}&k=1"));
+    assert_eq!((status, found["results"][0]["key"].as_i64()), (200, Some(key)), "{found}");
+    assert_eq!(http(&b.addr, "GET", &format!("/api/images/{key}/original"), &[], b""), (200, photo.clone()));
+    assert_eq!(http(&b.addr, "GET", &format!("/api/images/{key}/thumbnail"), &[], b"").0, 200);
+
+    // A model trained by another process is used by both, without a restart.
+    let (status, answer) = b.get("/api/search?text=cat");
+    assert_eq!(status, 409, "no model yet: {answer}");
+    let mut train = vec!["train", "--data", dir.path().to_str().unwrap()];
+    train.extend_from_slice(QUICK_TRAIN);
+    run(&url, &train);
+    let (status, answer) = b.get("/api/search?text=cat&k=7");
+    assert_eq!((status, answer["results"].as_array().map(Vec::len)), (200, Some(7)), "{answer}");
+    // An upload after training gets a joint embedding B can search.
+    let mut cats: Vec<_> = pascal_images().join("cat").read_dir().unwrap().map(|e| e.unwrap().path()).collect();
+    cats.sort();
+    let cat = &cats[10]; // not in the collection
+    let (ct, body) = crate::server::multipart(Some(("cat.jpg", &std::fs::read(cat).unwrap())), &[]);
+    let (_, answer) = http(&a.addr, "POST", "/api/images", &[("Content-Type", &ct), ("Authorization", "Bearer secret")], &body);
+    let key2 = serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["key"].as_i64().unwrap();
+    let (_, found) = b.get(&format!("/api/search?key={key2}&space=joint&k=1"));
+    assert_eq!(found["results"][0]["key"].as_i64(), Some(key2), "{found}");
+    assert_eq!(a.get(&format!("/api/tags?key={key2}&k=3")).0, 200);
+
+    // A deletion through B is seen by A.
+    let (status, _) = http(&b.addr, "DELETE", &format!("/api/images/{key}"), &[("Authorization", "Bearer secret")], b"");
+    assert_eq!(status, 204);
+    assert_eq!(a.get(&format!("/api/images/{key}")).0, 404);
+    assert_eq!(http(&a.addr, "GET", &format!("/api/images/{key}/original"), &[], b"").0, 404);
+    let (_, found) = a.get(&format!("/api/search?key={key2}&k=20"));
+    assert!(found["results"].as_array().unwrap().iter().all(|r| r["key"].as_i64() != Some(key)));
+    assert_eq!(a.get("/api/status").1["images"], 7);
 }

@@ -269,7 +269,7 @@ pub struct SearchArgs {
     /// Backbone network of the index.
     #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
     pub backbone: String,
-    /// Scan every vector instead of using the HNSW index (used above 20k images).
+    /// Scan every vector instead of using an HNSW index (the local one, used above 20k images, or the database's).
     #[arg(long)]
     pub exact: bool,
     /// Print JSON instead of text.
@@ -313,6 +313,11 @@ pub struct EvalArgs {
     /// Only the backbone figures (no joint model).
     #[arg(long)]
     pub no_joint: bool,
+    /// Also index --data into the store --db names (a folder or a
+    /// PostgreSQL database) and measure image->image search through it:
+    /// precision@10, recall@10 against exact search, latency.
+    #[arg(long)]
+    pub store: bool,
     #[command(flatten)]
     pub text: TextArgs,
     #[command(flatten)]
@@ -403,7 +408,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Embed(a) => embed(&models_dir, a),
-        Command::Eval(a) => eval(&models_dir, a),
+        Command::Eval(a) => eval(&models_dir, &args.db, a),
         Command::Words(a) => words(&models_dir, a),
         Command::Index(a) => index(&models_dir, &args.db, a),
         Command::Search(a) => search(&models_dir, &args.db, a),
@@ -585,6 +590,9 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     use crate::joint::vectors::JointVectors;
     let joint_space = a.text.is_some() || a.space == Space::Joint;
     let store = open_any_index(db, &a.backbone)?;
+    if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
+        pg.set_exact(true);
+    }
     anyhow::ensure!(
         !(joint_space && a.class.is_some()),
         "--class reweights CNN embeddings; it does not combine with --space joint or --text"
@@ -892,7 +900,7 @@ fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {
 /// ImageNet top-5 sanity on the `cat` and `dog` folders, image->image
 /// precision@10 and embedding throughput; then the joint model trained on
 /// the split's train images and measured on its test images.
-fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
+fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
     use crate::eval::top_k_hit_rate;
     let config = Config::by_name(&a.backbone).context("unknown backbone")?;
     let embedder = Embedder::load(&models::backbone_weights(models_dir, &config), config)?;
@@ -910,6 +918,7 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         Err(e) => failed.push(e.to_string()),
     });
     let seconds = start.elapsed().as_secs_f64();
+    let through_store = if a.store { Some(eval_store(db, &a.backbone, &embedder, &data, &embeddings)?) } else { None };
     drop(embedder);
     let labelled: Vec<(&str, Vec<f32>)> = data
         .items
@@ -934,6 +943,9 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         "embed_seconds": seconds,
         "embed_images_per_second": paths.len() as f64 / seconds,
     });
+    if let Some(s) = &through_store {
+        report["store"] = s.clone();
+    }
     let joint = if a.no_joint { None } else { Some(eval_joint(models_dir, &a, &data, &embeddings)?) };
     if let Some(j) = &joint {
         report["joint"] = j.clone();
@@ -948,6 +960,12 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         println!("dog: top-5 has a dog class (151-268)   {:.3} of {}", f(&report["dog_top5_dog_class"]), dogs.len());
         println!("image->image mean precision@10         {p_at_10:.3} (all images, label match, query excluded)");
         println!("embedding, end to end                  {:.1} s, {:.1} img/s", seconds, paths.len() as f64 / seconds);
+        if let Some(s) = &through_store {
+            println!("through the store ({}, {} images)", s["store"].as_str().unwrap_or(""), s["images"]);
+            println!("  image->image precision@10            {:.3}", f(&s["image_to_image_precision_at_10"]));
+            println!("  recall@10 against exact search       {:.3}", f(&s["recall_at_10"]));
+            println!("  query latency p50 / p99              {:.2} / {:.2} ms ({} queries)", f(&s["p50_ms"]), f(&s["p99_ms"]), s["queries"]);
+        }
         if let Some(j) = &joint {
             println!("joint model ({}; {} train / {} test images, split: {})", j["recipe"].as_str().unwrap_or(""), j["train_images"], j["test_images"], j["split"].as_str().unwrap_or(""));
             println!("  training                             {:.1} s, final loss {:.4}", f(&j["train_seconds"]), f(&j["final_loss"]));
@@ -969,6 +987,59 @@ fn eval(models_dir: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
         eprintln!("skipped: {f}");
     }
     Ok(())
+}
+
+/// `eval --store`: indexes the data into the store `db` names, then every
+/// image queries it (the store's own search: pgvector, or the embedded
+/// HNSW/exact index) for its 10 nearest other images. Precision@10 by
+/// label, recall@10 against exact search over the data set, latency.
+fn eval_store(
+    db: &std::path::Path,
+    backbone: &str,
+    embedder: &Embedder,
+    data: &LabelledImagesRoot,
+    embeddings: &[Option<Vec<f32>>],
+) -> anyhow::Result<serde_json::Value> {
+    use crate::index::{ExactIndex, VectorIndex};
+    let mut store = crate::store::open(db, backbone, embedder.model().config().embedding_dim())?;
+    index_into(store.as_mut(), embedder, std::slice::from_ref(&data.root))?;
+    let hnsw = match store.as_embedded() {
+        Some(e) => update_hnsw(e)?.map(|_| crate::index::HnswIndex::load(e.dir(), Default::default())).transpose()?,
+        None => None,
+    };
+    // Exact neighbours within the data set, by path.
+    let usable: Vec<usize> = (0..data.paths.len()).filter(|&i| embeddings[i].is_some()).collect();
+    let dim = store.dim();
+    let unit: Vec<f32> = usable.iter().flat_map(|&i| crate::query::unit(embeddings[i].as_ref().expect("usable"))).collect();
+    let exact = ExactIndex::new(&unit, dim);
+    let path_of = |i: usize| data.paths[i].to_string_lossy().into_owned();
+    let label_of: std::collections::HashMap<String, &str> = usable.iter().map(|&i| (path_of(i), data.items[i].1.as_str())).collect();
+    let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: None };
+    let (mut precision, mut recall, mut times) = (0.0, 0.0, Vec::with_capacity(usable.len()));
+    for (n, &i) in usable.iter().enumerate() {
+        let me = path_of(i);
+        let truth: std::collections::HashSet<String> =
+            exact.search(&unit[n * dim..(n + 1) * dim], 11).iter().map(|h| path_of(usable[h.id])).filter(|p| *p != me).take(10).collect();
+        let query = crate::query::Query::Cnn(embeddings[i].clone().expect("usable"));
+        let start = std::time::Instant::now();
+        let found = crate::query::search(&indexes, &query, 11, None)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        let others: Vec<&str> = found.iter().map(|f| f.path.as_str()).filter(|p| *p != me).take(10).collect();
+        precision += others.iter().filter(|p| label_of.get(**p) == Some(&data.items[i].1.as_str())).count() as f64 / 10.0;
+        recall += others.iter().filter(|p| truth.contains(**p)).count() as f64 / truth.len().max(1) as f64;
+    }
+    times.sort_by(f64::total_cmp);
+    let q = usable.len().max(1) as f64;
+    let at = |f: f64| times.get(((times.len() as f64 - 1.0) * f).round() as usize).copied().unwrap_or(f64::NAN);
+    Ok(serde_json::json!({
+        "store": store.describe(),
+        "images": store.len()?,
+        "queries": usable.len(),
+        "image_to_image_precision_at_10": precision / q,
+        "recall_at_10": recall / q,
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+    }))
 }
 
 /// The joint-model half of `eval`: train on the split's train images,

@@ -289,6 +289,7 @@ fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
     let hits = same(&["search", "--image", q, "-k", "8", "--json"]);
     assert_eq!(hits[0]["path"].as_str().unwrap(), q);
     same(&["search", "--image", q, "--class", "tabby", "-k", "8", "--json"]);
+    same(&["search", "--image", q, "--exact", "-k", "8", "--json"]);
 
     // Before training, the database says how to train.
     let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["--db", &url, "tag", q]).output().unwrap();

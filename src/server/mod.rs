@@ -165,6 +165,10 @@ impl State {
             Some(store) => Some(JointVectors::update(store, &model)?),
             None => None,
         };
+        if let Some(pg) = engine.store.as_postgres() {
+            // Images another process added while the model was being trained.
+            pg.sync_joint(id, model.out_dim(), None, &|x| model.project(x))?;
+        }
         engine.joint = Some(Joint { id, model, vectors });
         *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(text));
         Ok(())

@@ -897,7 +897,9 @@ fn add_to_database(
     embedding: Vec<f32>,
 ) -> crate::Result<crate::store::ImageRecord> {
     use crate::store::{NewImage, NewVector};
-    let pg = store.as_postgres().expect("only a database store keeps uploads itself");
+    let pg = store
+        .as_postgres()
+        .ok_or_else(|| crate::Error::Msg(format!("{}: this store keeps uploads as files, not in a database", store.describe())))?;
     if let Some(r) = store.by_path(path)? {
         return Ok(r);
     }

@@ -167,6 +167,16 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The engine for reading: searches run side by side.
+fn read(engine: &std::sync::RwLock<Engine>) -> std::sync::RwLockReadGuard<'_, Engine> {
+    engine.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The engine for changing: adds and deletions run alone.
+fn write(engine: &std::sync::RwLock<Engine>) -> std::sync::RwLockWriteGuard<'_, Engine> {
+    engine.write().unwrap_or_else(|e| e.into_inner())
+}
+
 // ---------------------------------------------------------------- schemas
 
 /// An error: what was wrong and what to do.
@@ -504,7 +514,7 @@ fn run_search(
         }
         None => None,
     };
-    let engine = lock(&state.engine);
+    let engine = read(&state.engine);
     let image = match (uploaded, p.key) {
         (Some(e), _) => Some(e),
         (None, Some(key)) => Some(stored_embedding(&engine, key)?),
@@ -619,7 +629,7 @@ async fn healthz() -> &'static str {
 async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<Response> {
     let s = state.clone();
     let text = blocking(&state, move |st| {
-        let engine = lock(&st.engine);
+        let engine = read(&st.engine);
         let images = engine.store.len()?;
         // A database keeps one vector per content; the embedded store counts its rows.
         let rows = engine.store.as_embedded().map_or(images as u64, |s| s.rows());
@@ -633,7 +643,7 @@ async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<Response> {
 #[utoipa::path(get, path = "/api/status", responses((status = 200, body = StatusOut)))]
 async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
     blocking(&state, |st| {
-        let engine = lock(&st.engine);
+        let engine = read(&st.engine);
         Ok(Json(StatusOut {
             images: engine.store.len()?,
             backbone: st.options.backbone.clone(),
@@ -691,7 +701,7 @@ async fn tags_get(
         .ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
     blocking(&state, move |st| {
         st.refresh_model()?;
-        let engine = lock(&st.engine);
+        let engine = read(&st.engine);
         let raw = stored_embedding(&engine, key)?;
         tags_of(st, &engine, &raw, k).map(Json)
     })
@@ -712,7 +722,7 @@ async fn tags_post(
     blocking(&state, move |st| {
         st.refresh_model()?;
         let raw = embed_upload(st, &bytes, &name)?;
-        let engine = lock(&st.engine);
+        let engine = read(&st.engine);
         tags_of(st, &engine, &raw, k).map(Json)
     })
     .await
@@ -787,7 +797,7 @@ async fn add_image(
             format!("{:x}", sha2::Sha256::digest(&bytes))
         };
         let file = format!("{}.{ext}", &hash[..16]);
-        let mut engine = lock(&st.engine);
+        let mut engine = write(&st.engine);
         let r = match &st.uploads {
             Some(uploads) => {
                 let dir = uploads.join(&label);
@@ -830,7 +840,7 @@ async fn add_image_by_path(
             return Err(outside());
         }
         st.refresh_model()?;
-        let mut engine = lock(&st.engine);
+        let mut engine = write(&st.engine);
         let r = crate::indexer::add_file(engine.store.as_mut(), &path, |p| {
             Ok(lock(&st.embedder).embed_file(p)?.embedding)
         })?;
@@ -850,7 +860,7 @@ async fn image_info(
     UrlPath(key): UrlPath<i64>,
 ) -> ApiResult<Json<ImageOut>> {
     blocking(&state, move |st| {
-        let engine = lock(&st.engine);
+        let engine = read(&st.engine);
         let r = engine.store.by_key(key)?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
         })?;
@@ -866,7 +876,7 @@ async fn delete_image(
     UrlPath(key): UrlPath<i64>,
 ) -> ApiResult<StatusCode> {
     blocking(&state, move |st| {
-        let mut engine = lock(&st.engine);
+        let mut engine = write(&st.engine);
         let r = engine.store.by_key(key)?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
         })?;
@@ -922,7 +932,7 @@ fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &str) -> ApiR
         Some(Err(e)) => e.to_string(),
         None => "not stored".into(),
     };
-    let engine = lock(&st.engine);
+    let engine = read(&st.engine);
     if let Some(bytes) = engine.store.as_postgres().map(|pg| pg.blob(&r.hash)).transpose()?.flatten() {
         return Ok(bytes);
     }
@@ -943,7 +953,7 @@ async fn thumbnail(
     UrlPath(key): UrlPath<i64>,
 ) -> ApiResult<Response> {
     let bytes = blocking(&state, move |st| {
-        let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| {
+        let r = read(&st.engine).store.by_key(key)?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
         })?;
         let cached = st.thumbs.join(format!("{}-{THUMB_SIZE}.jpg", r.hash));
@@ -993,7 +1003,7 @@ async fn original(
     UrlPath(key): UrlPath<i64>,
 ) -> ApiResult<Response> {
     let bytes = blocking(&state, move |st| {
-        let r = lock(&st.engine).store.by_key(key)?.ok_or_else(|| {
+        let r = read(&st.engine).store.by_key(key)?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
         })?;
         original_bytes(st, &r, "")

@@ -15,7 +15,7 @@ mod api;
 mod metrics;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -81,7 +81,8 @@ pub(crate) struct Joint {
 
 /// Everything a request may use.
 pub struct State {
-    pub(crate) engine: Mutex<Engine>,
+    /// Searches share it; adds, deletions and a model reload take it alone.
+    pub(crate) engine: RwLock<Engine>,
     pub(crate) embedder: Mutex<Embedder>,
     /// Word vectors for `/api/words`.
     pub(crate) words: WordVectors,
@@ -126,7 +127,7 @@ impl State {
             roots.push(uploads.canonicalize().map_err(|e| Error::io(uploads, e))?);
         }
         let state = Self {
-            engine: Mutex::new(Engine { store, hnsw, joint: None }),
+            engine: RwLock::new(Engine { store, hnsw, joint: None }),
             embedder: Mutex::new(embedder),
             words,
             text: Mutex::new(None),
@@ -147,12 +148,19 @@ impl State {
     /// with its text side and joint embeddings.
     pub(crate) fn refresh_model(&self) -> crate::Result<()> {
         let db = self.db.as_path();
-        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
-        let current = match engine.store.as_postgres() {
-            Some(pg) => pg.model_id()?,
-            None => crate::joint::exists(db).then_some(0),
+        let in_use = |engine: &Engine| -> crate::Result<bool> {
+            let current = match engine.store.as_postgres() {
+                Some(pg) => pg.model_id()?,
+                None => crate::joint::exists(db).then_some(0),
+            };
+            Ok(current == engine.joint.as_ref().map(|j| j.id))
         };
-        if current == engine.joint.as_ref().map(|j| j.id) {
+        if in_use(&self.engine.read().unwrap_or_else(|e| e.into_inner()))? {
+            return Ok(());
+        }
+        let mut engine = self.engine.write().unwrap_or_else(|e| e.into_inner());
+        // Another request may have loaded it while this one waited.
+        if in_use(&engine)? {
             return Ok(());
         }
         let Some((id, model)) = JointModel::load_current(engine.store.as_ref(), db)? else {

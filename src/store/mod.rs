@@ -30,7 +30,7 @@ pub mod postgres;
 
 /// What every store does: the indexer, search and the shared test suite
 /// (`tests/integration/store.rs`) see only this.
-pub trait ImageStore: Send {
+pub trait ImageStore: Send + Sync {
     /// Where it is, for messages: a folder, or `PostgreSQL host:port/db`.
     fn describe(&self) -> String;
     fn dim(&self) -> usize;
@@ -136,7 +136,9 @@ pub enum NewVector {
 /// The embedded store.
 pub struct Store {
     dir: PathBuf,
-    conn: Connection,
+    /// Behind a mutex so the store is `Sync`: searches share it (the
+    /// vectors are a memory map), writes take `&mut self`.
+    conn: std::sync::Mutex<Connection>,
     dim: usize,
     rows: u64,
     mmap: Option<Mmap>,
@@ -204,7 +206,7 @@ impl Store {
             }
         }
         let rows: u64 = setting("rows")?.and_then(|r| r.parse().ok()).unwrap_or(0);
-        let mut store = Self { dir: dir.to_path_buf(), conn, dim, rows, mmap: None };
+        let mut store = Self { dir: dir.to_path_buf(), conn: std::sync::Mutex::new(conn), dim, rows, mmap: None };
         store.open_vectors()?;
         Ok(store)
     }
@@ -269,8 +271,14 @@ impl Store {
         &self.vectors()[row as usize * self.dim..(row as usize + 1) * self.dim]
     }
 
+    /// The SQLite connection (a panic elsewhere does not poison the store).
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn records(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<ImageRecord>> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| db_err(&self.dir, e))?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| db_err(&self.dir, e))?;
         let rows = stmt
             .query_map(args, |r| {
                 Ok(ImageRecord {
@@ -325,8 +333,8 @@ impl Store {
     /// `(row, norm)` for every row from `from` on that an image still uses,
     /// by row. Rows no image uses any more are left out.
     pub fn row_norms(&self, from: u64) -> Result<Vec<(u64, f32)>> {
-        let mut stmt = self
-            .conn
+        let conn = self.conn();
+        let mut stmt = conn
             .prepare_cached("SELECT row, MAX(norm) FROM images WHERE row >= ?1 GROUP BY row ORDER BY row")
             .map_err(|e| db_err(&self.dir, e))?;
         let rows = stmt
@@ -341,7 +349,7 @@ impl Store {
     }
 
     pub fn len(&self) -> Result<usize> {
-        self.conn
+        self.conn()
             .query_row("SELECT COUNT(*) FROM images", [], |r| r.get::<_, i64>(0))
             .map(|n| n as usize)
             .map_err(|e| db_err(&self.dir, e))
@@ -368,7 +376,8 @@ impl Store {
             f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(|e| Error::io(&path, e))?;
         }
         let rows_after = self.rows + new_rows.len() as u64;
-        let tx = self.conn.transaction().map_err(|e| db_err(&self.dir, e))?;
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction().map_err(|e| db_err(&self.dir, e))?;
         let mut keys = Vec::with_capacity(images.len());
         {
             let mut fresh = new_rows.iter();
@@ -403,7 +412,7 @@ impl Store {
 
     /// Records that an image moved (same content, new path): no re-embedding.
     pub fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()> {
-        self.conn
+        self.conn()
             .execute(
                 "UPDATE images SET path = ?2, size = ?3, mtime = ?4, label = ?5 WHERE key = ?1",
                 params![key, path, size as i64, mtime, label],
@@ -414,7 +423,8 @@ impl Store {
 
     /// Deletes images by key, in one transaction.
     pub fn delete(&mut self, keys: &[i64]) -> Result<()> {
-        let tx = self.conn.transaction().map_err(|e| db_err(&self.dir, e))?;
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction().map_err(|e| db_err(&self.dir, e))?;
         for key in keys {
             tx.execute("DELETE FROM images WHERE key = ?1", [key]).map_err(|e| db_err(&self.dir, e))?;
         }

@@ -128,7 +128,9 @@ impl PgStore {
     pub fn open(url: &str, backbone: &str, dim: usize) -> Result<Self> {
         let mut config: postgres::Config =
             url.parse().map_err(|e| Error::Msg(format!("{}: not a PostgreSQL URL: {e}", redact(url))))?;
-        config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+        // Every connection starts with the default candidate list, so a
+        // search needs no transaction of its own to set it (3 round trips).
+        config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c hnsw.ef_search={DEFAULT_EF_SEARCH}"));
         config.connect_timeout(Duration::from_secs(10));
         let name = describe(&config);
         let pool = r2d2::Pool::builder()
@@ -422,10 +424,13 @@ impl PgStore {
              SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm
              FROM nn JOIN images i ON i.hash = nn.hash ORDER BY nn.d, i.key"
         );
+        // The HNSW index answers the inner query; the join only names them.
         let rows = self.retry(|c| {
+            if ef == DEFAULT_EF_SEARCH && exact.is_empty() {
+                return c.query(&sql, &params);
+            }
             let mut tx = c.transaction()?;
             tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}; {exact}"))?;
-            // The HNSW index answers the inner query; the join only names them.
             let rows = tx.query(&sql, &params)?;
             tx.commit()?;
             Ok(rows)

@@ -5,7 +5,8 @@
 // clicks a result and expects images like it, and saves screenshots under
 // target/e2e/. Run from the project root: `node e2e/search.mjs`
 // (IMGSEARCH_BIN: the binary, default target/release/imgsearch under
-// $CARGO_TARGET_DIR or ./target).
+// $CARGO_TARGET_DIR or ./target; IMGSEARCH_E2E_DB: a store to use instead
+// of a fresh folder, e.g. an empty PostgreSQL database).
 import { chromium } from "playwright-core";
 import { spawn, execFileSync } from "node:child_process";
 import fs from "node:fs";
@@ -34,7 +35,7 @@ for (const label of ["cat", "dog", "boat", "car", "bottle"]) {
     fs.copyFileSync(path.join(pascal, label, f), path.join(photos, label, f));
   }
 }
-const db = path.join(work, "db");
+const db = process.env.IMGSEARCH_E2E_DB || path.join(work, "db");
 execFileSync(bin, ["--db", db, "train", "--data", photos, "--epochs", "30", "--batch-size", "8"], { stdio: "inherit" });
 
 const port = 18000 + Math.floor(Math.random() * 2000);

@@ -244,12 +244,16 @@ pub async fn serve(addr: std::net::SocketAddr, state: State) -> anyhow::Result<(
         "binding to {addr} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN"
     );
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let app = app(Arc::new(state));
+    let state = Arc::new(state);
+    let app = app(state.clone());
     eprintln!("serving on http://{}/", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    // The last reference goes on a blocking thread: closing the database
+    // pool's (synchronous) connections must not block an async worker.
+    tokio::task::spawn_blocking(move || drop(state)).await?;
     Ok(())
 }

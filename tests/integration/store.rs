@@ -449,4 +449,10 @@ fn two_serve_replicas_on_one_database_see_each_other_s_changes() {
     let (_, found) = a.get(&format!("/api/search?key={key2}&k=20"));
     assert!(found["results"].as_array().unwrap().iter().all(|r| r["key"].as_i64() != Some(key)));
     assert_eq!(a.get("/api/status").1["images"], 7);
+
+    // Ctrl-C stops a replica cleanly (its pool is closed off the async threads).
+    let mut a = a;
+    unsafe { libc::kill(a.child.id() as i32, libc::SIGINT) };
+    let status = a.child.wait().unwrap();
+    assert!(status.success(), "serve on PostgreSQL exits cleanly on Ctrl-C: {status}");
 }

@@ -3,7 +3,9 @@
 //! `index` bench's), the insert rate through `PgStore::add_batch` (batches
 //! of 500, the HNSW index maintained as rows arrive), and query p50/p99 on
 //! one client with recall@10 against exact f32 search, for pgvector's HNSW
-//! and our int8 HNSW at the same ef.
+//! and our int8 HNSW at the same ef. Then a joint model's save on that
+//! store (every vector projected, here to its first 384 components, written
+//! and indexed in one transaction) and joint-space query p50/p99/recall.
 //!
 //! `IMGSEARCH_BENCH_PG=postgres://user@host:port/postgres cargo bench --bench pg`
 //! (an admin URL: the bench makes a fresh database; `scripts/pg-test-server
@@ -93,6 +95,37 @@ fn main() {
             common::recall(&truth, &found)
         );
     }
+    // A model save: every stored vector projected and written, then the
+    // joint HNSW index built, in one transaction; then joint-space queries.
+    const OUT: usize = 384;
+    let project = |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.chunks_exact(dim).flat_map(|r| r[..OUT].to_vec()).collect()) };
+    let t = Instant::now();
+    let (id, rows) = store.save_model("{}", b"", "{}", OUT, &project).unwrap();
+    println!("PostgreSQL model save (model {id}): {rows} joint vectors projected, written and indexed in {:.1} s", t.elapsed().as_secs_f64());
+    let unit = |v: &[f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        v.iter().map(|x| x / n).collect::<Vec<f32>>()
+    };
+    let joint: Vec<f32> = vectors.chunks_exact(dim).flat_map(|r| unit(&r[..OUT])).collect();
+    let joint_queries: Vec<f32> = queries.chunks_exact(dim).flat_map(|q| unit(&q[..OUT])).collect();
+    let (joint_truth, _) = time_queries(&ExactIndex::new(&joint, OUT), &joint_queries, OUT);
+    store.set_ef_search(imgsearch::store::postgres::DEFAULT_EF_SEARCH);
+    let mut ms = Vec::new();
+    let mut found = Vec::new();
+    for q in joint_queries.chunks_exact(OUT) {
+        let t = Instant::now();
+        let hits = store.nearest_joint(id, q, 10).unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        found.push(hits.iter().map(|(r, _)| r.path.rsplit('/').next().unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>());
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "PostgreSQL joint space ({OUT}-d) HNSW ef={}: p50 {:.3} ms, p99 {:.3} ms, recall@10 {:.3}",
+        imgsearch::store::postgres::DEFAULT_EF_SEARCH,
+        pct(&ms, 0.5),
+        pct(&ms, 0.99),
+        common::recall(&joint_truth, &found)
+    );
     drop(store);
     client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
 }

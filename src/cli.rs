@@ -561,13 +561,14 @@ fn open_any_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Box<dy
 }
 
 /// The current joint model of `store` (in folder `db` or in its
-/// database), refused if trained on another backbone.
-fn load_joint(store: &dyn crate::store::ImageStore, db: &std::path::Path, backbone: &str) -> anyhow::Result<JointModel> {
-    let (_, model) = JointModel::load_current(store, db)?
+/// database) with its database id (0 for a folder's), refused if trained
+/// on another backbone.
+fn load_joint(store: &dyn crate::store::ImageStore, db: &std::path::Path, backbone: &str) -> anyhow::Result<(i64, JointModel)> {
+    let (id, model) = JointModel::load_current(store, db)?
         .ok_or_else(|| crate::Error::NoModel { db: store_name(store, db) })?;
     let words = model.info.words.clone();
     model.check_compatible(backbone, &words)?;
-    Ok(model)
+    Ok((id, model))
 }
 
 /// How messages name a store: its folder, or the database without a password.
@@ -606,9 +607,10 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         Ok(embedder.get().expect("set above"))
     };
     let embed_new = |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
-    let mut joint_vectors = None;
+    let (mut joint_vectors, mut joint_model) = (None, None);
     let query: Vec<f32> = if joint_space {
-        let model = load_joint(store.as_ref(), db, &a.backbone)?;
+        let (id, model) = load_joint(store.as_ref(), db, &a.backbone)?;
+        joint_model = Some(id);
         // A database keeps its joint embeddings itself.
         if let Some(embedded) = store.as_embedded() {
             joint_vectors = Some(JointVectors::update(embedded, &model)?);
@@ -643,7 +645,8 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         (None, true) => crate::query::Query::Joint(query),
         (None, false) => crate::query::Query::Cnn(query),
     };
-    let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: joint_vectors.as_ref() };
+    let indexes =
+        crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: joint_vectors.as_ref(), joint_model };
     let results = crate::query::search(&indexes, &query, a.k, a.max_distance)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -829,7 +832,7 @@ impl LabelledImagesRoot {
 
 fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
     let store = open_any_index(db, &a.backbone)?;
-    let model = load_joint(store.as_ref(), db, &a.backbone)?;
+    let (_, model) = load_joint(store.as_ref(), db, &a.backbone)?;
     let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
     let embedding = image_embedding(store.as_ref(), &a.image, |path| Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding))?;
     let projected = model.project(&embedding)?;
@@ -1014,7 +1017,7 @@ fn eval_store(
     let exact = ExactIndex::new(&unit, dim);
     let path_of = |i: usize| data.paths[i].to_string_lossy().into_owned();
     let label_of: std::collections::HashMap<String, &str> = usable.iter().map(|&i| (path_of(i), data.items[i].1.as_str())).collect();
-    let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: None };
+    let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: None, joint_model: None };
     let (mut precision, mut recall, mut times) = (0.0, 0.0, Vec::with_capacity(usable.len()));
     for (n, &i) in usable.iter().enumerate() {
         let me = path_of(i);

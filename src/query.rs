@@ -38,13 +38,15 @@ pub struct Indexes<'a> {
     /// The HNSW graph over the CNN embeddings, when it covers every row.
     pub hnsw: Option<&'a HnswIndex>,
     pub joint: Option<&'a JointVectors>,
+    /// The database's id of the joint model the query was made with.
+    pub joint_model: Option<i64>,
 }
 
 /// The `k` nearest images to `query`, nearest first, farther than
 /// `max_distance` dropped. Rows no image uses any more are skipped.
 pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
     let Some(store) = ix.store.as_embedded() else {
-        return search_database(ix.store, query, k, max_distance);
+        return search_database(ix, query, k, max_distance);
     };
     let (vectors, dim) = match query {
         Query::Joint(_) => {
@@ -87,10 +89,14 @@ pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f3
 
 /// A search where the vectors are: in PostgreSQL (pgvector's HNSW indexes
 /// for the CNN and joint spaces, an exact scan for class weights).
-fn search_database(store: &dyn ImageStore, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
+fn search_database(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
+    let store = ix.store;
     let hits = match (query, store.as_postgres()) {
         (Query::Cnn(q), _) => store.nearest(q, k)?,
-        (Query::Joint(q), Some(pg)) => pg.nearest_joint(q, k)?,
+        (Query::Joint(q), Some(pg)) => {
+            let model = ix.joint_model.ok_or_else(|| crate::Error::NoModel { db: store.describe().into() })?;
+            pg.nearest_joint(model, q, k)?
+        }
         (Query::Weighted { embedding, weights }, Some(pg)) => pg.nearest_weighted(embedding, weights, k)?,
         _ => {
             return Err(crate::Error::Msg(format!(

@@ -545,6 +545,7 @@ fn run_search(
         store: engine.store.as_ref(),
         hnsw: engine.hnsw.as_ref(),
         joint: engine.joint.as_ref().and_then(|j| j.vectors.as_ref()),
+        joint_model: engine.joint.as_ref().map(|j| j.id),
     };
     let found = query::search(&indexes, &query, k, p.max_distance)?;
     let tags = match &image {

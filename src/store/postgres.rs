@@ -12,10 +12,13 @@
 //!
 //! - `models`: every trained joint model (`model.json` text and the
 //!   safetensors bytes); the newest row is the one every replica uses.
-//! - `joint`: each content's joint embedding under the current model, a
-//!   pgvector column with its own HNSW index (cosine). Saving a model
-//!   replaces them all in the same transaction; images added later get
-//!   theirs from whoever adds them ([`PgStore::sync_joint`]).
+//! - `joint`: each content's joint embedding per model, a pgvector column;
+//!   each model has its own partial HNSW index (cosine) over its rows,
+//!   `joint_hnsw_<id>`. Saving a model writes and indexes its rows in one
+//!   transaction while searches go on with the previous model's (nothing
+//!   they read is locked); then the previous rows and index are dropped.
+//!   Images added later get theirs from whoever adds them
+//!   ([`PgStore::sync_joint`]).
 //! - `blobs`: the bytes of images uploaded through `serve`, so every
 //!   replica can show an upload another one received.
 //!
@@ -96,9 +99,11 @@ fn migrations(dim: usize) -> Vec<String> {
              report TEXT NOT NULL,
              created TIMESTAMPTZ NOT NULL DEFAULT now());
          CREATE TABLE joint(
-             hash TEXT PRIMARY KEY REFERENCES vectors(hash) ON DELETE CASCADE,
-             model BIGINT NOT NULL REFERENCES models(id),
-             embedding vector NOT NULL);
+             model BIGINT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+             hash TEXT NOT NULL REFERENCES vectors(hash) ON DELETE CASCADE,
+             embedding vector NOT NULL,
+             PRIMARY KEY (model, hash));
+         CREATE INDEX joint_hash ON joint(hash);
          CREATE TABLE blobs(
              hash TEXT PRIMARY KEY REFERENCES vectors(hash) ON DELETE CASCADE,
              bytes BYTEA NOT NULL);"
@@ -261,10 +266,12 @@ impl PgStore {
     }
 
     /// Makes a trained model the current one for every process on this
-    /// database, in one transaction: the model row, then every stored
-    /// content's joint embedding (`project`, `out_dim` wide) and their HNSW
-    /// index, replacing the previous model's. Readers see the old model or
-    /// the new one, never a mix. Returns the model id and the rows projected.
+    /// database. One transaction writes the model row, every stored
+    /// content's joint embedding (`project`, `out_dim` wide) and their
+    /// partial HNSW index; searches meanwhile go on with the previous model
+    /// (they read other rows and another index). When it commits, every
+    /// process sees the new model; then the previous models' rows and
+    /// indexes are dropped. Returns the model id and the rows projected.
     pub fn save_model(&self, info: &str, weights: &[u8], report: &str, out_dim: usize, project: Project<'_>) -> Result<(i64, usize)> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
@@ -276,14 +283,9 @@ impl PgStore {
                 .query_one("INSERT INTO models(info, weights, report) VALUES ($1, $2, $3) RETURNING id", &[&info, &weights, &report])
                 .map_err(pg)?
                 .get(0);
-            tx.batch_execute(&format!(
-                "TRUNCATE joint; DROP INDEX IF EXISTS joint_hnsw;
-                 ALTER TABLE joint ALTER COLUMN embedding TYPE vector({out_dim})"
-            ))
-            .map_err(pg)?;
             let select = tx.prepare("SELECT hash, embedding, norm FROM vectors").map_err(pg)?;
             let portal = tx.bind(&select, &[]).map_err(pg)?;
-            let insert = tx.prepare("INSERT INTO joint(hash, model, embedding) VALUES ($1, $2, $3)").map_err(pg)?;
+            let insert = tx.prepare("INSERT INTO joint(model, hash, embedding) VALUES ($1, $2, $3)").map_err(pg)?;
             let mut total = 0;
             loop {
                 let rows = tx.query_portal(&portal, JOINT_BATCH as i32).map_err(pg)?;
@@ -292,17 +294,31 @@ impl PgStore {
                 }
                 let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
                 for (hash, v) in hashes.iter().zip(projected) {
-                    tx.execute(&insert, &[hash, &id, &v]).map_err(pg)?;
+                    tx.execute(&insert, &[&id, hash, &v]).map_err(pg)?;
                 }
                 total += rows.len();
             }
             // Built after the load: faster than maintaining it row by row.
-            tx.batch_execute("CREATE INDEX joint_hnsw ON joint USING hnsw (embedding vector_cosine_ops)").map_err(pg)?;
+            tx.batch_execute(&format!(
+                "CREATE INDEX joint_hnsw_{id} ON joint USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops) WHERE model = {id}"
+            ))
+            .map_err(pg)?;
             Ok((id, total))
         };
-        let done = run(&mut tx)?;
+        let (id, total) = run(&mut tx)?;
         tx.commit().map_err(|e| self.pg_err(e))?;
-        Ok(done)
+        // The previous models' joint rows and indexes are no longer read.
+        self.retry(|c| {
+            let old: Vec<i64> = c.query("SELECT id FROM models WHERE id < $1", &[&id])?.iter().map(|r| r.get(0)).collect();
+            for m in old {
+                c.batch_execute(&format!("DROP INDEX IF EXISTS joint_hnsw_{m}"))?;
+            }
+            c.execute("DELETE FROM joint WHERE model < $1", &[&id])?;
+            // Fresh statistics, or the planner guesses a handful of rows
+            // for the new model and sorts them all instead of using its index.
+            c.batch_execute("ANALYZE joint")
+        })?;
+        Ok((id, total))
     }
 
     /// The hashes of `rows` (`hash, embedding, norm`) and their joint
@@ -337,9 +353,9 @@ impl PgStore {
                 c.query(
                     "SELECT v.hash, v.embedding, v.norm FROM vectors v
                      WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
-                       AND NOT EXISTS (SELECT 1 FROM joint j WHERE j.hash = v.hash)
+                       AND NOT EXISTS (SELECT 1 FROM joint j WHERE j.model = $3 AND j.hash = v.hash)
                      LIMIT $2",
-                    &[&hashes, &JOINT_BATCH],
+                    &[&hashes, &JOINT_BATCH, &model_id],
                 )
             })?;
             if rows.is_empty() {
@@ -352,7 +368,7 @@ impl PgStore {
                     "INSERT INTO joint(hash, model, embedding)
                      SELECT $1, $2, $3 WHERE $2 = (SELECT MAX(id) FROM models)
                        AND EXISTS (SELECT 1 FROM vectors WHERE hash = $1)
-                     ON CONFLICT (hash) DO NOTHING",
+                     ON CONFLICT (model, hash) DO NOTHING",
                 )?;
                 let mut n = 0;
                 for (hash, v) in hashes.iter().zip(&projected) {
@@ -375,19 +391,27 @@ impl PgStore {
         }
     }
 
-    /// How many contents have a joint embedding.
+    /// How many contents have a joint embedding under the current model.
     pub fn joint_len(&self) -> Result<usize> {
-        let n: i64 = self.retry(|c| c.query_one("SELECT COUNT(*) FROM joint", &[]))?.get(0);
+        let n: i64 =
+            self.retry(|c| c.query_one("SELECT COUNT(*) FROM joint WHERE model = (SELECT MAX(id) FROM models)", &[]))?.get(0);
         Ok(n as usize)
     }
 
-    /// The `k` images nearest to `query` in the joint space (HNSW in the database).
-    pub fn nearest_joint(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    /// The `k` images nearest to `query` in model `model_id`'s joint space
+    /// (its HNSW index in the database).
+    pub fn nearest_joint(&self, model_id: i64, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
         let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
-        // The index answers the innermost query; vectors only adds id and norm.
+        let d = query.len();
+        // The expression and the predicate match the model's partial index
+        // (literals, so the planner can use it); vectors only adds id and norm.
         self.nearest_by(
-            "SELECT v.id, j.hash, v.norm, j.d FROM (SELECT hash, embedding <=> $1 AS d FROM joint ORDER BY embedding <=> $1 LIMIT $2) j
-             JOIN vectors v ON v.hash = j.hash",
+            &format!(
+                "SELECT v.id, j.hash, v.norm, j.d FROM (
+                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM joint WHERE model = {model_id}
+                     ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) j
+                 JOIN vectors v ON v.hash = j.hash"
+            ),
             &[&q],
             k,
         )

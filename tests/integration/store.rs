@@ -200,7 +200,7 @@ fn postgres_keeps_models_joint_embeddings_and_uploads() {
     assert_eq!((s.model_id().unwrap(), rows, s.joint_len().unwrap()), (Some(id), 3, 3));
     let m = s.model().unwrap().unwrap();
     assert_eq!((m.id, m.info.as_str(), m.weights.as_slice()), (id, "{\"m\": 1}", b"weights".as_slice()));
-    let joint = s.nearest_joint(&[1.0, 0.0], 3).unwrap();
+    let joint = s.nearest_joint(id, &[1.0, 0.0], 3).unwrap();
     assert_eq!(paths(joint.clone()), ["/c.jpg", "/a.jpg", "/b.jpg"]);
     assert!(joint[0].1.abs() < 1e-3);
 
@@ -208,14 +208,17 @@ fn postgres_keeps_models_joint_embeddings_and_uploads() {
     s.add_batch(&[image("/d.jpg", "hd", vec![-1.0, 0.0, 0.0])]).unwrap();
     assert_eq!(s.sync_joint(id, 2, Some(&["hd".to_owned()]), &first_two).unwrap(), 1);
     assert_eq!(s.sync_joint(id, 2, None, &first_two).unwrap(), 0);
-    assert_eq!(s.nearest_joint(&[-1.0, 0.0], 1).unwrap()[0].0.path, "/d.jpg");
+    assert_eq!(s.nearest_joint(id, &[-1.0, 0.0], 1).unwrap()[0].0.path, "/d.jpg");
 
     // Retraining replaces every joint embedding at once; a process still on
     // the old model cannot add rows to the new space.
     let all_three = |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.to_vec()) };
     let (id2, rows) = s.save_model("{}", b"w2", "{}", 3, &all_three).unwrap();
     assert!(id2 > id && rows == 4);
-    assert_eq!(s.nearest_joint(&[0.0, 0.0, 1.0], 1).unwrap()[0].0.path, "/c.jpg");
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let left: i64 = client.query_one("SELECT COUNT(*) FROM joint WHERE model = $1", &[&id]).unwrap().get(0);
+    assert_eq!((left, s.joint_len().unwrap()), (0, 4), "the old model's rows are gone");
+    assert_eq!(s.nearest_joint(id2, &[0.0, 0.0, 1.0], 1).unwrap()[0].0.path, "/c.jpg");
     s.add_batch(&[image("/e.jpg", "he", vec![0.0, -1.0, 0.0])]).unwrap();
     assert_eq!(s.sync_joint(id, 2, None, &first_two).unwrap(), 0, "a stale model writes nothing");
     assert_eq!(s.sync_joint(id2, 3, None, &all_three).unwrap(), 1);

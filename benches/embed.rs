@@ -31,7 +31,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = std::env::var("IMGSEARCH_BENCH_DECODERS").ok().and_then(|s| s.parse().ok()) {
         embedder = embedder.with_decode_threads(t);
     }
-    println!("backbone {backbone}, batch {batch}, {} rayon threads, median of {runs} runs", rayon::current_num_threads());
+    println!(
+        "backbone {backbone}, batch {batch}, {} rayon threads, median of {runs} runs",
+        rayon::current_num_threads()
+    );
 
     if phase == "forward" || phase == "both" {
         // Deterministic pseudo-images; 4 batches per run.
@@ -47,7 +50,11 @@ fn main() -> anyhow::Result<()> {
             }
             rates.push((4 * batch) as f64 / t.elapsed().as_secs_f64());
         }
-        println!("forward: {:.1} img/s (median; runs {:?})", median(rates.clone()), rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>());
+        println!(
+            "forward: {:.1} img/s (median; runs {:?})",
+            median(rates.clone()),
+            rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>()
+        );
     }
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
@@ -83,7 +90,12 @@ fn main() -> anyhow::Result<()> {
             assert_eq!(ok, paths.len(), "every Pascal image embeds");
             rates.push(paths.len() as f64 / t.elapsed().as_secs_f64());
         }
-        println!("end to end ({} images): {:.1} img/s (median; runs {:?})", paths.len(), median(rates.clone()), rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>());
+        println!(
+            "end to end ({} images): {:.1} img/s (median; runs {:?})",
+            paths.len(),
+            median(rates.clone()),
+            rates.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>()
+        );
     }
     Ok(())
 }

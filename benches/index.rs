@@ -24,7 +24,8 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let env_usize = |name: &str, default: usize| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let env_usize =
+        |name: &str, default: usize| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     let params = HnswParams {
         m: env_usize("IMGSEARCH_BENCH_M", HnswParams::default().m),
         ef_construction: env_usize("IMGSEARCH_BENCH_EFC", HnswParams::default().ef_construction),
@@ -91,10 +92,14 @@ fn main() {
 
     if std::env::var_os("IMGSEARCH_BENCH_SKIP_REAL").is_none() {
         // End-to-end indexing of the 1000 real images into a fresh store.
-        let images = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
+        let images =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
         let db = tempfile::tempdir().unwrap();
         let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/imgsearch");
-        let bin = std::env::var_os("CARGO_TARGET_DIR").map(|d| std::path::PathBuf::from(d).join("release/imgsearch")).filter(|p| p.exists()).unwrap_or(bin);
+        let bin = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|d| std::path::PathBuf::from(d).join("release/imgsearch"))
+            .filter(|p| p.exists())
+            .unwrap_or(bin);
         let t = Instant::now();
         let out = std::process::Command::new(&bin).arg("--db").arg(db.path()).arg("index").arg(&images).output();
         match out {

@@ -85,7 +85,11 @@ fn main() {
             let t = Instant::now();
             let hits = store.nearest(q, 10).unwrap();
             ms.push(t.elapsed().as_secs_f64() * 1e3);
-            found.push(hits.iter().map(|(r, _)| r.path.rsplit('/').next().unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>());
+            found.push(
+                hits.iter()
+                    .map(|(r, _)| r.path.rsplit('/').next().unwrap().parse::<usize>().unwrap())
+                    .collect::<Vec<_>>(),
+            );
         }
         ms.sort_by(f64::total_cmp);
         println!(
@@ -98,10 +102,15 @@ fn main() {
     // A model save: every stored vector projected and written, then the
     // joint HNSW index built, in one transaction; then joint-space queries.
     const OUT: usize = 384;
-    let project = |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.chunks_exact(dim).flat_map(|r| r[..OUT].to_vec()).collect()) };
+    let project = |x: &[f32]| -> imgsearch::Result<Vec<f32>> {
+        Ok(x.chunks_exact(dim).flat_map(|r| r[..OUT].to_vec()).collect())
+    };
     let t = Instant::now();
     let (id, rows) = store.save_model("{}", b"", "{}", OUT, &project).unwrap();
-    println!("PostgreSQL model save (model {id}): {rows} joint vectors projected, written and indexed in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "PostgreSQL model save (model {id}): {rows} joint vectors projected, written and indexed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let unit = |v: &[f32]| {
         let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
         v.iter().map(|x| x / n).collect::<Vec<f32>>()
@@ -116,7 +125,9 @@ fn main() {
         let t = Instant::now();
         let hits = store.nearest_joint(id, q, 10).unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1e3);
-        found.push(hits.iter().map(|(r, _)| r.path.rsplit('/').next().unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>());
+        found.push(
+            hits.iter().map(|(r, _)| r.path.rsplit('/').next().unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>(),
+        );
     }
     ms.sort_by(f64::total_cmp);
     println!(

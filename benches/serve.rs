@@ -44,11 +44,7 @@ async fn client(
         i += 1;
         let start = Instant::now();
         let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-        stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
+        stream.get_mut().write_all(request.as_bytes()).await.unwrap();
         let mut status = String::new();
         stream.read_line(&mut status).await.unwrap();
         let mut length = 0usize;
@@ -73,13 +69,10 @@ async fn client(
 }
 
 fn build_db(dir: &std::path::Path) -> PathBuf {
-    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/datasets/pascal-sentences/images");
+    let images = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
     let db = dir.join("db");
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/imgsearch");
-    let bin = std::env::var("CARGO_TARGET_DIR")
-        .map(|t| PathBuf::from(t).join("release/imgsearch"))
-        .unwrap_or(bin);
+    let bin = std::env::var("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("release/imgsearch")).unwrap_or(bin);
     let out = std::process::Command::new(&bin)
         .arg("--db")
         .arg(&db)
@@ -87,96 +80,45 @@ fn build_db(dir: &std::path::Path) -> PathBuf {
         .arg(&images)
         .output()
         .expect("run imgsearch (cargo build --release first)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     db
 }
 
 fn main() {
-    let seconds: f64 = std::env::var("IMGSEARCH_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5.0);
+    let seconds: f64 = std::env::var("IMGSEARCH_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let tmp = tempfile::tempdir().unwrap();
-    let db = std::env::var("IMGSEARCH_BENCH_DB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| build_db(tmp.path()));
+    let db = std::env::var("IMGSEARCH_BENCH_DB").map(PathBuf::from).unwrap_or_else(|_| build_db(tmp.path()));
     let models = imgsearch::models::models_dir(None);
     let config = imgsearch::backbone::Config::lite0();
-    let embedder = imgsearch::backbone::Embedder::load(
-        &imgsearch::models::backbone_weights(&models, &config),
-        config,
-    )
-    .unwrap();
+    let embedder =
+        imgsearch::backbone::Embedder::load(&imgsearch::models::backbone_weights(&models, &config), config).unwrap();
     let words = imgsearch::words::open(&models, None).unwrap();
-    let options = imgsearch::server::Options {
-        queue: 256,
-        ..Default::default()
-    };
+    let options = imgsearch::server::Options { queue: 256, ..Default::default() };
     let state = Arc::new(imgsearch::server::State::load(&db, embedder, words, options).unwrap());
 
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
-    server_rt.spawn(async move {
-        axum::serve(listener, imgsearch::server::app(state))
-            .await
-            .unwrap()
-    });
+    server_rt.spawn(async move { axum::serve(listener, imgsearch::server::app(state)).await.unwrap() });
 
-    let words_q = [
-        "dog",
-        "cat%20sofa",
-        "ocean",
-        "street",
-        "cat%20-sofa",
-        "horse",
-        "bottle",
-        "train",
-    ];
-    let text: Vec<String> = words_q
-        .iter()
-        .map(|w| format!("/api/search?text={w}&k=10"))
-        .collect();
-    let keys: Vec<String> = (1..=200)
-        .map(|k| format!("/api/search?key={}&k=10", k * 5))
-        .collect();
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let words_q = ["dog", "cat%20sofa", "ocean", "street", "cat%20-sofa", "horse", "bottle", "train"];
+    let text: Vec<String> = words_q.iter().map(|w| format!("/api/search?text={w}&k=10")).collect();
+    let keys: Vec<String> = (1..=200).map(|k| format!("/api/search?key={}&k=10", k * 5)).collect();
+    let client_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     // Warm up (page cache, thumbnails are not involved).
-    client_rt.block_on(client(
-        addr,
-        Arc::new(text.clone()),
-        0,
-        Instant::now() + Duration::from_millis(500),
-    ));
+    client_rt.block_on(client(addr, Arc::new(text.clone()), 0, Instant::now() + Duration::from_millis(500)));
     let rss_before = rss_mb();
     let (text, keys) = (Arc::new(text), Arc::new(keys));
     let mut after = Vec::new();
     for round in 1..=2 {
         println!("round {round}");
-        for (name, paths) in [
-            ("text search", text.clone()),
-            ("image-key search", keys.clone()),
-        ] {
+        for (name, paths) in [("text search", text.clone()), ("image-key search", keys.clone())] {
             for conns in [1usize, 8, 64] {
                 let until = Instant::now() + Duration::from_secs_f64(seconds);
                 let start = Instant::now();
                 let results = client_rt.block_on(async {
-                    let tasks: Vec<_> = (0..conns)
-                        .map(|c| tokio::spawn(client(addr, paths.clone(), c * 7, until)))
-                        .collect();
+                    let tasks: Vec<_> =
+                        (0..conns).map(|c| tokio::spawn(client(addr, paths.clone(), c * 7, until))).collect();
                     let mut out = Vec::new();
                     for t in tasks {
                         out.push(t.await.unwrap());
@@ -184,10 +126,7 @@ fn main() {
                     out
                 });
                 let elapsed = start.elapsed().as_secs_f64();
-                let mut lat: Vec<f64> = results
-                    .iter()
-                    .flat_map(|(l, _)| l.iter().copied())
-                    .collect();
+                let mut lat: Vec<f64> = results.iter().flat_map(|(l, _)| l.iter().copied()).collect();
                 let errors: usize = results.iter().map(|(_, e)| e).sum();
                 lat.sort_by(f64::total_cmp);
                 let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
@@ -202,8 +141,5 @@ fn main() {
         }
         after.push(format!("{:.0} MB", rss_mb()));
     }
-    println!(
-        "resident memory: {rss_before:.0} MB after warm-up, after each round: {}",
-        after.join(", ")
-    );
+    println!("resident memory: {rss_before:.0} MB after warm-up, after each round: {}", after.join(", "));
 }

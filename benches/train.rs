@@ -28,7 +28,12 @@ fn main() {
         y.extend_from_slice(&targets[c * out_dim..(c + 1) * out_dim]);
     }
     for optimizer in [OptimizerKind::Sgd, OptimizerKind::Adam] {
-        let options = TrainOptions { epochs, optimizer, learning_rate: if optimizer == OptimizerKind::Sgd { 0.01 } else { 0.001 }, ..Default::default() };
+        let options = TrainOptions {
+            epochs,
+            optimizer,
+            learning_rate: if optimizer == OptimizerKind::Sgd { 0.01 } else { 0.001 },
+            ..Default::default()
+        };
         let mut runs = Vec::new();
         let mut steps = 0;
         let mut loss = 0.0;

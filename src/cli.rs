@@ -216,7 +216,12 @@ pub struct TagArgs {
     /// Word-vector file the model was trained with (default: GloVe 6B 50d).
     #[arg(long = "words", value_name = "FILE")]
     pub vectors: Option<PathBuf>,
-    /// Print JSON (`[[word index, word, distance], ...]`) instead of text.
+    /// How the image is put into the text space: zero-shot (no training),
+    /// trained (the joint model) or fused; default fused once a model is
+    /// trained, else zero-shot.
+    #[arg(long, value_enum)]
+    pub text_side: Option<crate::joint::Side>,
+    /// Print JSON (`{side, words: [{index, word, distance}], classes: [{index, name, probability}]}`).
     #[arg(long)]
     pub json: bool,
 }
@@ -251,9 +256,14 @@ pub struct SearchArgs {
     /// Query words, in the joint space: `dog`, `cat sofa` (averaged), `cat -sofa` (subtracted).
     #[arg(long, allow_hyphen_values = true)]
     pub text: Option<String>,
-    /// Where `--image` compares: the CNN's embeddings or the joint model's space.
+    /// Where `--image` compares: the CNN's embeddings or the text space.
     #[arg(long, value_enum, default_value_t = Space::Cnn)]
     pub space: Space,
+    /// How images are put into the text space (`--text`, `--space joint`):
+    /// zero-shot (no training), trained (the joint model) or fused; default
+    /// fused once a model is trained, else zero-shot.
+    #[arg(long, value_enum)]
+    pub text_side: Option<crate::joint::Side>,
     /// Word-vector file the joint model was trained with (default: GloVe 6B 50d).
     #[arg(long = "words", value_name = "FILE")]
     pub vectors: Option<PathBuf>,
@@ -425,7 +435,11 @@ fn load_embedder(models_dir: &std::path::Path, backbone: &str) -> anyhow::Result
 
 /// Indexes `folders` into `store` with a progress bar, then brings the
 /// HNSW graph and (when a model exists) the joint vectors up to date.
-fn index_into(store: &mut dyn crate::store::ImageStore, embedder: &Embedder, folders: &[PathBuf]) -> anyhow::Result<crate::indexer::IndexReport> {
+fn index_into(
+    store: &mut dyn crate::store::ImageStore,
+    embedder: &Embedder,
+    folders: &[PathBuf],
+) -> anyhow::Result<crate::indexer::IndexReport> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
@@ -442,7 +456,16 @@ fn index_into(store: &mut dyn crate::store::ImageStore, embedder: &Embedder, fol
     Ok(report)
 }
 
+/// Refuses a folder that is not there before anything is opened or created.
+fn check_folders(folders: &[PathBuf]) -> anyhow::Result<()> {
+    for f in folders {
+        anyhow::ensure!(f.is_dir(), "{}: no such folder (pass a folder of images)", f.display());
+    }
+    Ok(())
+}
+
 fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
+    check_folders(&a.folders)?;
     let embedder = load_embedder(models_dir, &a.backbone)?;
     let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
     let report = index_into(store.as_mut(), &embedder, &a.folders)?;
@@ -452,7 +475,8 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
         hnsw_rows = update_hnsw(store)?;
         if crate::joint::exists(db) {
             let model = JointModel::load(db)?;
-            joint_rows = Some(crate::joint::vectors::JointVectors::update(store, &model)?.len());
+            let path = crate::joint::vectors::JointVectors::path(db);
+            joint_rows = Some(crate::joint::vectors::JointVectors::update(store, &model, &path)?.len());
         }
     }
     if let Some(pg) = store.as_postgres() {
@@ -480,6 +504,10 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
             println!("joint embeddings: {rows} vectors");
         }
     }
+    // Everything else is indexed and kept; the status says something was skipped.
+    if !report.failed.is_empty() {
+        bail!("{} files could not be indexed (listed above as skipped)", report.failed.len());
+    }
     Ok(())
 }
 
@@ -501,7 +529,8 @@ fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
     if rows < hnsw_min_rows() {
         return Ok(None);
     }
-    let saved = if HnswIndex::exists(store.dir()) { Some(HnswIndex::load(store.dir(), HnswParams::default())?) } else { None };
+    let saved =
+        if HnswIndex::exists(store.dir()) { Some(HnswIndex::load(store.dir(), HnswParams::default())?) } else { None };
     let index = match saved {
         Some(index) if index.len() == rows => return Ok(Some(rows)),
         Some(mut index) if index.len() < rows => {
@@ -546,7 +575,11 @@ fn image_embedding(
 
 /// Opens the index in `db` for reading; a missing one says how to make it.
 fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
-    anyhow::ensure!(db.join("meta.sqlite").exists(), "no index at {}: run `imgsearch index <folder>` first (or pass --db)", db.display());
+    anyhow::ensure!(
+        db.join("meta.sqlite").exists(),
+        "no index at {}: run `imgsearch index <folder>` first (or pass --db)",
+        db.display()
+    );
     let config = Config::by_name(backbone).context("unknown backbone")?;
     Ok(Store::open(db, backbone, config.embedding_dim())?)
 }
@@ -560,30 +593,34 @@ fn open_any_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Box<dy
     Ok(Box::new(open_index(db, backbone)?))
 }
 
-/// The current joint model of `store` (in folder `db` or in its
-/// database) with its database id (0 for a folder's), refused if trained
-/// on another backbone.
-fn load_joint(store: &dyn crate::store::ImageStore, db: &std::path::Path, backbone: &str) -> anyhow::Result<(i64, JointModel)> {
-    let (id, model) = JointModel::load_current(store, db)?
-        .ok_or_else(|| crate::Error::NoModel { db: store_name(store, db) })?;
-    let words = model.info.words.clone();
-    model.check_compatible(backbone, &words)?;
-    Ok((id, model))
-}
-
-/// How messages name a store: its folder, or the database without a password.
-fn store_name(store: &dyn crate::store::ImageStore, db: &std::path::Path) -> PathBuf {
-    match store.as_postgres() {
-        Some(pg) => pg.describe().into(),
-        None => db.to_path_buf(),
+/// The text space of `store` (in folder `db` or in its database): the
+/// zero-shot side always, the current joint model when one was trained
+/// (refused if trained on another backbone).
+fn text_space(
+    models_dir: &std::path::Path,
+    store: &dyn crate::store::ImageStore,
+    db: &std::path::Path,
+    backbone: &str,
+    words: Option<&std::path::Path>,
+) -> anyhow::Result<crate::joint::TextSpace> {
+    let trained = JointModel::load_current(store, db)?;
+    if let Some((_, model)) = &trained {
+        model.check_compatible(backbone, &model.info.words.clone())?;
     }
+    let config = Config::by_name(backbone).context("unknown backbone")?;
+    Ok(crate::joint::TextSpace::load(models_dir, &config, trained, words)?)
 }
 
 /// The encoder for `choice`: word vectors (`words`) or the sentence encoder (loaded here).
-fn load_sentence_encoder(models_dir: &std::path::Path, choice: EncoderChoice) -> anyhow::Result<Option<crate::text::SentenceEncoder>> {
+fn load_sentence_encoder(
+    models_dir: &std::path::Path,
+    choice: EncoderChoice,
+) -> anyhow::Result<Option<crate::text::SentenceEncoder>> {
     Ok(match choice {
         EncoderChoice::Glove => None,
-        EncoderChoice::Minilm => Some(crate::text::SentenceEncoder::load(&crate::text::SentenceEncoder::dir(models_dir))?),
+        EncoderChoice::Minilm => {
+            Some(crate::text::SentenceEncoder::load(&crate::text::SentenceEncoder::dir(models_dir))?)
+        }
     })
 }
 
@@ -606,25 +643,31 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         }
         Ok(embedder.get().expect("set above"))
     };
-    let embed_new = |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
+    let embed_new =
+        |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
     let (mut joint_vectors, mut joint_model) = (None, None);
     let query: Vec<f32> = if joint_space {
-        let (id, model) = load_joint(store.as_ref(), db, &a.backbone)?;
-        joint_model = Some(id);
+        let space = text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?;
+        let side = space.side_for_store(a.text_side, store.as_ref())?;
+        joint_model = space.model_id();
         // A database keeps its joint embeddings itself.
         if let Some(embedded) = store.as_embedded() {
-            joint_vectors = Some(JointVectors::update(embedded, &model)?);
+            let projection = space.projection(side)?;
+            joint_vectors =
+                Some(JointVectors::update(embedded, &projection, &JointVectors::path_for(embedded.dir(), side))?);
         }
         match (&a.text, &a.image) {
             (Some(text), _) => {
-                let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
-                let (v, truncated) = encoder.query(text)?;
+                let (v, truncated) = space.encoder.query(text)?;
                 if truncated {
-                    eprintln!("note: the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS);
+                    eprintln!(
+                        "note: the text is longer than the model's {} tokens; the rest was ignored",
+                        crate::text::MAX_TOKENS
+                    );
                 }
                 v
             }
-            (_, Some(image)) => model.project(&image_embedding(store.as_ref(), image, embed_new)?)?,
+            (_, Some(image)) => space.project(side, &image_embedding(store.as_ref(), image, embed_new)?)?,
             _ => unreachable!("clap requires --image or --text"),
         }
     } else {
@@ -645,8 +688,12 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         (None, true) => crate::query::Query::Joint(query),
         (None, false) => crate::query::Query::Cnn(query),
     };
-    let indexes =
-        crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: joint_vectors.as_ref(), joint_model };
+    let indexes = crate::query::Indexes {
+        store: store.as_ref(),
+        hnsw: hnsw.as_ref(),
+        joint: joint_vectors.as_ref(),
+        joint_model,
+    };
     let results = crate::query::search(&indexes, &query, a.k, a.max_distance)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -659,7 +706,11 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
 }
 
 /// The split to train with: the file given, else a seeded one over `items` (`(key, label)`).
-fn read_split(split: Option<&std::path::Path>, items: &[(String, String)], seed: u64) -> anyhow::Result<crate::joint::data::Split> {
+fn read_split(
+    split: Option<&std::path::Path>,
+    items: &[(String, String)],
+    seed: u64,
+) -> anyhow::Result<crate::joint::data::Split> {
     Ok(match split {
         Some(path) => crate::joint::data::Split::read(path)?,
         None => crate::joint::data::Split::seeded(items, seed),
@@ -674,7 +725,8 @@ fn split_examples(
     items: &[(String, String)],
     embedding: impl Fn(usize) -> Option<Vec<f32>>,
 ) -> (crate::joint::data::Examples, crate::joint::data::Examples, Vec<String>) {
-    let position: std::collections::HashMap<&str, usize> = items.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
+    let position: std::collections::HashMap<&str, usize> =
+        items.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
     let (mut train, mut test, mut missing) = (Default::default(), Default::default(), Vec::new());
     for (keys, out) in [(&split.train, &mut train), (&split.test, &mut test)] {
         let out: &mut crate::joint::data::Examples = out;
@@ -726,20 +778,38 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
             missing[0]
         );
     }
-    anyhow::ensure!(!train_set.is_empty(), "no training images: the split names none of the images under {}", data.root.display());
+    anyhow::ensure!(
+        !train_set.is_empty(),
+        "no training images: the split names none of the images under {}",
+        data.root.display()
+    );
     let glove = crate::text::GloveAverage(&words);
     let sentences = load_sentence_encoder(models_dir, a.text.encoder)?;
     let side = crate::joint::data::TextSide::of(&glove, sentences.as_ref());
     let captions_file = a.text.captions_file(&data.root);
     let captions = match &captions_file {
-        Some(file) => Some(crate::joint::data::caption_targets(&crate::joint::data::read_captions(file)?, &train_set.keys, &side)?),
+        Some(file) => Some(crate::joint::data::caption_targets(
+            &crate::joint::data::read_captions(file)?,
+            &train_set.keys,
+            &side,
+        )?),
         None => None,
     };
     let bar = epoch_bar(options.epochs);
-    let fitted = fit(&a.backbone, &side, &train_set, captions.as_ref(), test_set.keys.clone(), split.source.clone(), &options, a.skip_unknown_labels, |e, loss| {
-        bar.set_position(e as u64);
-        bar.set_message(format!("{loss:.4}"));
-    })?;
+    let fitted = fit(
+        &a.backbone,
+        &side,
+        &train_set,
+        captions.as_ref(),
+        test_set.keys.clone(),
+        split.source.clone(),
+        &options,
+        a.skip_unknown_labels,
+        |e, loss| {
+            bar.set_position(e as u64);
+            bar.set_message(format!("{loss:.4}"));
+        },
+    )?;
     bar.finish_and_clear();
     let figures = if test_set.is_empty() { None } else { Some(evaluate(&fitted.model, &fitted.targets, &test_set)?) };
     let mut report = serde_json::json!({
@@ -775,7 +845,8 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
             let dir = crate::joint::model_dir(db);
             JointModel::save(&dir, &fitted.info, &fitted.tensors)?;
             let embedded = store.as_embedded().expect("a store is a folder or a database");
-            let joint = crate::joint::vectors::JointVectors::update(embedded, &fitted.model)?;
+            let path = crate::joint::vectors::JointVectors::path(embedded.dir());
+            let joint = crate::joint::vectors::JointVectors::update(embedded, &fitted.model, &path)?;
             report["joint_vectors"] = joint.len().into();
             report["model"] = serde_json::json!(dir);
             crate::joint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -801,7 +872,10 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
         println!("skipped labels (words not in the vocabulary): {}", fitted.info.skipped_labels.join(", "));
     }
     if let Some(f) = &figures {
-        println!("test split ({} images): tagging top-1 {:.3}, word->image precision@10 {:.3}", f.images, f.tagging_top1, f.word_to_image_precision_at_10);
+        println!(
+            "test split ({} images): tagging top-1 {:.3}, word->image precision@10 {:.3}",
+            f.images, f.tagging_top1, f.word_to_image_precision_at_10
+        );
     }
     println!("model, report and joint embeddings ({joint_vectors} images) in {saved_in}");
     Ok(())
@@ -817,7 +891,8 @@ struct LabelledImagesRoot {
 
 impl LabelledImagesRoot {
     fn read(root: &std::path::Path) -> anyhow::Result<Self> {
-        let root = root.canonicalize().with_context(|| format!("{}: no such folder of label folders", root.display()))?;
+        let root =
+            root.canonicalize().with_context(|| format!("{}: no such folder of label folders", root.display()))?;
         let data = crate::eval::LabelledImages::read(&root)?;
         anyhow::ensure!(!data.items.is_empty(), "{}: no images in label folders (`<label>/<image>`)", root.display());
         let items = data
@@ -832,17 +907,22 @@ impl LabelledImagesRoot {
 
 fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
     let store = open_any_index(db, &a.backbone)?;
-    let (_, model) = load_joint(store.as_ref(), db, &a.backbone)?;
-    let encoder = crate::text::QueryEncoder::for_model(models_dir, &model.info.words, a.vectors.as_deref())?;
-    let embedding = image_embedding(store.as_ref(), &a.image, |path| Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding))?;
-    let projected = model.project(&embedding)?;
-    let tags = encoder.tag_words().nearest(&projected, a.k);
+    let space = text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?;
+    let side = space.side_for_store(a.text_side, store.as_ref())?;
+    let embedding = image_embedding(store.as_ref(), &a.image, |path| {
+        Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding)
+    })?;
+    let tags = space.tags(side, &embedding, a.k)?;
     if a.json {
-        let rows: Vec<(usize, &str, f32)> = tags.iter().map(|n| (n.id, n.word.as_str(), n.distance)).collect();
-        println!("{}", serde_json::to_string(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&tags)?);
     } else {
-        for n in &tags {
-            println!("{:>7}  {:<20} {:.4}", n.id, n.word, n.distance);
+        println!("words ({side} text side):");
+        for n in &tags.words {
+            println!("{:>7}  {:<20} {:.4}", n.index, n.word, n.distance);
+        }
+        println!("ImageNet classes:");
+        for c in &tags.classes {
+            println!("{:>6.2}%  {:>4}  {}", c.probability * 100.0, c.index, c.name);
         }
     }
     Ok(())
@@ -854,6 +934,7 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         "binding to {} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN",
         a.addr
     );
+    check_folders(&a.folders)?;
     // The main job: fetch what is missing (a no-op when present), index, serve.
     let mut pins = vec![models::GLOVE_50D, models::MINILM];
     pins.push(if a.backbone == "lite2" { models::LITE2 } else { models::LITE0 });
@@ -862,7 +943,13 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
     let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
     if !a.folders.is_empty() {
         let r = index_into(store.as_mut(), &embedder, &a.folders)?;
-        eprintln!("indexed {} new, {} unchanged, {} failed ({} images)", r.embedded, r.unchanged, r.failed.len(), store.len()?);
+        eprintln!(
+            "indexed {} new, {} unchanged, {} failed ({} images)",
+            r.embedded,
+            r.unchanged,
+            r.failed.len(),
+            store.len()?
+        );
         if let Some(embedded) = store.as_embedded() {
             update_hnsw(embedded)?;
         }
@@ -907,7 +994,8 @@ fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyh
     use crate::eval::top_k_hit_rate;
     let config = Config::by_name(&a.backbone).context("unknown backbone")?;
     let embedder = Embedder::load(&models::backbone_weights(models_dir, &config), config)?;
-    let data = LabelledImagesRoot::read(&a.data).with_context(|| format!("reading labelled images from {}", a.data.display()))?;
+    let data = LabelledImagesRoot::read(&a.data)
+        .with_context(|| format!("reading labelled images from {}", a.data.display()))?;
     let paths = &data.paths;
     let mut top5: Vec<Option<Vec<usize>>> = vec![None; paths.len()];
     let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
@@ -967,21 +1055,91 @@ fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyh
             println!("through the store ({}, {} images)", s["store"].as_str().unwrap_or(""), s["images"]);
             println!("  image->image precision@10            {:.3}", f(&s["image_to_image_precision_at_10"]));
             println!("  recall@10 against exact search       {:.3}", f(&s["recall_at_10"]));
-            println!("  query latency p50 / p99              {:.2} / {:.2} ms ({} queries)", f(&s["p50_ms"]), f(&s["p99_ms"]), s["queries"]);
+            println!(
+                "  query latency p50 / p99              {:.2} / {:.2} ms ({} queries)",
+                f(&s["p50_ms"]),
+                f(&s["p99_ms"]),
+                s["queries"]
+            );
         }
         if let Some(j) = &joint {
-            println!("joint model ({}; {} train / {} test images, split: {})", j["recipe"].as_str().unwrap_or(""), j["train_images"], j["test_images"], j["split"].as_str().unwrap_or(""));
-            println!("  training                             {:.1} s, final loss {:.4}", f(&j["train_seconds"]), f(&j["final_loss"]));
+            println!(
+                "joint model ({}; {} train / {} test images, split: {})",
+                j["recipe"].as_str().unwrap_or(""),
+                j["train_images"],
+                j["test_images"],
+                j["split"].as_str().unwrap_or("")
+            );
+            println!(
+                "  training                             {:.1} s, final loss {:.4}",
+                f(&j["train_seconds"]),
+                f(&j["final_loss"])
+            );
             println!("  tagging top-1 among label words      {:.3} (test images)", f(&j["tagging_top1"]));
-            println!("  word->image precision@10             {:.3} (mean over label words, test images)", f(&j["word_to_image_precision_at_10"]));
-            println!("  image->image precision@10, test      {:.3} CNN space, {:.3} joint space", f(&j["test_cnn_image_precision_at_10"]), f(&j["test_joint_image_precision_at_10"]));
-            println!("  encoder                              {} (targets: {})", j["encoder"].as_str().unwrap_or(""), j["targets"].as_str().unwrap_or(""));
+            println!(
+                "  word->image precision@10             {:.3} (mean over label words, test images)",
+                f(&j["word_to_image_precision_at_10"])
+            );
+            println!(
+                "  image->image precision@10, test      {:.3} CNN space, {:.3} joint space",
+                f(&j["test_cnn_image_precision_at_10"]),
+                f(&j["test_joint_image_precision_at_10"])
+            );
+            println!(
+                "  encoder                              {} (targets: {})",
+                j["encoder"].as_str().unwrap_or(""),
+                j["targets"].as_str().unwrap_or("")
+            );
             if j["caption_to_image"].is_object() {
                 let c = &j["caption_to_image"];
-                println!("  caption->image recall@1 / @10        {:.3} / {:.3} ({} test captions)", f(&c["recall_at_1"]), f(&c["recall_at_10"]), c["queries"]);
+                println!(
+                    "  caption->image recall@1 / @10        {:.3} / {:.3} ({} test captions)",
+                    f(&c["recall_at_1"]),
+                    f(&c["recall_at_10"]),
+                    c["queries"]
+                );
             }
             for (word, labels) in j["examples"].as_object().into_iter().flatten() {
                 println!("  \"{word}\" -> {}", labels.as_str().unwrap_or(""));
+            }
+            println!(
+                "  text sides, test images: tagging top-1 / word->image P@10 / image P@10 / caption R@1 / R@10 / s"
+            );
+            for side in ["zero-shot", "trained", "fused"] {
+                let t = &j["text_sides"][side];
+                println!(
+                    "    {side:<10} {:.3} / {:.3} / {:.3} / {:.3} / {:.3} / {:.2} s",
+                    f(&t["tagging_top1"]),
+                    f(&t["word_to_image_precision_at_10"]),
+                    f(&t["image_precision_at_10"]),
+                    f(&t["caption_to_image"]["recall_at_1"]),
+                    f(&t["caption_to_image"]["recall_at_10"]),
+                    f(&t["seconds"])
+                );
+            }
+            for v in j["zero_shot_variants"].as_array().into_iter().flatten() {
+                println!(
+                    "    zero-shot {} T {} temp {}: {:.3} / {:.3} / {:.3} / {:.3} / {:.3}",
+                    v["prompt"].as_str().unwrap_or(""),
+                    v["top_classes"],
+                    v["temperature"],
+                    f(&v["tagging_top1"]),
+                    f(&v["word_to_image_precision_at_10"]),
+                    f(&v["image_precision_at_10"]),
+                    f(&v["caption_to_image"]["recall_at_1"]),
+                    f(&v["caption_to_image"]["recall_at_10"])
+                );
+            }
+            for v in j["fusion_sweep"].as_array().into_iter().flatten() {
+                println!(
+                    "    fused, weight {:.2} on zero-shot: {:.3} / {:.3} / {:.3} / {:.3} / {:.3}",
+                    f(&v["weight"]),
+                    f(&v["tagging_top1"]),
+                    f(&v["word_to_image_precision_at_10"]),
+                    f(&v["image_precision_at_10"]),
+                    f(&v["caption_to_image"]["recall_at_1"]),
+                    f(&v["caption_to_image"]["recall_at_10"])
+                );
             }
             println!("  evaluation                           {:.2} s", f(&j["eval_seconds"]));
         }
@@ -1013,22 +1171,30 @@ fn eval_store(
     // Exact neighbours within the data set, by path.
     let usable: Vec<usize> = (0..data.paths.len()).filter(|&i| embeddings[i].is_some()).collect();
     let dim = store.dim();
-    let unit: Vec<f32> = usable.iter().flat_map(|&i| crate::query::unit(embeddings[i].as_ref().expect("usable"))).collect();
+    let unit: Vec<f32> =
+        usable.iter().flat_map(|&i| crate::query::unit(embeddings[i].as_ref().expect("usable"))).collect();
     let exact = ExactIndex::new(&unit, dim);
     let path_of = |i: usize| data.paths[i].to_string_lossy().into_owned();
-    let label_of: std::collections::HashMap<String, &str> = usable.iter().map(|&i| (path_of(i), data.items[i].1.as_str())).collect();
+    let label_of: std::collections::HashMap<String, &str> =
+        usable.iter().map(|&i| (path_of(i), data.items[i].1.as_str())).collect();
     let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: None, joint_model: None };
     let (mut precision, mut recall, mut times) = (0.0, 0.0, Vec::with_capacity(usable.len()));
     for (n, &i) in usable.iter().enumerate() {
         let me = path_of(i);
-        let truth: std::collections::HashSet<String> =
-            exact.search(&unit[n * dim..(n + 1) * dim], 11).iter().map(|h| path_of(usable[h.id])).filter(|p| *p != me).take(10).collect();
+        let truth: std::collections::HashSet<String> = exact
+            .search(&unit[n * dim..(n + 1) * dim], 11)
+            .iter()
+            .map(|h| path_of(usable[h.id]))
+            .filter(|p| *p != me)
+            .take(10)
+            .collect();
         let query = crate::query::Query::Cnn(embeddings[i].clone().expect("usable"));
         let start = std::time::Instant::now();
         let found = crate::query::search(&indexes, &query, 11, None)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         let others: Vec<&str> = found.iter().map(|f| f.path.as_str()).filter(|p| *p != me).take(10).collect();
-        precision += others.iter().filter(|p| label_of.get(**p) == Some(&data.items[i].1.as_str())).count() as f64 / 10.0;
+        precision +=
+            others.iter().filter(|p| label_of.get(**p) == Some(&data.items[i].1.as_str())).count() as f64 / 10.0;
         recall += others.iter().filter(|p| truth.contains(**p)).count() as f64 / truth.len().max(1) as f64;
     }
     times.sort_by(f64::total_cmp);
@@ -1047,6 +1213,33 @@ fn eval_store(
 
 /// The joint-model half of `eval`: train on the split's train images,
 /// measure on its test images.
+/// The fused side with another weight on zero-shot (`eval`'s sweep).
+struct EvalFusion<'a> {
+    space: &'a crate::joint::TextSpace,
+    weight: f32,
+}
+
+impl crate::joint::Projection for EvalFusion<'_> {
+    fn in_dim(&self) -> usize {
+        self.space.zero_shot.in_dim()
+    }
+
+    fn out_dim(&self) -> usize {
+        self.space.zero_shot.out_dim()
+    }
+
+    fn fingerprint(&self) -> [u8; 16] {
+        [0; 16]
+    }
+
+    fn project(&self, embeddings: &[f32]) -> crate::Result<Vec<f32>> {
+        let zs = self.space.zero_shot.project(embeddings)?;
+        let (_, model) = self.space.trained.as_ref().expect("eval trains a model");
+        let tr = model.project(embeddings)?;
+        Ok(crate::joint::space::fuse(&zs, &tr, self.out_dim(), self.weight))
+    }
+}
+
 fn eval_joint(
     models_dir: &std::path::Path,
     a: &EvalArgs,
@@ -1059,7 +1252,11 @@ fn eval_joint(
     let split_file = a.split.clone().or_else(|| beside(&data.root, "split.json"));
     let split = read_split(split_file.as_deref(), &data.items, options.seed)?;
     let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
-    anyhow::ensure!(!train_set.is_empty() && !test_set.is_empty(), "the split leaves no train or no test images under {}", data.root.display());
+    anyhow::ensure!(
+        !train_set.is_empty() && !test_set.is_empty(),
+        "the split leaves no train or no test images under {}",
+        data.root.display()
+    );
     let glove = crate::text::GloveAverage(&words);
     let sentences = load_sentence_encoder(models_dir, a.text.encoder)?;
     let side = crate::joint::data::TextSide::of(&glove, sentences.as_ref());
@@ -1072,10 +1269,20 @@ fn eval_joint(
         _ => None,
     };
     let bar = epoch_bar(options.epochs);
-    let fitted = fit(&a.backbone, &side, &train_set, caption_targets.as_ref(), test_set.keys.clone(), split.source.clone(), &options, false, |e, loss| {
-        bar.set_position(e as u64);
-        bar.set_message(format!("{loss:.4}"));
-    })?;
+    let fitted = fit(
+        &a.backbone,
+        &side,
+        &train_set,
+        caption_targets.as_ref(),
+        test_set.keys.clone(),
+        split.source.clone(),
+        &options,
+        false,
+        |e, loss| {
+            bar.set_position(e as u64);
+            bar.set_message(format!("{loss:.4}"));
+        },
+    )?;
     bar.finish_and_clear();
     let start = std::time::Instant::now();
     let figures = evaluate(&fitted.model, &fitted.targets, &test_set)?;
@@ -1087,48 +1294,107 @@ fn eval_joint(
         .map(|(i, l)| (l.as_str(), test_set.features[i * dim..(i + 1) * dim].to_vec()))
         .collect();
     let cnn_p10 = crate::eval::image_precision_at_k(&test_cnn, 10);
-    // The tutorial's words that were never labels: the labels of the 10 nearest test images.
-    let projected = fitted.model.project(&test_set.features)?;
-    let out_dim = fitted.model.out_dim();
-    let mut examples = serde_json::Map::new();
-    for word in ["ocean", "street", "cat sofa"] {
-        let Ok(mut q) = side.encoder.encode(&[word]) else { continue };
-        let q = q.remove(0).vector;
-        let mut order: Vec<(f32, usize)> =
-            projected.chunks_exact(out_dim).enumerate().map(|(i, p)| (crate::eval::cosine(p, &q), i)).collect();
-        order.sort_by(|x, y| y.0.total_cmp(&x.0));
-        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-        for &(_, i) in order.iter().take(10) {
-            *counts.entry(test_set.labels[i].as_str()).or_default() += 1;
-        }
-        let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
-        counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-        let text: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
-        examples.insert(word.to_owned(), text.join(", ").into());
-    }
-    // Caption -> image: each test caption ranks the test images; where is its own?
-    let mut caption_recall = serde_json::Value::Null;
-    if let Some(captions) = &captions {
-        let (mut texts, mut owners) = (Vec::new(), Vec::new());
-        for (i, key) in test_set.keys.iter().enumerate() {
-            for c in captions.get(key).into_iter().flatten() {
-                if let Some(t) = side.caption_text(c) {
-                    texts.push(t);
-                    owners.push(i);
+    // Caption queries, encoded once for every side measured below.
+    let caption_queries = match &captions {
+        Some(captions) => {
+            let (mut texts, mut owners) = (Vec::new(), Vec::new());
+            for (i, key) in test_set.keys.iter().enumerate() {
+                for c in captions.get(key).into_iter().flatten() {
+                    if let Some(t) = side.caption_text(c) {
+                        texts.push(t);
+                        owners.push(i);
+                    }
                 }
             }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors: Vec<Vec<f32>> = side.encoder.encode(&refs)?.into_iter().map(|e| e.vector).collect();
+            Some((vectors, owners))
         }
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let queries = side.encoder.encode(&refs)?;
-        let (mut at1, mut at10) = (0usize, 0usize);
-        for (q, &own) in queries.iter().zip(&owners) {
-            let own_score = crate::eval::cosine(&projected[own * out_dim..(own + 1) * out_dim], &q.vector);
-            let better = projected.chunks_exact(out_dim).filter(|p| crate::eval::cosine(p, &q.vector) > own_score).count();
-            at1 += (better < 1) as usize;
-            at10 += (better < 10) as usize;
+        None => None,
+    };
+    let words_queries: Vec<(&str, Vec<f32>)> = ["ocean", "street", "cat sofa"]
+        .into_iter()
+        .filter_map(|w| side.encoder.encode(&[w]).ok().map(|mut e| (w, e.remove(0).vector)))
+        .collect();
+    let side_figures = |projection: &dyn crate::joint::Projection| -> anyhow::Result<serde_json::Value> {
+        let start = std::time::Instant::now();
+        let f = evaluate(projection, &fitted.targets, &test_set)?;
+        let projected = projection.project(&test_set.features)?;
+        let out_dim = projection.out_dim();
+        let rows: Vec<&[f32]> = projected.chunks_exact(out_dim).collect();
+        // The tutorial's words that were never labels: the labels of the 10 nearest test images.
+        let mut examples = serde_json::Map::new();
+        for (word, q) in &words_queries {
+            let mut order: Vec<(f32, usize)> =
+                rows.iter().enumerate().map(|(i, p)| (crate::eval::cosine(p, q), i)).collect();
+            order.sort_by(|x, y| y.0.total_cmp(&x.0));
+            let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+            for &(_, i) in order.iter().take(10) {
+                *counts.entry(test_set.labels[i].as_str()).or_default() += 1;
+            }
+            let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+            counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+            let text: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
+            examples.insert((*word).to_owned(), text.join(", ").into());
         }
-        let n = queries.len().max(1) as f64;
-        caption_recall = serde_json::json!({ "queries": queries.len(), "recall_at_1": at1 as f64 / n, "recall_at_10": at10 as f64 / n });
+        // Caption -> image: each test caption ranks the test images; where is its own?
+        let mut caption_recall = serde_json::Value::Null;
+        if let Some((queries, owners)) = &caption_queries {
+            let (mut at1, mut at10) = (0usize, 0usize);
+            for (q, &own) in queries.iter().zip(owners) {
+                let own_score = crate::eval::cosine(rows[own], q);
+                let better = rows.iter().filter(|p| crate::eval::cosine(p, q) > own_score).count();
+                at1 += (better < 1) as usize;
+                at10 += (better < 10) as usize;
+            }
+            let n = queries.len().max(1) as f64;
+            caption_recall = serde_json::json!({ "queries": queries.len(), "recall_at_1": at1 as f64 / n, "recall_at_10": at10 as f64 / n });
+        }
+        Ok(serde_json::json!({
+            "tagging_top1": f.tagging_top1,
+            "word_to_image_precision_at_10": f.word_to_image_precision_at_10,
+            "image_precision_at_10": f.joint_image_precision_at_10,
+            "caption_to_image": caption_recall,
+            "examples": examples,
+            "seconds": start.elapsed().as_secs_f64(),
+        }))
+    };
+    let trained_figures = side_figures(&fitted.model)?;
+    let examples = trained_figures["examples"].clone();
+    let caption_recall = trained_figures["caption_to_image"].clone();
+    // The zero-shot side (no training) and its fusion with the trained one.
+    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
+    let query_encoder = crate::text::QueryEncoder::for_model(models_dir, &fitted.info.words, a.vectors.as_deref())?;
+    let (weights, bias) = crate::joint::zeroshot::classifier(&models::backbone_weights(models_dir, &config))?;
+    let mut zero_shot_variants = Vec::new();
+    let prompts: &[crate::joint::zeroshot::ClassPrompt] = match &query_encoder {
+        crate::text::QueryEncoder::Sentences { .. } => {
+            &[crate::joint::zeroshot::ClassPrompt::PhotoOf, crate::joint::zeroshot::ClassPrompt::Name]
+        }
+        crate::text::QueryEncoder::Words(_) => &[crate::joint::zeroshot::ClassPrompt::Name],
+    };
+    for &prompt in prompts {
+        let texts = crate::joint::zeroshot::class_texts(models_dir, &query_encoder, prompt)?;
+        for (top, temperature) in [(5, 2.0), (10, 1.0), (10, 2.0), (20, 2.0), (10, 4.0)] {
+            let zs =
+                crate::joint::zeroshot::ZeroShot::with(&weights, &bias, &texts, query_encoder.dim(), top, temperature)?;
+            let mut v = side_figures(&zs)?;
+            v["prompt"] = format!("{prompt:?}").into();
+            v["top_classes"] = top.into();
+            v["temperature"] = temperature.into();
+            zero_shot_variants.push(v);
+        }
+    }
+    let trained_model = JointModel::from_tensors(fitted.info.clone(), &fitted.tensors)?;
+    let space = crate::joint::TextSpace::load(models_dir, &config, Some((0, trained_model)), a.vectors.as_deref())?;
+    let zero_shot_figures = side_figures(&space.projection(crate::joint::Side::ZeroShot)?)?;
+    let fused_figures = side_figures(&space.projection(crate::joint::Side::Fused)?)?;
+    let mut fusion_sweep = Vec::new();
+    for w in [0.2f32, 0.35, 0.5, 0.65] {
+        let fusion = EvalFusion { space: &space, weight: w };
+        let mut v = side_figures(&fusion)?;
+        v["weight"] = w.into();
+        fusion_sweep.push(v);
     }
     let recipe = format!(
         "{:?} lr {} {} epochs batch {} seed {}",
@@ -1151,6 +1417,19 @@ fn eval_joint(
         "test_cnn_image_precision_at_10": cnn_p10,
         "test_joint_image_precision_at_10": figures.joint_image_precision_at_10,
         "examples": examples,
+        "text_sides": {
+            "zero-shot": zero_shot_figures,
+            "trained": trained_figures,
+            "fused": fused_figures,
+        },
+        "zero_shot_default": {
+            "top_classes": crate::joint::zeroshot::TOP_CLASSES,
+            "temperature": crate::joint::zeroshot::TEMPERATURE,
+            "prompt": format!("{:?}", crate::joint::zeroshot::ClassPrompt::DEFAULT),
+        },
+        "fusion_weight": crate::joint::space::FUSION_WEIGHT,
+        "zero_shot_variants": zero_shot_variants,
+        "fusion_sweep": fusion_sweep,
         "encoder": side.id.to_string(),
         "targets": if train_on_captions { "captions" } else { "labels" },
         "caption_to_image": caption_recall,

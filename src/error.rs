@@ -23,13 +23,7 @@ pub enum Error {
         "{path}: image is {width}x{height} = {pixels} pixels, over the limit of {limit}; \
          raise it with --max-pixels if you trust this file"
     )]
-    TooLarge {
-        path: PathBuf,
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    TooLarge { path: PathBuf, width: u32, height: u32, pixels: u64, limit: u64 },
 
     /// A malformed or unsupported model checkpoint.
     #[error("{path}: bad checkpoint: {reason}")]
@@ -97,10 +91,7 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 

@@ -126,12 +126,7 @@ mod tests {
 
     #[test]
     fn precision_at_k_excludes_the_query_and_counts_label_matches() {
-        let images = vec![
-            ("a", vec![1.0, 0.0]),
-            ("a", vec![0.9, 0.1]),
-            ("b", vec![0.8, 0.2]),
-            ("b", vec![0.0, 1.0]),
-        ];
+        let images = vec![("a", vec![1.0, 0.0]), ("a", vec![0.9, 0.1]), ("b", vec![0.8, 0.2]), ("b", vec![0.0, 1.0])];
         // k=1: a0->a1 yes, a1->a0 yes, b2->a1 no, b3->b2 yes.
         assert_eq!(image_precision_at_k(&images, 1), 0.75);
     }

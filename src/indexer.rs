@@ -137,9 +137,9 @@ pub fn index_folders(
             }
         };
         let same_content = store.by_hash(&hash)?;
-        let gone = same_content
-            .iter()
-            .find(|r| r.path != path && !seen.contains(&r.path) && !Path::new(&r.path).exists() && !moved_from.contains(&r.path));
+        let gone = same_content.iter().find(|r| {
+            r.path != path && !seen.contains(&r.path) && !Path::new(&r.path).exists() && !moved_from.contains(&r.path)
+        });
         if let (Some(old), None) = (gone, by_path.get(path.as_str())) {
             store.update_location(old.key, &path, f.size, f.mtime, &label_of(&f.path))?;
             moved_from.insert(old.path.clone());
@@ -224,7 +224,11 @@ pub fn index_folders(
 
 /// Adds one file (or refreshes it if it changed) and returns its record.
 /// `embed` runs only when no stored image has the same content.
-pub fn add_file(store: &mut dyn ImageStore, path: &Path, embed: impl FnOnce(&Path) -> Result<Vec<f32>>) -> Result<ImageRecord> {
+pub fn add_file(
+    store: &mut dyn ImageStore,
+    path: &Path,
+    embed: impl FnOnce(&Path) -> Result<Vec<f32>>,
+) -> Result<ImageRecord> {
     let path = path.canonicalize().map_err(|e| Error::io(path, e))?;
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
     let (size, mtime) = (meta.len(), mtime_nanos(&meta));

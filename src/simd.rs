@@ -30,4 +30,3 @@ unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
 unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
-

@@ -43,18 +43,13 @@ struct TensorRef {
 /// not keep dict order); the tensors are contiguous and on the CPU.
 pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |reason: String| Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
     if bytes.starts_with(b"PK\x03\x04") {
         read_zip(&bytes).map_err(bad)
     } else if bytes.first() == Some(&0x80) {
         read_legacy(&bytes).map_err(bad)
     } else {
-        Err(bad(
-            "neither a zip nor a legacy pickle checkpoint (unknown first bytes)".into(),
-        ))
+        Err(bad("neither a zip nor a legacy pickle checkpoint (unknown first bytes)".into()))
     }
 }
 
@@ -80,14 +75,10 @@ fn read_legacy(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, Strin
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut pos = cursor.position() as usize;
     for key in keys {
-        let header = bytes
-            .get(pos..pos + 8)
-            .ok_or_else(|| format!("truncated before storage {key}"))?;
+        let header = bytes.get(pos..pos + 8).ok_or_else(|| format!("truncated before storage {key}"))?;
         let numel = u64::from_le_bytes(header.try_into().unwrap()) as usize;
         let elem = *elem_sizes.get(&key).unwrap_or(&4);
-        let len = numel
-            .checked_mul(elem)
-            .ok_or_else(|| format!("storage {key} size overflows"))?;
+        let len = numel.checked_mul(elem).ok_or_else(|| format!("storage {key} size overflows"))?;
         let data = bytes
             .get(pos + 8..pos + 8 + len)
             .ok_or_else(|| format!("truncated inside storage {key} ({numel} elements)"))?;
@@ -119,9 +110,7 @@ fn read_zip(bytes: &[u8]) -> std::result::Result<Vec<(String, Tensor)>, String> 
             continue;
         }
         let name = format!("{root}data/{}", r.1.storage_key);
-        let mut file = zip
-            .by_name(&name)
-            .map_err(|e| format!("storage {name}: {e}"))?;
+        let mut file = zip.by_name(&name).map_err(|e| format!("storage {name}: {e}"))?;
         let mut buf = Vec::new();
         file.read_to_end(&mut buf).map_err(|e| e.to_string())?;
         storages.insert(r.1.storage_key.clone(), buf);
@@ -145,9 +134,7 @@ fn read_pickle<R: AsRef<[u8]>>(cursor: &mut Cursor<R>) -> std::result::Result<Ob
 fn state_dict_refs(state: Object) -> std::result::Result<Vec<(String, TensorRef)>, String> {
     let state = match state {
         // `{"state_dict": {...}}` wrappers are common; unwrap one level.
-        Object::Dict(items)
-            if items.len() == 1 && matches!(&items[0].1, Object::Dict(_)) =>
-        {
+        Object::Dict(items) if items.len() == 1 && matches!(&items[0].1, Object::Dict(_)) => {
             items.into_iter().next().unwrap().1
         }
         other => other,
@@ -179,9 +166,7 @@ fn tensor_ref(value: Object) -> std::result::Result<Option<TensorRef>, String> {
             if args.is_empty() {
                 return Err("empty parameter args".into());
             }
-            args.remove(0)
-                .reduce()
-                .map_err(|o| format!("parameter data {}", short(&o)))?
+            args.remove(0).reduce().map_err(|o| format!("parameter data {}", short(&o)))?
         }
         c => (c, args),
     };
@@ -197,25 +182,15 @@ fn tensor_ref(value: Object) -> std::result::Result<Option<TensorRef>, String> {
     }
     let stride = usize_list(args.remove(3))?;
     let shape = usize_list(args.remove(2))?;
-    let offset = args
-        .remove(1)
-        .int_or_long()
-        .map_err(|o| format!("offset {}", short(&o)))? as usize;
-    let storage = args
-        .remove(0)
-        .persistent_load()
-        .map_err(|o| format!("storage {}", short(&o)))?;
+    let offset = args.remove(1).int_or_long().map_err(|o| format!("offset {}", short(&o)))? as usize;
+    let storage = args.remove(0).persistent_load().map_err(|o| format!("storage {}", short(&o)))?;
     // ('storage', <class>, key, location, numel[, view_metadata])
     let mut storage = storage.tuple().map_err(|o| format!("storage id {}", short(&o)))?;
     if storage.len() < 5 {
         return Err("storage id has fewer than 5 items".into());
     }
-    let storage_key = String::try_from(storage.remove(2))
-        .map_err(|o| format!("storage key {}", short(&o)))?;
-    let (_, class_name) = storage
-        .remove(1)
-        .class()
-        .map_err(|o| format!("storage class {}", short(&o)))?;
+    let storage_key = String::try_from(storage.remove(2)).map_err(|o| format!("storage key {}", short(&o)))?;
+    let (_, class_name) = storage.remove(1).class().map_err(|o| format!("storage class {}", short(&o)))?;
     let dtype = match class_name.as_str() {
         "FloatStorage" => DType::F32,
         "DoubleStorage" => DType::F64,
@@ -229,33 +204,21 @@ fn tensor_ref(value: Object) -> std::result::Result<Option<TensorRef>, String> {
     if shape.len() != stride.len() {
         return Err(format!("shape {shape:?} and stride {stride:?} differ in rank"));
     }
-    Ok(Some(TensorRef {
-        storage_key,
-        dtype,
-        offset,
-        shape,
-        stride,
-    }))
+    Ok(Some(TensorRef { storage_key, dtype, offset, shape, stride }))
 }
 
 fn usize_list(o: Object) -> std::result::Result<Vec<usize>, String> {
     match o {
         Object::Tuple(items) | Object::List(items) => items
             .into_iter()
-            .map(|i| {
-                i.int_or_long()
-                    .map(|v| v as usize)
-                    .map_err(|o| format!("expected an int, got {}", short(&o)))
-            })
+            .map(|i| i.int_or_long().map(|v| v as usize).map_err(|o| format!("expected an int, got {}", short(&o))))
             .collect(),
         other => Err(format!("expected a tuple of ints, got {}", short(&other))),
     }
 }
 
 fn storage_elem_sizes(refs: &[(String, TensorRef)]) -> HashMap<String, usize> {
-    refs.iter()
-        .map(|(_, r)| (r.storage_key.clone(), r.dtype.size_in_bytes()))
-        .collect()
+    refs.iter().map(|(_, r)| (r.storage_key.clone(), r.dtype.size_in_bytes())).collect()
 }
 
 /// Builds contiguous tensors from their storages, honouring any strides.
@@ -265,18 +228,12 @@ fn materialize(
 ) -> std::result::Result<Vec<(String, Tensor)>, String> {
     let mut out = Vec::with_capacity(refs.len());
     for (name, r) in refs {
-        let storage = storages
-            .get(&r.storage_key)
-            .ok_or_else(|| format!("tensor {name}: storage {} missing", r.storage_key))?;
+        let storage =
+            storages.get(&r.storage_key).ok_or_else(|| format!("tensor {name}: storage {} missing", r.storage_key))?;
         let elem = r.dtype.size_in_bytes();
         let numel: usize = r.shape.iter().product();
         // The furthest element this view touches must lie inside the storage.
-        let last = r.offset
-            + r.shape
-                .iter()
-                .zip(&r.stride)
-                .map(|(d, s)| d.saturating_sub(1) * s)
-                .sum::<usize>();
+        let last = r.offset + r.shape.iter().zip(&r.stride).map(|(d, s)| d.saturating_sub(1) * s).sum::<usize>();
         if numel > 0 && (last + 1) * elem > storage.len() {
             return Err(format!(
                 "tensor {name}: view {:?}/{:?}+{} reaches past its storage of {} bytes",
@@ -319,10 +276,7 @@ fn short(o: &Object) -> String {
 /// Converts a checkpoint to safetensors (float tensors only), for fast loading.
 pub fn convert_to_safetensors(src: &Path, dst: &Path) -> Result<usize> {
     let tensors = read_checkpoint(src)?;
-    let floats: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .filter(|(_, t)| t.dtype().is_float())
-        .collect();
+    let floats: Vec<(String, Tensor)> = tensors.into_iter().filter(|(_, t)| t.dtype().is_float()).collect();
     let n = floats.len();
     let tmp: PathBuf = dst.with_extension("safetensors.tmp");
     candle_core::safetensors::save(&floats.into_iter().collect::<HashMap<_, _>>(), &tmp)?;

@@ -50,14 +50,21 @@ pub fn resolve_class(spec: &str) -> crate::Result<usize> {
         if i < classes.len() {
             return Ok(i);
         }
-        return Err(crate::Error::UnknownClass { spec: spec.to_owned(), suggestions: "ImageNet classes are 0-999".into() });
+        return Err(crate::Error::UnknownClass {
+            spec: spec.to_owned(),
+            suggestions: "ImageNet classes are 0-999".into(),
+        });
     }
     let want = spec.trim().to_lowercase();
     if let Some(c) = classes.iter().find(|c| c.names().any(|n| n == want)) {
         return Ok(c.index);
     }
-    let suggestions: Vec<String> = suggest_classes(&want, 5).iter().map(|&i| format!("{i} \"{}\"", classes[i].name)).collect();
-    Err(crate::Error::UnknownClass { spec: spec.to_owned(), suggestions: format!("did you mean: {}?", suggestions.join(", ")) })
+    let suggestions: Vec<String> =
+        suggest_classes(&want, 5).iter().map(|&i| format!("{i} \"{}\"", classes[i].name)).collect();
+    Err(crate::Error::UnknownClass {
+        spec: spec.to_owned(),
+        suggestions: format!("did you mean: {}?", suggestions.join(", ")),
+    })
 }
 
 /// Up to `n` classes for what someone is typing: names containing the

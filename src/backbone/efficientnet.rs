@@ -168,7 +168,10 @@ impl Weights<'_> {
         if t.dims() != shape {
             return Err(Error::Checkpoint {
                 path: self.path.to_path_buf(),
-                reason: format!("tensor {name} has shape {:?}, expected {shape:?} (is this the right --backbone?)", t.dims()),
+                reason: format!(
+                    "tensor {name} has shape {:?}, expected {shape:?} (is this the right --backbone?)",
+                    t.dims()
+                ),
             });
         }
         Ok(t.to_dtype(DType::F32)?)
@@ -203,10 +206,8 @@ impl EfficientNet {
         if !path.exists() {
             return Err(Error::ModelMissing { path: path.to_path_buf() });
         }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
         Self::from_tensors(tensors, path, config)
     }
 
@@ -239,7 +240,10 @@ impl EfficientNet {
         if w.tensors.contains_key(&format!("_blocks.{n_blocks}._project_conv.weight")) {
             return Err(Error::Checkpoint {
                 path: path.to_path_buf(),
-                reason: format!("has more than {n_blocks} blocks: not EfficientNet-{} (is this the right --backbone?)", config.name),
+                reason: format!(
+                    "has more than {n_blocks} blocks: not EfficientNet-{} (is this the right --backbone?)",
+                    config.name
+                ),
             });
         }
         let last = blocks.last().map(|b| b.spec.c_out).unwrap_or(32);
@@ -363,8 +367,11 @@ impl Profile {
     fn report(&self, n: usize) {
         if self.start.is_some() {
             let total: f64 = self.stages.iter().map(|(_, t)| t).sum();
-            let parts: Vec<String> =
-                self.stages.iter().map(|(s, t)| format!("{s} {:.2} ms ({:.0}%)", t / n as f64, 100.0 * t / total)).collect();
+            let parts: Vec<String> = self
+                .stages
+                .iter()
+                .map(|(s, t)| format!("{s} {:.2} ms ({:.0}%)", t / n as f64, 100.0 * t / total))
+                .collect();
             eprintln!("forward per image: {:.2} ms = {}", total / n as f64, parts.join(", "));
         }
     }

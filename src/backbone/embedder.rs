@@ -75,11 +75,7 @@ impl Embedder {
         let features = self.model.forward(&batch)?;
         let embeddings = features.embeddings.to_vec2::<f32>()?;
         let logits = features.logits.to_vec2::<f32>()?;
-        Ok(embeddings
-            .into_iter()
-            .zip(logits)
-            .map(|(embedding, logits)| Embedded { embedding, logits })
-            .collect())
+        Ok(embeddings.into_iter().zip(logits).map(|(embedding, logits)| Embedded { embedding, logits }).collect())
     }
 
     /// Embeds one file.
@@ -118,12 +114,16 @@ impl Embedder {
             drop(tx);
             let mut batch_ids = Vec::with_capacity(self.batch_size);
             let mut batch = Vec::with_capacity(self.batch_size);
-            let flush = |ids: &mut Vec<usize>, images: &mut Vec<Vec<f32>>, on_result: &mut dyn FnMut(usize, Result<Embedded>)| {
+            let flush = |ids: &mut Vec<usize>,
+                         images: &mut Vec<Vec<f32>>,
+                         on_result: &mut dyn FnMut(usize, Result<Embedded>)| {
                 match self.embed_tensors(images) {
                     Ok(out) => ids.iter().zip(out).for_each(|(&i, e)| on_result(i, Ok(e))),
                     Err(e) => {
                         let msg = e.to_string();
-                        ids.iter().for_each(|&i| on_result(i, Err(crate::Error::Msg(format!("{}: {msg}", paths[i].display())))))
+                        ids.iter().for_each(|&i| {
+                            on_result(i, Err(crate::Error::Msg(format!("{}: {msg}", paths[i].display()))))
+                        })
                     }
                 }
                 ids.clear();

@@ -35,14 +35,7 @@ fn relu6(x: f32) -> f32 {
 /// `x` is `[m, c_in]`, `w_t` is `[c_in, c_out]`, `out` is `[m, c_out]`, all
 /// row-major. Without `bias` (and residual) gemm writes the bare product
 /// without reading `out` first: the consumer adds the bias as it reads.
-pub fn pointwise(
-    x: &[f32],
-    c_in: usize,
-    w_t: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-) {
+pub fn pointwise(x: &[f32], c_in: usize, w_t: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, out: &mut [f32]) {
     let c_out = w_t.len() / c_in;
     let m = x.len() / c_in;
     assert_eq!(x.len(), m * c_in, "pointwise: input is not [m, c_in]");
@@ -84,24 +77,27 @@ fn init_bias_residual(bias: Option<&[f32]>, residual: Option<&[f32]>, c_out: usi
     let zeros = vec![0f32; c_out];
     let bias = bias.unwrap_or(&zeros);
     let rows_per_task = (16384 / c_out).max(1);
-    out.par_chunks_mut(rows_per_task * c_out)
-        .enumerate()
-        .for_each(|(chunk, dst)| simd(#[inline(always)] || match residual {
-            Some(res) => {
-                let base = chunk * rows_per_task * c_out;
-                let res = &res[base..base + dst.len()];
-                for (d_row, r_row) in dst.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
-                    for ((d, r), b) in d_row.iter_mut().zip(r_row).zip(bias) {
-                        *d = r + b;
+    out.par_chunks_mut(rows_per_task * c_out).enumerate().for_each(|(chunk, dst)| {
+        simd(
+            #[inline(always)]
+            || match residual {
+                Some(res) => {
+                    let base = chunk * rows_per_task * c_out;
+                    let res = &res[base..base + dst.len()];
+                    for (d_row, r_row) in dst.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
+                        for ((d, r), b) in d_row.iter_mut().zip(r_row).zip(bias) {
+                            *d = r + b;
+                        }
                     }
                 }
-            }
-            None => {
-                for d_row in dst.chunks_exact_mut(c_out) {
-                    d_row.copy_from_slice(bias);
+                None => {
+                    for d_row in dst.chunks_exact_mut(c_out) {
+                        d_row.copy_from_slice(bias);
+                    }
                 }
-            }
-        }));
+            },
+        )
+    });
 }
 
 /// Shape of a depthwise convolution over NHWC activations.
@@ -124,18 +120,7 @@ impl DepthwiseShape {
     pub fn same(batch: usize, height: usize, width: usize, channels: usize, kernel: usize, stride: usize) -> Self {
         let (out_height, pad_top) = same_padding(height, kernel, stride);
         let (out_width, pad_left) = same_padding(width, kernel, stride);
-        Self {
-            batch,
-            height,
-            width,
-            channels,
-            kernel,
-            stride,
-            pad_top,
-            pad_left,
-            out_height,
-            out_width,
-        }
+        Self { batch, height, width, channels, kernel, stride, pad_top, pad_left, out_height, out_width }
     }
 }
 
@@ -144,7 +129,14 @@ impl DepthwiseShape {
 /// `w` is `[kernel, kernel, channels]`. With `input_bias`, every input value
 /// `v` is read as `relu6(v + input_bias[c])`: the bias and activation of the
 /// 1x1 expansion before it, fused here. Padding is zero either way.
-pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, out: &mut [f32]) {
+pub fn depthwise(
+    x: &[f32],
+    shape: DepthwiseShape,
+    w: &[f32],
+    bias: &[f32],
+    input_bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let s = shape;
     let c = s.channels;
     assert_eq!(x.len(), s.batch * s.height * s.width * c, "depthwise: input shape");
@@ -157,12 +149,9 @@ pub fn depthwise(x: &[f32], shape: DepthwiseShape, w: &[f32], bias: &[f32], inpu
     const BAND: usize = 8;
     out.par_chunks_mut(s.out_height * row_len).enumerate().for_each(|(n, image_out)| {
         let image = &x[n * s.height * s.width * c..(n + 1) * s.height * s.width * c];
-        image_out
-            .par_chunks_mut(BAND * row_len)
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (band, band_out)| {
-                depthwise_band(image, s, w, bias, input_bias, band * BAND, band_out, scratch);
-            });
+        image_out.par_chunks_mut(BAND * row_len).enumerate().for_each_init(Vec::new, |scratch, (band, band_out)| {
+            depthwise_band(image, s, w, bias, input_bias, band * BAND, band_out, scratch);
+        });
     });
 }
 
@@ -175,7 +164,14 @@ fn padded_width(s: &DepthwiseShape) -> usize {
 /// as `[rows, padded_width, c]` with the padding as zeros and, with
 /// `input_bias`, `relu6(v + bias)` applied once per value.
 #[inline(always)]
-fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy0: usize, n_out: usize, scratch: &mut Vec<f32>) {
+fn stage_rows(
+    image: &[f32],
+    s: &DepthwiseShape,
+    input_bias: Option<&[f32]>,
+    oy0: usize,
+    n_out: usize,
+    scratch: &mut Vec<f32>,
+) {
     let c = s.channels;
     let pw = padded_width(s);
     let rows = (n_out - 1) * s.stride + s.kernel;
@@ -208,7 +204,16 @@ fn stage_rows(image: &[f32], s: &DepthwiseShape, input_bias: Option<&[f32]>, oy0
 
 /// A band of output rows of [`depthwise`], compiled for the widest SIMD the CPU has.
 #[allow(clippy::too_many_arguments)]
-fn depthwise_band(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy0: usize, band_out: &mut [f32], scratch: &mut Vec<f32>) {
+fn depthwise_band(
+    image: &[f32],
+    s: DepthwiseShape,
+    w: &[f32],
+    bias: &[f32],
+    input_bias: Option<&[f32]>,
+    oy0: usize,
+    band_out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
     simd(
         #[inline(always)]
         || depthwise_band_generic(image, s, w, bias, input_bias, oy0, band_out, scratch),
@@ -220,7 +225,16 @@ const LANES: usize = 16;
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn depthwise_band_generic(image: &[f32], s: DepthwiseShape, w: &[f32], bias: &[f32], input_bias: Option<&[f32]>, oy0: usize, band_out: &mut [f32], scratch: &mut Vec<f32>) {
+fn depthwise_band_generic(
+    image: &[f32],
+    s: DepthwiseShape,
+    w: &[f32],
+    bias: &[f32],
+    input_bias: Option<&[f32]>,
+    oy0: usize,
+    band_out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
     let row_len = s.out_width * s.channels;
     let n_out = band_out.len() / row_len;
     stage_rows(image, &s, input_bias, oy0, n_out, scratch);
@@ -261,7 +275,14 @@ fn depthwise_row_staged(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[
 /// For each block of [`LANES`] channels, the K*K weights stay in registers
 /// while the kernel slides along the row; each output is written once.
 #[inline(always)]
-fn taps_in_registers<const K: usize>(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[f32], vector_c: usize, out_row: &mut [f32]) {
+fn taps_in_registers<const K: usize>(
+    scratch: &[f32],
+    s: &DepthwiseShape,
+    w: &[f32],
+    bias: &[f32],
+    vector_c: usize,
+    out_row: &mut [f32],
+) {
     let c = s.channels;
     let pw = padded_width(s);
     for c0 in (0..vector_c).step_by(LANES) {
@@ -294,7 +315,15 @@ fn taps_in_registers<const K: usize>(scratch: &[f32], s: &DepthwiseShape, w: &[f
 /// The stem: a dense 3x3 stride-2 convolution from RGB, + bias + ReLU6, with
 /// TF "SAME" padding. `x` is `[n, h, w, 3]`, `w` is `[3, 3, 3, c_out]`.
 /// Writes `[n, oh, ow, c_out]` into the front of `out`; returns `(oh, ow)`.
-pub fn stem(x: &[f32], batch: usize, height: usize, width: usize, w: &[f32], bias: &[f32], out: &mut [f32]) -> (usize, usize) {
+pub fn stem(
+    x: &[f32],
+    batch: usize,
+    height: usize,
+    width: usize,
+    w: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) -> (usize, usize) {
     const K: usize = 3;
     const STRIDE: usize = 2;
     const C_IN: usize = 3;
@@ -331,7 +360,17 @@ fn as_taps(w: &[f32]) -> &[[f32; STEM_CHANNELS]] {
 /// array, so they stay in two AVX-512 registers across the 27 taps.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn stem_row(image: &[f32], height: usize, width: usize, w: &[f32], bias: &[f32], pad_top: usize, pad_left: usize, oy: usize, out_row: &mut [f32]) {
+fn stem_row(
+    image: &[f32],
+    height: usize,
+    width: usize,
+    w: &[f32],
+    bias: &[f32],
+    pad_top: usize,
+    pad_left: usize,
+    oy: usize,
+    out_row: &mut [f32],
+) {
     const K: usize = 3;
     const STRIDE: usize = 2;
     const C_IN: usize = 3;
@@ -407,18 +446,15 @@ pub fn mbconv(x: &[f32], shape: MbConvShape, weights: &MbConvWeights, out: &mut 
     let out = &mut out[..batch * oh * ow * c_out];
     out.par_chunks_mut(oh * ow * c_out).enumerate().for_each(|(image, image_out)| {
         let x_image = &x[image * height * width * c_in..(image + 1) * height * width * c_in];
-        image_out
-            .par_chunks_mut(band * ow * c_out)
-            .enumerate()
-            .for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(staged, dw_out), (b, band_out)| {
-                    simd(
-                        #[inline(always)]
-                        || mbconv_band(x_image, &shape, &dw, weights, residual, b * band, band_out, staged, dw_out),
-                    )
-                },
-            );
+        image_out.par_chunks_mut(band * ow * c_out).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(staged, dw_out), (b, band_out)| {
+                simd(
+                    #[inline(always)]
+                    || mbconv_band(x_image, &shape, &dw, weights, residual, b * band, band_out, staged, dw_out),
+                )
+            },
+        );
     });
     (oh, ow)
 }
@@ -592,10 +628,11 @@ mod tests {
             let shape = DepthwiseShape::same(2, h, w, c, k, stride);
             let pad_b = (shape.out_height - 1) * stride + k - h - shape.pad_top;
             let pad_r = (shape.out_width - 1) * stride + k - w - shape.pad_left;
-            let xn = x
-                .permute((0, 3, 1, 2))?
-                .pad_with_zeros(2, shape.pad_top, pad_b)?
-                .pad_with_zeros(3, shape.pad_left, pad_r)?;
+            let xn = x.permute((0, 3, 1, 2))?.pad_with_zeros(2, shape.pad_top, pad_b)?.pad_with_zeros(
+                3,
+                shape.pad_left,
+                pad_r,
+            )?;
             let wn = wt.permute((2, 0, 1))?.unsqueeze(1)?.contiguous()?;
             let reference = xn
                 .conv2d(&wn, 0, stride, 1, c)?
@@ -617,7 +654,10 @@ mod tests {
         let residual = [10.0, 20.0, 30.0, 40.0];
         let mut out = [0f32; 4];
         pointwise(&x, 3, &w_t, Some(&bias), Some(&residual), &mut out);
-        assert_eq!(out, [1.0 + 3.0 + 0.5 + 10.0, 2.0 + 3.0 - 0.5 + 20.0, -1.0 + 1.0 + 0.5 + 30.0, 0.0 + 1.0 - 0.5 + 40.0]);
+        assert_eq!(
+            out,
+            [1.0 + 3.0 + 0.5 + 10.0, 2.0 + 3.0 - 0.5 + 20.0, -1.0 + 1.0 + 0.5 + 30.0, 0.0 + 1.0 - 0.5 + 40.0]
+        );
     }
 
     #[test]

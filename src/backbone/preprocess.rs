@@ -56,7 +56,9 @@ impl Preprocess {
     /// antialiased like PIL), straight to `size x size`: the same pixels as
     /// resize-then-crop, without resampling the parts thrown away.
     pub fn tensorize(&self, rgb: &RgbImage) -> Vec<f32> {
-        use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+        use fast_image_resize::{
+            images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+        };
         let (w, h) = rgb.dimensions();
         let short = w.min(h).max(1) as f64;
         let scale = self.resize as f64 / short;
@@ -92,9 +94,7 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
     if bytes.is_empty() {
         return Err(bad("the file is empty (0 bytes)".into()));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
         return Err(bad("not a recognised image format (JPEG, PNG, WebP, GIF, BMP or TIFF)".into()));
     }

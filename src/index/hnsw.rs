@@ -165,7 +165,8 @@ impl HnswIndex {
 
     /// Writes the graph, its data and its scale into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let cannot = |e: String| Error::Store { path: dir.join(BASENAME), reason: format!("cannot save the HNSW index: {e}") };
+        let cannot =
+            |e: String| Error::Store { path: dir.join(BASENAME), reason: format!("cannot save the HNSW index: {e}") };
         self.hnsw.file_dump(dir, BASENAME).map_err(|e| cannot(e.to_string()))?;
         let scale = dir.join(format!("{BASENAME}.scale"));
         crate::joint::write_atomic(&scale, self.scale.to_string().as_bytes())?;

@@ -223,10 +223,12 @@ mod tests {
     fn top_k_is_right_across_parallel_chunks() {
         // 5000 vectors in a circle: the nearest to angle 0 are ids 0, 1, 4999, 2, 4998...
         let n = 5000;
-        let vectors: Vec<f32> = (0..n).flat_map(|i| {
-            let a = i as f32 / n as f32 * std::f32::consts::TAU;
-            [a.cos(), a.sin()]
-        }).collect();
+        let vectors: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let a = i as f32 / n as f32 * std::f32::consts::TAU;
+                [a.cos(), a.sin()]
+            })
+            .collect();
         let hits = ExactIndex::new(&vectors, 2).search(&[1.0, 0.0], 5);
         let mut ids: Vec<usize> = hits.iter().map(|h| h.id).collect();
         ids.sort();

@@ -28,7 +28,10 @@ impl Split {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut split: Split = serde_json::from_str(&text).map_err(|e| {
-            Error::Msg(format!("{}: not a split file ({e}); expected {{\"train\": [...], \"test\": [...]}}", path.display()))
+            Error::Msg(format!(
+                "{}: not a split file ({e}); expected {{\"train\": [...], \"test\": [...]}}",
+                path.display()
+            ))
         })?;
         split.source = path.display().to_string();
         Ok(split)
@@ -59,7 +62,11 @@ impl Split {
 
 /// The words of a label: `dining_table` -> `dining`, `table`.
 pub fn label_words(label: &str) -> Vec<String> {
-    label.split(|c: char| c == '_' || c == '-' || c.is_whitespace()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    label
+        .split(|c: char| c == '_' || c == '-' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 /// The labels the model predicts and their target vectors (the mean of
@@ -145,7 +152,11 @@ impl LabelTargets {
         }
         if !unknown.is_empty() && !skip_unknown {
             let list: Vec<String> = unknown.iter().map(|(l, m)| format!("{l} (unknown: {})", m.join(", "))).collect();
-            return Err(Error::UnknownLabels { unknown: list.join("; "), labels: labels.join(", "), vocabulary: side.id.to_string() });
+            return Err(Error::UnknownLabels {
+                unknown: list.join("; "),
+                labels: labels.join(", "),
+                vocabulary: side.id.to_string(),
+            });
         }
         if known.len() < 2 {
             return Err(Error::TooFewLabels {
@@ -155,7 +166,12 @@ impl LabelTargets {
         let texts: Vec<String> = known.iter().map(|(_, ws)| ws.join(" ")).collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let vectors = side.encoder.encode(&refs)?.into_iter().flat_map(|e| e.vector).collect();
-        Ok(Self { labels: known, skipped: unknown.into_iter().map(|(l, _)| l).collect(), vectors, dim: side.encoder.dim() })
+        Ok(Self {
+            labels: known,
+            skipped: unknown.into_iter().map(|(l, _)| l).collect(),
+            vectors,
+            dim: side.encoder.dim(),
+        })
     }
 
     pub fn index_of(&self, label: &str) -> Option<usize> {
@@ -206,17 +222,15 @@ pub struct JointFigures {
     pub joint_image_precision_at_10: f64,
 }
 
-/// Measures `model` on `examples` (labels outside the model's are ignored).
-pub fn evaluate(model: &JointModel, targets: &LabelTargets, examples: &Examples) -> Result<JointFigures> {
+/// Measures a projection into the text space (the trained model, the
+/// zero-shot side, their fusion) on `examples` (labels outside `targets` are ignored).
+pub fn evaluate(model: &dyn super::Projection, targets: &LabelTargets, examples: &Examples) -> Result<JointFigures> {
     let dim = targets.dim;
-    let keep: Vec<(usize, usize)> = examples
-        .labels
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| targets.index_of(l).map(|t| (i, t)))
-        .collect();
+    let keep: Vec<(usize, usize)> =
+        examples.labels.iter().enumerate().filter_map(|(i, l)| targets.index_of(l).map(|t| (i, t))).collect();
     let in_dim = model.in_dim();
-    let features: Vec<f32> = keep.iter().flat_map(|&(i, _)| examples.features[i * in_dim..(i + 1) * in_dim].iter().copied()).collect();
+    let features: Vec<f32> =
+        keep.iter().flat_map(|&(i, _)| examples.features[i * in_dim..(i + 1) * in_dim].iter().copied()).collect();
     let projected = model.project(&features)?;
     let rows: Vec<&[f32]> = projected.chunks_exact(dim).collect();
     let truth: Vec<usize> = keep.iter().map(|&(_, t)| t).collect();
@@ -283,7 +297,10 @@ pub fn fit(
         test: test_keys,
         split_source,
         options: options.clone(),
-        created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let model = JointModel::from_tensors(info.clone(), &tensors)?;
     Ok(Fitted { info, tensors, model, targets, report })
@@ -295,11 +312,14 @@ pub fn read_captions(path: &Path) -> Result<HashMap<String, Vec<String>>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Msg(format!("{}: not a captions file ({e})", path.display())))?;
-    let object = value.as_object().ok_or_else(|| Error::Msg(format!("{}: expected an object of image key -> captions", path.display())))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| Error::Msg(format!("{}: expected an object of image key -> captions", path.display())))?;
     let mut out = HashMap::new();
     for (key, v) in object {
         let list = v.get("captions").unwrap_or(v);
-        let captions: Vec<String> = list.as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+        let captions: Vec<String> =
+            list.as_array().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_owned)).collect();
         out.insert(key.clone(), captions);
     }
     Ok(out)
@@ -308,7 +328,11 @@ pub fn read_captions(path: &Path) -> Result<HashMap<String, Vec<String>>> {
 /// The mean (unit) caption embedding of each of `keys` that has usable
 /// captions. A caption file matching none of `keys` is an error showing an
 /// example key from each side.
-pub fn caption_targets(captions: &HashMap<String, Vec<String>>, keys: &[String], side: &TextSide<'_>) -> Result<HashMap<String, Vec<f32>>> {
+pub fn caption_targets(
+    captions: &HashMap<String, Vec<String>>,
+    keys: &[String],
+    side: &TextSide<'_>,
+) -> Result<HashMap<String, Vec<f32>>> {
     if !keys.iter().any(|k| captions.contains_key(k)) {
         return Err(Error::Msg(format!(
             "the captions match no indexed training image: caption keys look like \"{}\", image keys like \"{}\" (keys are paths relative to --data)",
@@ -356,7 +380,9 @@ mod tests {
     #[test]
     fn seeded_split_is_per_label_reproducible_and_disjoint() {
         let items: Vec<(String, String)> = (0..50)
-            .map(|i| (format!("{}/{i}.jpg", if i < 40 { "a" } else { "b" }), if i < 40 { "a" } else { "b" }.to_string()))
+            .map(|i| {
+                (format!("{}/{i}.jpg", if i < 40 { "a" } else { "b" }), if i < 40 { "a" } else { "b" }.to_string())
+            })
             .collect();
         let s = Split::seeded(&items, 3);
         assert_eq!(s, Split::seeded(&items, 3));

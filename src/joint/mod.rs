@@ -8,10 +8,17 @@
 //!   batch norm folded into the linear layers for inference.
 //! - [`vectors`]: every indexed image's joint embedding, kept beside the store.
 //! - [`data`]: labels to word targets, and train/test splits.
+//! - [`zeroshot`]: the text side with no training (ConSE over the ImageNet
+//!   classifier); [`space`]: the side a search or tag uses (zero-shot,
+//!   trained, fused) and what it needs.
 
 pub mod data;
+pub mod space;
 pub mod train;
 pub mod vectors;
+pub mod zeroshot;
+
+pub use space::{Side, TextSpace};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +59,36 @@ impl std::fmt::Display for WordsId {
         } else {
             write!(f, "{} ({} words x {})", self.name, self.words, self.dim)
         }
+    }
+}
+
+/// Raw CNN embeddings into a text space: the trained head, the zero-shot
+/// side, or their fusion. Derived vectors record the fingerprint of the
+/// projection that made them.
+pub trait Projection {
+    fn in_dim(&self) -> usize;
+    fn out_dim(&self) -> usize;
+    /// Identifies the projection (weights and settings).
+    fn fingerprint(&self) -> [u8; 16];
+    /// `[n, in_dim]` raw embeddings (row-major, not unit length) to `[n, out_dim]`.
+    fn project(&self, embeddings: &[f32]) -> Result<Vec<f32>>;
+}
+
+impl Projection for JointModel {
+    fn in_dim(&self) -> usize {
+        self.info.in_dim
+    }
+
+    fn out_dim(&self) -> usize {
+        self.info.out_dim
+    }
+
+    fn fingerprint(&self) -> [u8; 16] {
+        self.fingerprint
+    }
+
+    fn project(&self, embeddings: &[f32]) -> Result<Vec<f32>> {
+        JointModel::project(self, embeddings)
     }
 }
 

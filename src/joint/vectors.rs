@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::JointModel;
+use super::{Projection, Side};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -32,14 +32,30 @@ pub struct JointVectors {
 }
 
 impl JointVectors {
+    /// Where the trained side's vectors are.
     pub fn path(db: &Path) -> PathBuf {
-        super::model_dir(db).join("vectors.f32")
+        Self::path_for(db, Side::Trained)
     }
 
-    /// Brings the joint vectors of `store` up to date with `model` and maps
-    /// them: rows made by another model are recomputed, missing rows added.
-    pub fn update(store: &Store, model: &JointModel) -> Result<Self> {
-        let path = Self::path(store.dir());
+    /// Where `side`'s vectors are: one file per side, so switching sides
+    /// recomputes nothing.
+    pub fn path_for(db: &Path, side: Side) -> PathBuf {
+        let name = match side {
+            Side::Trained => "vectors.f32",
+            Side::ZeroShot => "zero-shot.f32",
+            Side::Fused => "fused.f32",
+        };
+        super::model_dir(db).join(name)
+    }
+
+    /// Brings the vectors at `path` up to date with `model` (a projection)
+    /// and maps them: rows made by another projection are recomputed,
+    /// missing rows added.
+    pub fn update(store: &Store, model: &dyn Projection, path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
         let dim = model.out_dim();
         let valid = read_header(&path).filter(|h| h.dim == dim && h.fingerprint == model.fingerprint());
         let covered = match valid {
@@ -60,7 +76,10 @@ impl JointVectors {
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let rows = store.rows() as usize;
         if mmap.len() < HEADER + rows * dim * 4 {
-            return Err(Error::Store { path, reason: "joint vectors shorter than their header says; delete the file to recompute it".into() });
+            return Err(Error::Store {
+                path,
+                reason: "joint vectors shorter than their header says; delete the file to recompute it".into(),
+            });
         }
         Ok(Self { mmap, dim, rows })
     }
@@ -119,7 +138,7 @@ fn write_new(path: &Path, dim: usize, fingerprint: &[u8; 16]) -> Result<()> {
 }
 
 /// Projects rows `covered..store.rows()` and appends them, then commits the count.
-fn append(store: &Store, model: &JointModel, path: &Path, covered: u64) -> Result<()> {
+fn append(store: &Store, model: &dyn Projection, path: &Path, covered: u64) -> Result<()> {
     let dim = model.out_dim();
     let in_dim = store.dim();
     let total = store.rows();

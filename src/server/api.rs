@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{
-    DefaultBodyLimit, MatchedPath, Multipart, Path as UrlPath, Query, Request, State as Shared,
-};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Path as UrlPath, Query, Request, State as Shared};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -16,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{ApiError, Engine, State};
+use crate::joint::space::{Side, TagClass, TagWord, Tags};
 use crate::query::{self, Query as SearchQuery};
 
 type AppState = Arc<State>;
@@ -54,7 +53,10 @@ const MAX_K: usize = 1000;
     components(schemas(
         SearchResponse,
         ResultOut,
-        TagOut,
+        Tags,
+        TagWord,
+        TagClass,
+        Side,
         WordOut,
         ClassOut,
         StatusOut,
@@ -79,10 +81,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(|| async { Html(PAGE) }))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route(
-            "/api/openapi.json",
-            get(|| async { Json(ApiDoc::openapi()) }),
-        )
+        .route("/api/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/api/status", get(status))
         .route("/api/search", get(search_get).post(search_post))
         .route("/api/tags", get(tags_get).post(tags_post))
@@ -99,33 +98,19 @@ pub fn app(state: AppState) -> Router {
 
 /// Counts and times every request by its route pattern.
 async fn track(Shared(state): Shared<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let start = Instant::now();
     let response = next.run(req).await;
-    state.metrics.record(
-        &route,
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    state.metrics.record(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
 /// Mutating requests need `Authorization: Bearer <token>` when a token is set.
-async fn require_token(
-    Shared(state): Shared<AppState>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn require_token(Shared(state): Shared<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
     if let Some(token) = &state.options.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if given != Some(token.as_str()) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -143,10 +128,7 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&State) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     let permit = state.queue.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is busy: too many requests queued; retry shortly",
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is busy: too many requests queued; retry shortly")
     })?;
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
@@ -155,10 +137,7 @@ async fn blocking<T: Send + 'static>(
     })
     .await
     .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the request failed inside the server: {e}"),
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed inside the server: {e}"))
     })?
 }
 
@@ -201,23 +180,16 @@ pub struct ResultOut {
 
 /// A word near an image or a word.
 #[derive(Serialize, ToSchema)]
-pub struct TagOut {
-    /// The word's index in the vocabulary.
-    pub index: usize,
-    pub word: String,
-    /// `1 - cos`.
-    pub distance: f32,
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct SearchResponse {
-    /// `cnn` or `joint`.
+    /// `cnn` or `joint` (the text space).
     pub space: String,
+    /// In the text space: how images were put into it (`zero-shot`, `trained`, `fused`).
+    pub text_side: Option<Side>,
     pub results: Vec<ResultOut>,
     /// Set when the text was longer than the sentence encoder's limit and was cut.
     pub note: Option<String>,
     /// The query image's tags, when asked for (`tags=true`).
-    pub tags: Option<Vec<TagOut>>,
+    pub tags: Option<Tags>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -239,6 +211,8 @@ pub struct StatusOut {
     pub words: String,
     /// The joint model's labels, if one is trained.
     pub joint_labels: Option<Vec<String>>,
+    /// The text side searches and tags use by default (zero-shot until a model is trained).
+    pub text_side: Option<Side>,
     pub hnsw: bool,
 }
 
@@ -256,7 +230,7 @@ pub struct ImageOut {
 pub struct SearchParams {
     /// An indexed image's key.
     pub key: Option<i64>,
-    /// Words: `dog`, `cat sofa`, `cat -sofa` (needs a joint model).
+    /// Words or a sentence: `dog`, `cat sofa`, `cat -sofa`.
     pub text: Option<String>,
     /// An ImageNet class (index or name) to weight an image query by.
     pub class: Option<String>,
@@ -266,8 +240,10 @@ pub struct SearchParams {
     pub max_distance: Option<f32>,
     /// `cnn` (default for an image) or `joint`.
     pub space: Option<String>,
-    /// Also tag the query image (nearest words of the whole vocabulary; needs a joint model).
+    /// Also tag the query image (nearest words and top ImageNet classes).
     pub tags: Option<bool>,
+    /// `zero-shot`, `trained` or `fused` (default: fused once a model is trained, else zero-shot).
+    pub text_side: Option<String>,
 }
 
 /// `POST /api/search`: an uploaded image and the fields of [`SearchParams`].
@@ -282,6 +258,7 @@ pub struct SearchForm {
     max_distance: Option<f32>,
     space: Option<String>,
     tags: Option<bool>,
+    text_side: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -289,6 +266,8 @@ pub struct TagParams {
     pub key: Option<i64>,
     /// How many words, 1-1000 (default 10).
     pub k: Option<usize>,
+    /// `zero-shot`, `trained` or `fused` (default: fused once a model is trained, else zero-shot).
+    pub text_side: Option<String>,
 }
 
 #[allow(dead_code)]
@@ -297,6 +276,7 @@ pub struct TagForm {
     #[schema(value_type = String, format = Binary)]
     image: Vec<u8>,
     k: Option<usize>,
+    text_side: Option<String>,
 }
 
 /// `POST /api/images`: the image, and the label (folder) to file it under.
@@ -333,9 +313,7 @@ pub struct ClassParams {
 fn check_k(k: Option<usize>, default: usize) -> ApiResult<usize> {
     let k = k.unwrap_or(default);
     if k == 0 || k > MAX_K {
-        return Err(ApiError::bad_request(format!(
-            "k must be between 1 and {MAX_K}, got {k}"
-        )));
+        return Err(ApiError::bad_request(format!("k must be between 1 and {MAX_K}, got {k}")));
     }
     Ok(k)
 }
@@ -344,10 +322,7 @@ fn image_out(key: i64, label: &str, path: &str) -> ImageOut {
     ImageOut {
         key,
         label: label.to_owned(),
-        file: Path::new(path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file: Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         thumbnail: format!("/api/images/{key}/thumbnail"),
         original: format!("/api/images/{key}/original"),
     }
@@ -360,10 +335,7 @@ struct Form {
 }
 
 async fn read_form(mut multipart: Multipart) -> ApiResult<Form> {
-    let mut form = Form {
-        image: None,
-        fields: Default::default(),
-    };
+    let mut form = Form { image: None, fields: Default::default() };
     let too_big = |e: axum::extract::multipart::MultipartError| {
         ApiError::new(e.status(), format!("reading the upload: {}", e.body_text()))
     };
@@ -382,17 +354,9 @@ async fn read_form(mut multipart: Multipart) -> ApiResult<Form> {
 }
 
 fn field<T: std::str::FromStr>(form: &Form, name: &str) -> ApiResult<Option<T>> {
-    match form
-        .fields
-        .get(name)
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-    {
+    match form.fields.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| ApiError::bad_request(format!("field {name}: cannot read \"{v}\""))),
+        Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("field {name}: cannot read \"{v}\""))),
     }
 }
 
@@ -413,49 +377,37 @@ fn stored_embedding(engine: &Engine, key: i64) -> ApiResult<Vec<f32>> {
     Ok(engine.store.embedding(&r)?)
 }
 
-fn no_model(state: &State) -> ApiError {
-    ApiError::from(crate::Error::NoModel { db: state.db.clone() })
+fn text_side(requested: Option<&str>) -> ApiResult<Option<Side>> {
+    match requested.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => Ok(Some(s.parse::<Side>().map_err(|e| ApiError::bad_request(e.to_string()))?)),
+    }
 }
 
-fn tags_of(state: &State, engine: &Engine, raw: &[f32], k: usize) -> ApiResult<Vec<TagOut>> {
-    let joint = engine.joint.as_ref().ok_or_else(|| no_model(state))?;
-    let projected = joint.model.project(raw)?;
-    let text = state.text().ok_or_else(|| no_model(state))?;
-    Ok(text
-        .tag_words()
-        .nearest(&projected, k)
-        .into_iter()
-        .map(|n| TagOut {
-            index: n.id,
-            word: n.word,
-            distance: n.distance,
-        })
-        .collect())
+/// The loaded text space (zero-shot at least).
+fn space_of(engine: &Engine) -> ApiResult<&super::Joint> {
+    engine.joint.as_ref().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the text space is not loaded"))
 }
 
-fn run_search(
-    state: &State,
-    p: SearchParams,
-    upload: Option<(Vec<u8>, String)>,
-) -> ApiResult<SearchResponse> {
+fn tags_of(engine: &Engine, raw: &[f32], k: usize, side: Option<Side>) -> ApiResult<Tags> {
+    let joint = space_of(engine)?;
+    let side = joint.space.side_for_store(side, engine.store.as_ref())?;
+    Ok(joint.space.tags(side, raw, k)?)
+}
+
+fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>) -> ApiResult<SearchResponse> {
     let k = check_k(p.k, 20)?;
     if let Some(m) = p.max_distance {
         if !(0.0..=2.0).contains(&m) {
-            return Err(ApiError::bad_request(format!(
-                "max_distance must be between 0 and 2, got {m}"
-            )));
+            return Err(ApiError::bad_request(format!("max_distance must be between 0 and 2, got {m}")));
         }
     }
     let text = p.text.as_deref().map(str::trim).filter(|t| !t.is_empty());
     if p.key.is_some() && upload.is_some() {
-        return Err(ApiError::bad_request(
-            "give either key or an uploaded image, not both",
-        ));
+        return Err(ApiError::bad_request("give either key or an uploaded image, not both"));
     }
     if p.key.is_none() && upload.is_none() && text.is_none() {
-        return Err(ApiError::bad_request(
-            "empty query: give text, an image key, or upload an image",
-        ));
+        return Err(ApiError::bad_request("empty query: give text, an image key, or upload an image"));
     }
     let space = match p.space.as_deref() {
         None | Some("") => {
@@ -466,16 +418,10 @@ fn run_search(
             }
         }
         Some("cnn") if text.is_some() => {
-            return Err(ApiError::bad_request(
-                "text is searched in the joint space; drop space=cnn",
-            ))
+            return Err(ApiError::bad_request("text is searched in the joint space; drop space=cnn"))
         }
         Some(s @ ("cnn" | "joint")) => s,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "space must be cnn or joint, got \"{other}\""
-            )))
-        }
+        Some(other) => return Err(ApiError::bad_request(format!("space must be cnn or joint, got \"{other}\""))),
     };
     if p.class.is_some() && space == "joint" {
         return Err(ApiError::bad_request(
@@ -500,6 +446,7 @@ fn run_search(
         Some((bytes, name)) => Some(embed_upload(state, bytes, name)?),
         None => None,
     };
+    let requested_side = text_side(p.text_side.as_deref())?;
     if space == "joint" || p.tags == Some(true) {
         // Another process may have trained a newer model meanwhile.
         state.refresh_model()?;
@@ -507,8 +454,10 @@ fn run_search(
     let mut truncated = false;
     let text_vector = match text {
         Some(t) => {
-            let encoder = state.text().ok_or_else(|| no_model(state))?;
-            let (v, cut) = encoder.query(t)?;
+            let space = state
+                .text()
+                .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the text space is not loaded"))?;
+            let (v, cut) = space.encoder.query(t)?;
             truncated = cut;
             Some(v)
         }
@@ -520,20 +469,17 @@ fn run_search(
         (None, Some(key)) => Some(stored_embedding(&engine, key)?),
         (None, None) => None,
     };
-    let joint = || engine.joint.as_ref().map(|j| &j.model).ok_or_else(|| no_model(state));
+    let mut side = None;
     let query = match (space, &image, class_weights) {
-        ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted {
-            embedding: img.clone(),
-            weights,
-        },
+        ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted { embedding: img.clone(), weights },
         ("cnn", Some(img), None) => SearchQuery::Cnn(img.clone()),
         (_, img, _) => {
-            let model = joint()?;
-            let mut q = vec![0f32; model.out_dim()];
+            let joint = space_of(&engine)?;
+            let s = joint.space.side_for_store(requested_side, engine.store.as_ref())?;
+            side = Some(s);
+            let mut q = vec![0f32; joint.space.encoder.dim()];
             if let Some(img) = img {
-                q.iter_mut()
-                    .zip(query::unit(&model.project(img)?))
-                    .for_each(|(a, b)| *a += b);
+                q.iter_mut().zip(joint.space.project(s, img)?).for_each(|(a, b)| *a += b);
             }
             if let Some(t) = &text_vector {
                 q.iter_mut().zip(query::unit(t)).for_each(|(a, b)| *a += b);
@@ -544,12 +490,12 @@ fn run_search(
     let indexes = query::Indexes {
         store: engine.store.as_ref(),
         hnsw: engine.hnsw.as_ref(),
-        joint: engine.joint.as_ref().and_then(|j| j.vectors.as_ref()),
-        joint_model: engine.joint.as_ref().map(|j| j.id),
+        joint: engine.joint.as_ref().zip(side).and_then(|(j, s)| j.vectors(s)),
+        joint_model: engine.joint.as_ref().and_then(|j| j.model_id),
     };
     let found = query::search(&indexes, &query, k, p.max_distance)?;
     let tags = match &image {
-        Some(img) if p.tags == Some(true) => Some(tags_of(state, &engine, img, 8)?),
+        Some(img) if p.tags == Some(true) => Some(tags_of(&engine, img, 8, requested_side)?),
         _ => None,
     };
     let results = found
@@ -567,17 +513,18 @@ fn run_search(
             }
         })
         .collect();
-    let note = truncated.then(|| format!("the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS));
-    Ok(SearchResponse { space: space.to_owned(), results, note, tags })
+    let note = truncated.then(|| {
+        format!("the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS)
+    });
+    Ok(SearchResponse { space: space.to_owned(), text_side: side, results, note, tags })
 }
 
 /// After an image is added: extend the HNSW graph and the joint vectors
 /// (embedded store), or give its content a joint embedding (database).
 fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
     if let Some(pg) = engine.store.as_postgres() {
-        if let Some(joint) = &engine.joint {
-            let model = &joint.model;
-            pg.sync_joint(joint.id, model.out_dim(), Some(&[hash.to_owned()]), &|x| model.project(x))?;
+        if let Some((id, model)) = engine.joint.as_ref().and_then(|j| j.space.trained.as_ref()) {
+            pg.sync_joint(*id, model.out_dim(), Some(&[hash.to_owned()]), &|x| model.project(x))?;
         }
         return Ok(());
     }
@@ -592,24 +539,15 @@ fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
         }
     }
     if let Some(joint) = &mut engine.joint {
-        joint.vectors = Some(crate::joint::vectors::JointVectors::update(store, &joint.model)?);
+        joint.update(store)?;
     }
     Ok(())
 }
 
 /// Keeps a label to one safe folder name.
 fn clean_label(label: &str) -> String {
-    let cleaned: String = label
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let cleaned: String =
+        label.trim().chars().map(|c| if c.is_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
     if cleaned.is_empty() || cleaned.chars().all(|c| c == '_') {
         "uploads".into()
     } else {
@@ -634,7 +572,7 @@ async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<Response> {
         let images = engine.store.len()?;
         // A database keeps one vector per content; the embedded store counts its rows.
         let rows = engine.store.as_embedded().map_or(images as u64, |s| s.rows());
-        Ok(s.metrics.render(images, rows, engine.joint.is_some()))
+        Ok(s.metrics.render(images, rows, engine.joint.as_ref().is_some_and(|j| j.space.trained.is_some())))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -652,7 +590,9 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
             joint_labels: engine
                 .joint
                 .as_ref()
-                .map(|j| j.model.info.labels.iter().map(|(l, _)| l.clone()).collect()),
+                .and_then(|j| j.space.trained.as_ref())
+                .map(|(_, m)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
+            text_side: engine.joint.as_ref().and_then(|j| j.space.side_for_store(None, engine.store.as_ref()).ok()),
             hnsw: engine.hnsw.is_some() || engine.store.as_postgres().is_some(),
         }))
     })
@@ -662,20 +602,14 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
 /// Search by an indexed image (`key`), by words (`text`), or both; class-weighted with `class`.
 #[utoipa::path(get, path = "/api/search", params(SearchParams), responses(
     (status = 200, body = SearchResponse), (status = 400, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, description = "needs a trained joint model", body = ErrorOut)))]
-async fn search_get(
-    Shared(state): Shared<AppState>,
-    Query(p): Query<SearchParams>,
-) -> ApiResult<Json<SearchResponse>> {
+async fn search_get(Shared(state): Shared<AppState>, Query(p): Query<SearchParams>) -> ApiResult<Json<SearchResponse>> {
     blocking(&state, move |st| run_search(st, p, None).map(Json)).await
 }
 
 /// Search by an uploaded image (multipart field `image`), optionally with text, class, k, max_distance, space.
 #[utoipa::path(post, path = "/api/search", request_body(content = SearchForm, content_type = "multipart/form-data"), responses(
     (status = 200, body = SearchResponse), (status = 400, body = ErrorOut), (status = 413, body = ErrorOut)))]
-async fn search_post(
-    Shared(state): Shared<AppState>,
-    multipart: Multipart,
-) -> ApiResult<Json<SearchResponse>> {
+async fn search_post(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Json<SearchResponse>> {
     let form = read_form(multipart).await?;
     let p = SearchParams {
         key: field(&form, "key")?,
@@ -685,68 +619,51 @@ async fn search_post(
         max_distance: field(&form, "max_distance")?,
         space: field(&form, "space")?,
         tags: field(&form, "tags")?,
+        text_side: field(&form, "text_side")?,
     };
     let image = form.image;
     blocking(&state, move |st| run_search(st, p, image).map(Json)).await
 }
 
 /// The nearest words of the whole vocabulary to an indexed image.
-#[utoipa::path(get, path = "/api/tags", params(TagParams), responses((status = 200, body = [TagOut]), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
-async fn tags_get(
-    Shared(state): Shared<AppState>,
-    Query(p): Query<TagParams>,
-) -> ApiResult<Json<Vec<TagOut>>> {
+#[utoipa::path(get, path = "/api/tags", params(TagParams), responses((status = 200, body = Tags), (status = 404, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn tags_get(Shared(state): Shared<AppState>, Query(p): Query<TagParams>) -> ApiResult<Json<Tags>> {
     let k = check_k(p.k, 10)?;
-    let key = p
-        .key
-        .ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
+    let key = p.key.ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
+    let side = text_side(p.text_side.as_deref())?;
     blocking(&state, move |st| {
         st.refresh_model()?;
         let engine = read(&st.engine);
         let raw = stored_embedding(&engine, key)?;
-        tags_of(st, &engine, &raw, k).map(Json)
+        tags_of(&engine, &raw, k, side).map(Json)
     })
     .await
 }
 
 /// The nearest words to an uploaded image (multipart field `image`).
-#[utoipa::path(post, path = "/api/tags", request_body(content = TagForm, content_type = "multipart/form-data"), responses((status = 200, body = [TagOut]), (status = 400, body = ErrorOut), (status = 409, body = ErrorOut)))]
-async fn tags_post(
-    Shared(state): Shared<AppState>,
-    multipart: Multipart,
-) -> ApiResult<Json<Vec<TagOut>>> {
+#[utoipa::path(post, path = "/api/tags", request_body(content = TagForm, content_type = "multipart/form-data"), responses((status = 200, body = Tags), (status = 400, body = ErrorOut), (status = 409, body = ErrorOut)))]
+async fn tags_post(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Json<Tags>> {
     let form = read_form(multipart).await?;
     let k = check_k(field(&form, "k")?, 10)?;
-    let (bytes, name) = form.image.ok_or_else(|| {
-        ApiError::bad_request("no image: send it in the multipart field \"image\"")
-    })?;
+    let side = text_side(field::<String>(&form, "text_side")?.as_deref())?;
+    let (bytes, name) =
+        form.image.ok_or_else(|| ApiError::bad_request("no image: send it in the multipart field \"image\""))?;
     blocking(&state, move |st| {
         st.refresh_model()?;
         let raw = embed_upload(st, &bytes, &name)?;
         let engine = read(&st.engine);
-        tags_of(st, &engine, &raw, k).map(Json)
+        tags_of(&engine, &raw, k, side).map(Json)
     })
     .await
 }
 
 /// Nearest words to a word or words (`king -man woman`).
 #[utoipa::path(get, path = "/api/words", params(WordParams), responses((status = 200, body = [WordOut]), (status = 400, body = ErrorOut)))]
-async fn words(
-    Shared(state): Shared<AppState>,
-    Query(p): Query<WordParams>,
-) -> ApiResult<Json<Vec<WordOut>>> {
+async fn words(Shared(state): Shared<AppState>, Query(p): Query<WordParams>) -> ApiResult<Json<Vec<WordOut>>> {
     let k = check_k(p.k, 10)?;
     blocking(&state, move |st| {
         let found = st.words.nearest_to_text(&p.q, k)?;
-        Ok(Json(
-            found
-                .into_iter()
-                .map(|n| WordOut {
-                    word: n.word,
-                    distance: n.distance,
-                })
-                .collect(),
-        ))
+        Ok(Json(found.into_iter().map(|n| WordOut { word: n.word, distance: n.distance }).collect()))
     })
     .await
 }
@@ -759,10 +676,7 @@ async fn classes(Query(p): Query<ClassParams>) -> ApiResult<Json<Vec<ClassOut>>>
     Ok(Json(
         crate::backbone::suggest_classes(&p.q, n)
             .into_iter()
-            .map(|i| ClassOut {
-                index: i,
-                name: all[i].name.clone(),
-            })
+            .map(|i| ClassOut { index: i, name: all[i].name.clone() })
             .collect(),
     ))
 }
@@ -770,29 +684,17 @@ async fn classes(Query(p): Query<ClassParams>) -> ApiResult<Json<Vec<ClassOut>>>
 /// Upload an image into the index (multipart `image`, optional `label`).
 #[utoipa::path(post, path = "/api/images", request_body(content = AddForm, content_type = "multipart/form-data"), responses(
     (status = 201, body = ImageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 413, body = ErrorOut)))]
-async fn add_image(
-    Shared(state): Shared<AppState>,
-    multipart: Multipart,
-) -> ApiResult<(StatusCode, Json<ImageOut>)> {
+async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     let form = read_form(multipart).await?;
-    let label = clean_label(
-        form.fields
-            .get("label")
-            .map(String::as_str)
-            .unwrap_or("uploads"),
-    );
-    let (bytes, name) = form.image.ok_or_else(|| {
-        ApiError::bad_request("no image: send it in the multipart field \"image\"")
-    })?;
+    let label = clean_label(form.fields.get("label").map(String::as_str).unwrap_or("uploads"));
+    let (bytes, name) =
+        form.image.ok_or_else(|| ApiError::bad_request("no image: send it in the multipart field \"image\""))?;
     blocking(&state, move |st| {
         // The current model, so the new image gets its joint embedding.
         st.refresh_model()?;
         // Decoded and embedded before anything is written.
         let embedding = embed_upload(st, &bytes, &name)?;
-        let ext = image::guess_format(&bytes)
-            .ok()
-            .and_then(|f| f.extensions_str().first().copied())
-            .unwrap_or("img");
+        let ext = image::guess_format(&bytes).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("img");
         let hash = {
             use sha2::Digest;
             format!("{:x}", sha2::Sha256::digest(&bytes))
@@ -809,13 +711,17 @@ async fn add_image(
                 }
                 crate::indexer::add_file(engine.store.as_mut(), &path, |_| Ok(embedding))?
             }
-            None => add_to_database(engine.store.as_ref(), &format!("{DB_UPLOADS}{label}/{file}"), &hash, &label, &bytes, embedding)?,
+            None => add_to_database(
+                engine.store.as_ref(),
+                &format!("{DB_UPLOADS}{label}/{file}"),
+                &hash,
+                &label,
+                &bytes,
+                embedding,
+            )?,
         };
         refresh(&mut engine, &r.hash)?;
-        Ok((
-            StatusCode::CREATED,
-            Json(image_out(r.key, &r.label, &r.path)),
-        ))
+        Ok((StatusCode::CREATED, Json(image_out(r.key, &r.label, &r.path))))
     })
     .await
 }
@@ -828,15 +734,9 @@ async fn add_image_by_path(
     Json(body): Json<AddByPath>,
 ) -> ApiResult<(StatusCode, Json<ImageOut>)> {
     blocking(&state, move |st| {
-        let outside = || {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("{}: not a file under the indexed folders", body.path),
-            )
-        };
-        let path = Path::new(&body.path)
-            .canonicalize()
-            .map_err(|_| outside())?;
+        let outside =
+            || ApiError::new(StatusCode::FORBIDDEN, format!("{}: not a file under the indexed folders", body.path));
+        let path = Path::new(&body.path).canonicalize().map_err(|_| outside())?;
         if !path.is_file() || !st.roots.iter().any(|r| path.starts_with(r)) {
             return Err(outside());
         }
@@ -846,25 +746,20 @@ async fn add_image_by_path(
             Ok(lock(&st.embedder).embed_file(p)?.embedding)
         })?;
         refresh(&mut engine, &r.hash)?;
-        Ok((
-            StatusCode::CREATED,
-            Json(image_out(r.key, &r.label, &r.path)),
-        ))
+        Ok((StatusCode::CREATED, Json(image_out(r.key, &r.label, &r.path))))
     })
     .await
 }
 
 /// One indexed image.
 #[utoipa::path(get, path = "/api/images/{key}", params(("key" = i64, Path)), responses((status = 200, body = ImageOut), (status = 404, body = ErrorOut)))]
-async fn image_info(
-    Shared(state): Shared<AppState>,
-    UrlPath(key): UrlPath<i64>,
-) -> ApiResult<Json<ImageOut>> {
+async fn image_info(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Json<ImageOut>> {
     blocking(&state, move |st| {
         let engine = read(&st.engine);
-        let r = engine.store.by_key(key)?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
-        })?;
+        let r = engine
+            .store
+            .by_key(key)?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         Ok(Json(image_out(r.key, &r.label, &r.path)))
     })
     .await
@@ -872,15 +767,13 @@ async fn image_info(
 
 /// Remove an image from the index (an uploaded file is deleted too; files in your folders are kept).
 #[utoipa::path(delete, path = "/api/images/{key}", params(("key" = i64, Path)), responses((status = 204), (status = 401, body = ErrorOut), (status = 404, body = ErrorOut)))]
-async fn delete_image(
-    Shared(state): Shared<AppState>,
-    UrlPath(key): UrlPath<i64>,
-) -> ApiResult<StatusCode> {
+async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<StatusCode> {
     blocking(&state, move |st| {
         let mut engine = write(&st.engine);
-        let r = engine.store.by_key(key)?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
-        })?;
+        let r = engine
+            .store
+            .by_key(key)?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         // A database drops an upload's bytes with its last image.
         engine.store.delete(&[key])?;
         if let Some(uploads) = &st.uploads {
@@ -908,9 +801,9 @@ fn add_to_database(
     embedding: Vec<f32>,
 ) -> crate::Result<crate::store::ImageRecord> {
     use crate::store::{NewImage, NewVector};
-    let pg = store
-        .as_postgres()
-        .ok_or_else(|| crate::Error::Msg(format!("{}: this store keeps uploads as files, not in a database", store.describe())))?;
+    let pg = store.as_postgres().ok_or_else(|| {
+        crate::Error::Msg(format!("{}: this store keeps uploads as files, not in a database", store.describe()))
+    })?;
     if let Some(r) = store.by_path(path)? {
         return Ok(r);
     }
@@ -918,8 +811,16 @@ fn add_to_database(
         Some(original) => NewVector::SameAs { row: original.row, norm: original.norm },
         None => NewVector::Embedding(embedding),
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-    let image = NewImage { path: path.to_owned(), hash: hash.to_owned(), size: bytes.len() as u64, mtime: now, label: label.to_owned(), vector };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let image = NewImage {
+        path: path.to_owned(),
+        hash: hash.to_owned(),
+        size: bytes.len() as u64,
+        mtime: now,
+        label: label.to_owned(),
+        vector,
+    };
     pg.add_upload(&image, bytes)?;
     store.by_path(path)?.ok_or_else(|| crate::Error::Msg(format!("{path}: not found after adding")))
 }
@@ -949,64 +850,41 @@ fn content_type(bytes: &[u8]) -> &'static str {
 
 /// A JPEG thumbnail (longest side 256), made once and cached.
 #[utoipa::path(get, path = "/api/images/{key}/thumbnail", params(("key" = i64, Path)), responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = ErrorOut)))]
-async fn thumbnail(
-    Shared(state): Shared<AppState>,
-    UrlPath(key): UrlPath<i64>,
-) -> ApiResult<Response> {
+async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Response> {
     let bytes = blocking(&state, move |st| {
-        let r = read(&st.engine).store.by_key(key)?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
-        })?;
+        let r = read(&st.engine)
+            .store
+            .by_key(key)?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         let cached = st.thumbs.join(format!("{}-{THUMB_SIZE}.jpg", r.hash));
         if let Ok(bytes) = std::fs::read(&cached) {
             return Ok(bytes);
         }
         let original = original_bytes(st, &r, "; re-run `imgsearch index`")?;
-        let rgb = crate::backbone::decode_rgb(
-            &original,
-            Path::new(&r.path),
-            crate::backbone::DEFAULT_MAX_PIXELS,
-        )?;
+        let rgb = crate::backbone::decode_rgb(&original, Path::new(&r.path), crate::backbone::DEFAULT_MAX_PIXELS)?;
         let (w, h) = rgb.dimensions();
         let scale = (THUMB_SIZE as f64 / w.max(h) as f64).min(1.0);
-        let (tw, th) = (
-            ((w as f64 * scale).round() as u32).max(1),
-            ((h as f64 * scale).round() as u32).max(1),
-        );
+        let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
         let thumb = image::imageops::thumbnail(&rgb, tw, th);
         let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-            .encode_image(&thumb)
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding the thumbnail of {key}: {e}"),
-                )
-            })?;
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(&thumb).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the thumbnail of {key}: {e}"))
+        })?;
         crate::joint::write_atomic(&cached, &out)?;
         Ok(out)
     })
     .await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "image/jpeg"),
-            (header::CACHE_CONTROL, "max-age=86400"),
-        ],
-        bytes,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=86400")], bytes).into_response())
 }
 
 /// The original file.
 #[utoipa::path(get, path = "/api/images/{key}/original", params(("key" = i64, Path)), responses((status = 200, body = Vec<u8>), (status = 404, body = ErrorOut)))]
-async fn original(
-    Shared(state): Shared<AppState>,
-    UrlPath(key): UrlPath<i64>,
-) -> ApiResult<Response> {
+async fn original(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Response> {
     let bytes = blocking(&state, move |st| {
-        let r = read(&st.engine).store.by_key(key)?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}"))
-        })?;
+        let r = read(&st.engine)
+            .store
+            .by_key(key)?
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         original_bytes(st, &r, "")
     })
     .await?;

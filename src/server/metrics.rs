@@ -51,13 +51,18 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE imgsearch_request_duration_seconds histogram");
         for (route, r) in routes.iter() {
             for (b, bound) in r.buckets.iter().zip(BUCKETS) {
-                let _ = writeln!(out, "imgsearch_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {b}");
+                let _ =
+                    writeln!(out, "imgsearch_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {b}");
             }
-            let _ = writeln!(out, "imgsearch_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", r.count);
+            let _ =
+                writeln!(out, "imgsearch_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", r.count);
             let _ = writeln!(out, "imgsearch_request_duration_seconds_sum{{route=\"{route}\"}} {}", r.sum);
             let _ = writeln!(out, "imgsearch_request_duration_seconds_count{{route=\"{route}\"}} {}", r.count);
         }
-        let _ = writeln!(out, "# HELP imgsearch_images Images in the index.\n# TYPE imgsearch_images gauge\nimgsearch_images {images}");
+        let _ = writeln!(
+            out,
+            "# HELP imgsearch_images Images in the index.\n# TYPE imgsearch_images gauge\nimgsearch_images {images}"
+        );
         let _ = writeln!(out, "# HELP imgsearch_vector_rows Stored embedding rows.\n# TYPE imgsearch_vector_rows gauge\nimgsearch_vector_rows {vector_rows}");
         let _ = writeln!(out, "# HELP imgsearch_joint_model Whether a joint model is loaded.\n# TYPE imgsearch_joint_model gauge\nimgsearch_joint_model {}", joint_model as u8);
         out

@@ -25,7 +25,7 @@ pub use api::{app, ApiDoc};
 use crate::backbone::Embedder;
 use crate::index::HnswIndex;
 use crate::joint::vectors::JointVectors;
-use crate::joint::JointModel;
+use crate::joint::{JointModel, Side, TextSpace};
 use crate::store::ImageStore;
 use crate::words::WordVectors;
 use crate::Error;
@@ -70,13 +70,32 @@ pub(crate) struct Engine {
     pub joint: Option<Joint>,
 }
 
-/// The joint model in use.
+/// The text space in use: zero-shot always, the joint model once trained.
 pub(crate) struct Joint {
-    /// The database's model id (0 for a folder's model).
-    pub id: i64,
-    pub model: JointModel,
-    /// Every image's joint embedding (embedded store; a database keeps them).
-    pub vectors: Option<JointVectors>,
+    /// The database's model id (0 for a folder's model), `None` untrained.
+    pub model_id: Option<i64>,
+    pub space: Arc<TextSpace>,
+    /// Each available side's image vectors (embedded store; a database
+    /// keeps the trained side's itself).
+    pub vectors: Vec<(Side, JointVectors)>,
+}
+
+impl Joint {
+    pub fn vectors(&self, side: Side) -> Option<&JointVectors> {
+        self.vectors.iter().find(|(s, _)| *s == side).map(|(_, v)| v)
+    }
+
+    /// Brings every side's vectors up to date with the store (after images were added).
+    pub fn update(&mut self, store: &crate::store::Store) -> crate::Result<()> {
+        let sides: Vec<Side> = Side::ALL.into_iter().filter(|&s| self.space.side(Some(s)).is_ok()).collect();
+        self.vectors.clear();
+        for side in sides {
+            let projection = self.space.projection(side)?;
+            let v = JointVectors::update(store, &projection, &JointVectors::path_for(store.dir(), side))?;
+            self.vectors.push((side, v));
+        }
+        Ok(())
+    }
 }
 
 /// Everything a request may use.
@@ -86,8 +105,8 @@ pub struct State {
     pub(crate) embedder: Mutex<Embedder>,
     /// Word vectors for `/api/words`.
     pub(crate) words: WordVectors,
-    /// The joint model's text side (queries and tags), when there is a model.
-    pub(crate) text: Mutex<Option<Arc<crate::text::QueryEncoder>>>,
+    /// The text space (queries and tags), once loaded.
+    pub(crate) text: Mutex<Option<Arc<TextSpace>>>,
     /// The store's name for messages: its folder, or the database (no password).
     pub(crate) db: PathBuf,
     /// Where uploads are written (embedded store; a database keeps their bytes).
@@ -143,9 +162,9 @@ impl State {
         Ok(state)
     }
 
-    /// Loads the store's current joint model when it is not the one in use
-    /// (at start, and on a database after another process trained one),
-    /// with its text side and joint embeddings.
+    /// Loads the text space with the store's current joint model when it
+    /// is not the one in use (at start, and on a database after another
+    /// process trained one), with its sides' image vectors.
     pub(crate) fn refresh_model(&self) -> crate::Result<()> {
         let db = self.db.as_path();
         let in_use = |engine: &Engine| -> crate::Result<bool> {
@@ -153,7 +172,7 @@ impl State {
                 Some(pg) => pg.model_id()?,
                 None => crate::joint::exists(db).then_some(0),
             };
-            Ok(current == engine.joint.as_ref().map(|j| j.id))
+            Ok(engine.joint.as_ref().map(|j| j.model_id) == Some(current))
         };
         if in_use(&self.engine.read().unwrap_or_else(|e| e.into_inner()))? {
             return Ok(());
@@ -163,27 +182,29 @@ impl State {
         if in_use(&engine)? {
             return Ok(());
         }
-        let Some((id, model)) = JointModel::load_current(engine.store.as_ref(), db)? else {
-            return Ok(());
-        };
-        let trained = model.info.words.clone();
-        model.check_compatible(&self.options.backbone, &trained)?;
-        let text = crate::text::QueryEncoder::for_model(&self.options.models, &trained, self.options.words_file.as_deref())?;
-        let vectors = match engine.store.as_embedded() {
-            Some(store) => Some(JointVectors::update(store, &model)?),
-            None => None,
-        };
-        if let Some(pg) = engine.store.as_postgres() {
-            // Images another process added while the model was being trained.
-            pg.sync_joint(id, model.out_dim(), None, &|x| model.project(x))?;
+        let trained = JointModel::load_current(engine.store.as_ref(), db)?;
+        if let Some((_, model)) = &trained {
+            model.check_compatible(&self.options.backbone, &model.info.words.clone())?;
         }
-        engine.joint = Some(Joint { id, model, vectors });
-        *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(text));
+        let config = crate::backbone::Config::by_name(&self.options.backbone)
+            .ok_or_else(|| Error::Msg(format!("unknown backbone {}", self.options.backbone)))?;
+        let space =
+            Arc::new(TextSpace::load(&self.options.models, &config, trained, self.options.words_file.as_deref())?);
+        if let (Some(pg), Some((id, model))) = (engine.store.as_postgres(), &space.trained) {
+            // Images another process added while the model was being trained.
+            pg.sync_joint(*id, model.out_dim(), None, &|x| model.project(x))?;
+        }
+        let mut joint = Joint { model_id: space.model_id(), space: space.clone(), vectors: Vec::new() };
+        if let Some(store) = engine.store.as_embedded() {
+            joint.update(store)?;
+        }
+        engine.joint = Some(joint);
+        *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(space);
         Ok(())
     }
 
-    /// The joint model's text side, if there is a model.
-    pub(crate) fn text(&self) -> Option<Arc<crate::text::QueryEncoder>> {
+    /// The text space, once loaded.
+    pub(crate) fn text(&self) -> Option<Arc<TextSpace>> {
         self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -243,7 +264,8 @@ pub async fn serve(addr: std::net::SocketAddr, state: State) -> anyhow::Result<(
         is_loopback(&addr) || state.options.token.is_some(),
         "binding to {addr} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN"
     );
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let state = Arc::new(state);
     let app = app(state.clone());
     eprintln!("serving on http://{}/", listener.local_addr()?);

@@ -159,9 +159,8 @@ impl Store {
             path: dir.to_path_buf(),
             reason: format!("{reason}; the store is damaged: move it aside and re-run `imgsearch index`"),
         };
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| corrupt(e.to_string()))?;
+        let check: String =
+            conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| corrupt(e.to_string()))?;
         if check != "ok" {
             return Err(corrupt(format!("SQLite integrity check: {check}")));
         }
@@ -395,7 +394,10 @@ impl Store {
                     NewVector::SameAs { row, norm } => (*row, *norm),
                 };
                 let key: i64 = insert
-                    .query_row(params![img.path, img.hash, img.size as i64, img.mtime, img.label, row as i64, norm as f64], |r| r.get(0))
+                    .query_row(
+                        params![img.path, img.hash, img.size as i64, img.mtime, img.label, row as i64, norm as f64],
+                        |r| r.get(0),
+                    )
                     .map_err(|e| db_err(&self.dir, e))?;
                 keys.push(key);
             }
@@ -499,7 +501,14 @@ mod tests {
     use super::*;
 
     fn image(path: &str, hash: &str, e: Vec<f32>) -> NewImage {
-        NewImage { path: path.into(), hash: hash.into(), size: 1, mtime: 2, label: "cat".into(), vector: NewVector::Embedding(e) }
+        NewImage {
+            path: path.into(),
+            hash: hash.into(),
+            size: 1,
+            mtime: 2,
+            label: "cat".into(),
+            vector: NewVector::Embedding(e),
+        }
     }
 
     #[test]
@@ -556,7 +565,8 @@ mod tests {
         let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
         s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
         let a = s.by_path("a.jpg").unwrap().unwrap();
-        let copy = NewImage { vector: NewVector::SameAs { row: a.row, norm: a.norm }, ..image("copy.jpg", "h1", vec![]) };
+        let copy =
+            NewImage { vector: NewVector::SameAs { row: a.row, norm: a.norm }, ..image("copy.jpg", "h1", vec![]) };
         s.add_batch(&[copy]).unwrap();
         assert_eq!(s.vectors().len(), 2, "no new row for identical content");
         assert_eq!(s.by_hash("h1").unwrap().len(), 2);

@@ -69,7 +69,7 @@ pub struct PgStore {
 fn migrations(dim: usize) -> Vec<String> {
     vec![
         format!(
-        "CREATE EXTENSION IF NOT EXISTS vector;
+            "CREATE EXTENSION IF NOT EXISTS vector;
          CREATE TABLE settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
          CREATE TABLE vectors(
              id BIGSERIAL PRIMARY KEY,
@@ -145,7 +145,9 @@ impl PgStore {
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| Error::Store {
                 path: name.clone().into(),
-                reason: format!("cannot connect to PostgreSQL at {name}: {e}; is the server running and the URL right?"),
+                reason: format!(
+                    "cannot connect to PostgreSQL at {name}: {e}; is the server running and the URL right?"
+                ),
             })?;
         let store = Self { pool, name, dim, ef_search: DEFAULT_EF_SEARCH, exact: Default::default() };
         store.migrate(backbone, dim)?;
@@ -182,7 +184,9 @@ impl PgStore {
             };
             match f(&mut conn) {
                 Ok(v) => return Ok(v),
-                Err(e) if retryable(&e) => last = self.err(format!("lost the connection to {}: {}", self.name, pg_message(&e))),
+                Err(e) if retryable(&e) => {
+                    last = self.err(format!("lost the connection to {}: {}", self.name, pg_message(&e)))
+                }
                 Err(e) => return Err(self.pg_err(e)),
             }
         }
@@ -272,7 +276,14 @@ impl PgStore {
     /// (they read other rows and another index). When it commits, every
     /// process sees the new model; then the previous models' rows and
     /// indexes are dropped. Returns the model id and the rows projected.
-    pub fn save_model(&self, info: &str, weights: &[u8], report: &str, out_dim: usize, project: Project<'_>) -> Result<(i64, usize)> {
+    pub fn save_model(
+        &self,
+        info: &str,
+        weights: &[u8],
+        report: &str,
+        out_dim: usize,
+        project: Project<'_>,
+    ) -> Result<(i64, usize)> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
         let run = |tx: &mut postgres::Transaction| -> std::result::Result<(i64, usize), Error> {
@@ -280,7 +291,10 @@ impl PgStore {
             // One trainer at a time.
             tx.execute("SELECT pg_advisory_xact_lock(7355609)", &[]).map_err(pg)?;
             let id: i64 = tx
-                .query_one("INSERT INTO models(info, weights, report) VALUES ($1, $2, $3) RETURNING id", &[&info, &weights, &report])
+                .query_one(
+                    "INSERT INTO models(info, weights, report) VALUES ($1, $2, $3) RETURNING id",
+                    &[&info, &weights, &report],
+                )
                 .map_err(pg)?
                 .get(0);
             let select = tx.prepare("SELECT hash, embedding, norm FROM vectors").map_err(pg)?;
@@ -309,7 +323,8 @@ impl PgStore {
         tx.commit().map_err(|e| self.pg_err(e))?;
         // The previous models' joint rows and indexes are no longer read.
         self.retry(|c| {
-            let old: Vec<i64> = c.query("SELECT id FROM models WHERE id < $1", &[&id])?.iter().map(|r| r.get(0)).collect();
+            let old: Vec<i64> =
+                c.query("SELECT id FROM models WHERE id < $1", &[&id])?.iter().map(|r| r.get(0)).collect();
             for m in old {
                 c.batch_execute(&format!("DROP INDEX IF EXISTS joint_hnsw_{m}"))?;
             }
@@ -323,7 +338,12 @@ impl PgStore {
 
     /// The hashes of `rows` (`hash, embedding, norm`) and their joint
     /// embeddings, unit length (a zero projection stays zero).
-    fn project_rows(&self, rows: &[postgres::Row], out_dim: usize, project: Project<'_>) -> Result<(Vec<String>, Vec<Vector>)> {
+    fn project_rows(
+        &self,
+        rows: &[postgres::Row],
+        out_dim: usize,
+        project: Project<'_>,
+    ) -> Result<(Vec<String>, Vec<Vector>)> {
         let mut raw = Vec::with_capacity(rows.len() * self.dim);
         let mut hashes = Vec::with_capacity(rows.len());
         for r in rows {
@@ -333,7 +353,11 @@ impl PgStore {
         }
         let out = project(&raw)?;
         if out.len() != rows.len() * out_dim {
-            return Err(self.err(format!("the joint model gave {} values for {} rows of {out_dim}", out.len(), rows.len())));
+            return Err(self.err(format!(
+                "the joint model gave {} values for {} rows of {out_dim}",
+                out.len(),
+                rows.len()
+            )));
         }
         Ok((hashes, out.chunks_exact(out_dim).map(|v| Vector::from(crate::query::unit(v))).collect()))
     }
@@ -342,7 +366,13 @@ impl PgStore {
     /// `model_id` (all of them, or only `hashes`). Rows are written only
     /// while `model_id` is still the current model, so a process that
     /// missed a retrain cannot mix spaces. Idempotent. Returns rows added.
-    pub fn sync_joint(&self, model_id: i64, out_dim: usize, hashes: Option<&[String]>, project: Project<'_>) -> Result<usize> {
+    pub fn sync_joint(
+        &self,
+        model_id: i64,
+        out_dim: usize,
+        hashes: Option<&[String]>,
+        project: Project<'_>,
+    ) -> Result<usize> {
         let mut added = 0;
         loop {
             if self.model_id()? != Some(model_id) {
@@ -393,8 +423,9 @@ impl PgStore {
 
     /// How many contents have a joint embedding under the current model.
     pub fn joint_len(&self) -> Result<usize> {
-        let n: i64 =
-            self.retry(|c| c.query_one("SELECT COUNT(*) FROM joint WHERE model = (SELECT MAX(id) FROM models)", &[]))?.get(0);
+        let n: i64 = self
+            .retry(|c| c.query_one("SELECT COUNT(*) FROM joint WHERE model = (SELECT MAX(id) FROM models)", &[]))?
+            .get(0);
         Ok(n as usize)
     }
 
@@ -434,12 +465,21 @@ impl PgStore {
     /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
     /// (the query) and `$2` (the limit), plus `extra` from `$3` on; its
     /// hits are joined with their images, nearest first.
-    fn nearest_by(&self, inner: &str, args: &[&(dyn postgres::types::ToSql + Sync)], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    fn nearest_by(
+        &self,
+        inner: &str,
+        args: &[&(dyn postgres::types::ToSql + Sync)],
+        k: usize,
+    ) -> Result<Vec<(ImageRecord, f32)>> {
         if k == 0 {
             return Ok(Vec::new());
         }
         let ef = self.ef_search.max(k);
-        let exact = if self.exact.load(std::sync::atomic::Ordering::Relaxed) { "SET LOCAL enable_indexscan = off;" } else { "" };
+        let exact = if self.exact.load(std::sync::atomic::Ordering::Relaxed) {
+            "SET LOCAL enable_indexscan = off;"
+        } else {
+            ""
+        };
         let limit = k as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![args[0], &limit];
         params.extend_from_slice(&args[1..]);
@@ -482,7 +522,10 @@ impl PgStore {
                     &[&image.hash, norm, v],
                 )?;
             }
-            tx.execute("INSERT INTO blobs(hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING", &[&image.hash, &bytes])?;
+            tx.execute(
+                "INSERT INTO blobs(hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+                &[&image.hash, &bytes],
+            )?;
             let key: i64 = tx
                 .query_one(
                     "INSERT INTO images(path, hash, size, mtime, label) VALUES ($1, $2, $3, $4, $5)
@@ -675,7 +718,11 @@ impl ImageStore for PgStore {
 
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
         let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
-        self.nearest_by("SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors ORDER BY embedding <=> $1 LIMIT $2", &[&q], k)
+        self.nearest_by(
+            "SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors ORDER BY embedding <=> $1 LIMIT $2",
+            &[&q],
+            k,
+        )
     }
 
     fn as_postgres(&self) -> Option<&PgStore> {

@@ -79,7 +79,10 @@ impl Reader<'_> {
     }
 
     fn norm(&self, prefix: &str) -> Result<Norm> {
-        Ok(Norm { gamma: self.get(&format!("{prefix}.weight"), &[HIDDEN])?, beta: self.get(&format!("{prefix}.bias"), &[HIDDEN])? })
+        Ok(Norm {
+            gamma: self.get(&format!("{prefix}.weight"), &[HIDDEN])?,
+            beta: self.get(&format!("{prefix}.bias"), &[HIDDEN])?,
+        })
     }
 
     /// Loads PyTorch `[n, k]` weights (several stacked along `n`) as one

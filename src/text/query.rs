@@ -16,27 +16,44 @@ pub const TAG_VOCABULARY: usize = 20_000;
 /// How a model's text queries are encoded, and the words tags come from.
 pub enum QueryEncoder {
     Words(WordVectors),
-    Sentences { encoder: Box<SentenceEncoder>, tags: WordVectors },
+    Sentences {
+        encoder: Box<SentenceEncoder>,
+        /// The tag vocabulary, embedded on first use (a minute once, then cached).
+        tags: std::sync::OnceLock<WordVectors>,
+        models: PathBuf,
+        words_file: Option<PathBuf>,
+    },
 }
 
 impl QueryEncoder {
+    /// The sentence encoder (what a store with no trained model is queried with).
+    pub fn sentences(models: &Path, words_file: Option<&Path>) -> Result<Self> {
+        let encoder = SentenceEncoder::load(&SentenceEncoder::dir(models))?;
+        Ok(Self::Sentences {
+            encoder: Box::new(encoder),
+            tags: std::sync::OnceLock::new(),
+            models: models.to_path_buf(),
+            words_file: words_file.map(Path::to_path_buf),
+        })
+    }
+
     /// The encoder a model trained with `trained` needs. `words_file` is the
     /// user's word-vector file (default GloVe 50d); a mismatch is refused with both names.
     pub fn for_model(models: &Path, trained: &WordsId, words_file: Option<&Path>) -> Result<Self> {
-        let words = crate::words::open(models, words_file)?;
         if trained.words == 0 {
-            let encoder = SentenceEncoder::load(&SentenceEncoder::dir(models))?;
-            if encoder.name() != trained.name || encoder.dim() != trained.dim {
+            let encoder = Self::sentences(models, words_file)?;
+            let loaded = encoder.id();
+            if loaded.name != trained.name || loaded.dim != trained.dim {
                 return Err(Error::ModelMismatch {
                     what: "text encoder".into(),
                     trained: trained.to_string(),
-                    loaded: format!("{} ({}-d sentence encoder)", encoder.name(), encoder.dim()),
+                    loaded: loaded.to_string(),
                     hint: "retrain with `imgsearch train`".into(),
                 });
             }
-            let tags = tag_vocabulary(models, &encoder, &words)?;
-            return Ok(Self::Sentences { encoder: Box::new(encoder), tags });
+            return Ok(encoder);
         }
+        let words = crate::words::open(models, words_file)?;
         let loaded = WordsId::of(&words);
         if &loaded != trained {
             return Err(Error::ModelMismatch {
@@ -49,6 +66,21 @@ impl QueryEncoder {
         Ok(Self::Words(words))
     }
 
+    /// What the encoder is, as a model records it.
+    pub fn id(&self) -> WordsId {
+        match self {
+            Self::Words(w) => WordsId::of(w),
+            Self::Sentences { encoder, .. } => WordsId { name: encoder.name(), dim: encoder.dim(), words: 0 },
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::Words(w) => w.dim(),
+            Self::Sentences { encoder, .. } => encoder.dim(),
+        }
+    }
+
     /// A text query's vector: word vectors sum the words (`-word`
     /// subtracts); the sentence encoder embeds the text without the `-word`
     /// terms and subtracts each of those embedded alone. Also says whether
@@ -57,7 +89,8 @@ impl QueryEncoder {
         match self {
             Self::Words(words) => Ok((words.query_vector(&WordQuery::parse(text)?)?, false)),
             Self::Sentences { encoder, .. } => {
-                let (neg, pos): (Vec<&str>, Vec<&str>) = text.split_whitespace().partition(|t| t.starts_with('-') && t.len() > 1);
+                let (neg, pos): (Vec<&str>, Vec<&str>) =
+                    text.split_whitespace().partition(|t| t.starts_with('-') && t.len() > 1);
                 let positive = pos.join(" ");
                 if positive.trim().is_empty() && neg.is_empty() {
                     return Err(Error::EmptyQuery);
@@ -81,16 +114,28 @@ impl QueryEncoder {
     }
 
     /// The words tags are chosen from (vectors in the model's target space).
-    pub fn tag_words(&self) -> &WordVectors {
+    pub fn tag_words(&self) -> Result<&WordVectors> {
         match self {
-            Self::Words(w) => w,
-            Self::Sentences { tags, .. } => tags,
+            Self::Words(w) => Ok(w),
+            Self::Sentences { encoder, tags, models, words_file } => {
+                if let Some(t) = tags.get() {
+                    return Ok(t);
+                }
+                let words = crate::words::open(models, words_file.as_deref())?;
+                let made = tag_vocabulary(models, encoder, &words)?;
+                // Two threads may both make it; the cached file is the same.
+                Ok(tags.get_or_init(|| made))
+            }
         }
     }
 }
 
 fn tag_vocabulary_path(models: &Path, words: &WordVectors) -> PathBuf {
-    models.join("words-cache").join(format!("{}-tags-{}-{TAG_VOCABULARY}.wv", "all-MiniLM-L6-v2", WordsId::of(words).name))
+    models.join("words-cache").join(format!(
+        "{}-tags-{}-{TAG_VOCABULARY}.wv",
+        "all-MiniLM-L6-v2",
+        WordsId::of(words).name
+    ))
 }
 
 /// The tag vocabulary embedded by the sentence encoder, made once (about a
@@ -102,8 +147,12 @@ pub fn tag_vocabulary(models: &Path, encoder: &SentenceEncoder, words: &WordVect
     }
     let n = TAG_VOCABULARY.min(words.len());
     // Alphabetic words only: GloVe's most frequent entries include punctuation.
-    let chosen: Vec<String> =
-        (0..words.len()).map(|i| words.word(i)).filter(|w| w.chars().all(char::is_alphabetic)).take(n).map(str::to_owned).collect();
+    let chosen: Vec<String> = (0..words.len())
+        .map(|i| words.word(i))
+        .filter(|w| w.chars().all(char::is_alphabetic))
+        .take(n)
+        .map(str::to_owned)
+        .collect();
     eprintln!("embedding {} tag words with {} once (cached in {})", chosen.len(), encoder.name(), path.display());
     let refs: Vec<&str> = chosen.iter().map(String::as_str).collect();
     let data: Vec<f32> = encoder.encode(&refs)?.into_iter().flat_map(|e| e.vector).collect();

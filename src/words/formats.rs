@@ -27,11 +27,12 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// Reads any supported text or binary format, detected from the contents.
 pub fn read_any(path: &Path) -> Result<RawVectors> {
     let mut head = [0u8; 6];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| Error::io(path, e))?;
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(path, e))?;
     if head[..n].starts_with(b"\x93NUMPY") {
-        return Err(bad(path, "a bare .npy has no vocabulary: pass the .npy with its parquet vocabulary (read_npy_parquet)"));
+        return Err(bad(
+            path,
+            "a bare .npy has no vocabulary: pass the .npy with its parquet vocabulary (read_npy_parquet)",
+        ));
     }
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -75,7 +76,12 @@ fn looks_binary(start: &[u8]) -> bool {
 }
 
 /// GloVe text (no header) or word2vec text (with `header`).
-fn read_text_lines<R: BufRead>(path: &Path, reader: R, header: Option<(usize, usize)>, first_line_no: usize) -> Result<RawVectors> {
+fn read_text_lines<R: BufRead>(
+    path: &Path,
+    reader: R,
+    header: Option<(usize, usize)>,
+    first_line_no: usize,
+) -> Result<RawVectors> {
     let mut dim = header.map(|h| h.1);
     let mut words = Vec::new();
     let mut data = Vec::new();
@@ -93,7 +99,13 @@ fn read_text_lines<R: BufRead>(path: &Path, reader: R, header: Option<(usize, us
             return Err(bad(path, format!("line {line_no}: a word with no numbers")));
         }
         if fields.len() < d + 1 {
-            return Err(bad(path, format!("line {line_no}: expected a word and {d} numbers, found {} fields (ragged rows?)", fields.len())));
+            return Err(bad(
+                path,
+                format!(
+                    "line {line_no}: expected a word and {d} numbers, found {} fields (ragged rows?)",
+                    fields.len()
+                ),
+            ));
         }
         // Words may contain spaces: the numbers are the last `d` fields.
         let split = fields.len() - d;
@@ -129,9 +141,9 @@ fn read_word2vec_binary_body<R: BufRead>(path: &Path, mut reader: R, count: usiz
         }
         word.pop();
         let word = String::from_utf8_lossy(&word).trim_start_matches('\n').to_owned();
-        reader
-            .read_exact(&mut buf)
-            .map_err(|_| bad(path, format!("entry {entry} of {count} ('{word}'): file ends inside its {dim} floats")))?;
+        reader.read_exact(&mut buf).map_err(|_| {
+            bad(path, format!("entry {entry} of {count} ('{word}'): file ends inside its {dim} floats"))
+        })?;
         data.extend(buf.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())));
         words.push(word);
     }
@@ -159,8 +171,9 @@ pub fn read_npy_f32(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
         v => return Err(bad(path, format!("unsupported .npy version {v}"))),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| bad(path, "truncated header"))?)
-        .map_err(|_| bad(path, "header is not text"))?;
+    let header =
+        std::str::from_utf8(bytes.get(start..start + header_len).ok_or_else(|| bad(path, "truncated header"))?)
+            .map_err(|_| bad(path, "header is not text"))?;
     if !header.contains("'descr': '<f4'") {
         return Err(bad(path, format!("only little-endian float32 (<f4) is supported, header: {header}")));
     }
@@ -170,13 +183,21 @@ pub fn read_npy_f32(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         .nth(1)
         .and_then(|s| s.split(')').next())
         .ok_or_else(|| bad(path, "no shape in header"))?;
-    let dims: Vec<usize> = shape.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse()).collect::<std::result::Result<_, _>>().map_err(|_| bad(path, format!("bad shape ({shape})")))?;
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad(path, format!("bad shape ({shape})")))?;
     let [rows, cols] = dims[..] else {
         return Err(bad(path, format!("expected a 2-d matrix, shape is ({shape})")));
     };
     let body = &bytes[start + header_len..];
     if body.len() < rows * cols * 4 {
-        return Err(bad(path, format!("truncated: {rows}x{cols} floats need {} bytes, found {}", rows * cols * 4, body.len())));
+        return Err(bad(
+            path,
+            format!("truncated: {rows}x{cols} floats need {} bytes, found {}", rows * cols * 4, body.len()),
+        ));
     }
     let values = body.chunks_exact(4).take(rows * cols).map(|b| f32::from_le_bytes(b.try_into().unwrap()));
     let data = if fortran {

@@ -50,7 +50,12 @@ pub fn open(models: &Path, file: Option<&Path>) -> Result<WordVectors> {
     }
     let meta = std::fs::metadata(file).map_err(|e| Error::io(file, e))?;
     let canonical = file.canonicalize().map_err(|e| Error::io(file, e))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let key = {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();

@@ -102,7 +102,10 @@ impl WordVectors {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the file is only read; it is replaced by rename, never rewritten in place.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let bad = |reason: &str| Error::BadVectors { path: path.to_path_buf(), reason: format!("{reason}; delete it to have it rebuilt") };
+        let bad = |reason: &str| Error::BadVectors {
+            path: path.to_path_buf(),
+            reason: format!("{reason}; delete it to have it rebuilt"),
+        };
         if mmap.len() < HEADER_LEN || &mmap[..8] != MAGIC {
             return Err(bad("not an imgsearch word-vector file"));
         }

@@ -26,7 +26,9 @@ fn decode(bytes: &[u8]) -> Result<RgbImage, Error> {
 #[test]
 fn every_supported_format_decodes_to_rgb() {
     let img = DynamicImage::ImageRgb8(test_image());
-    for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff] {
+    for format in
+        [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp, ImageFormat::Tiff]
+    {
         let rgb = decode(&encode(&img, format)).unwrap_or_else(|e| panic!("{format:?}: {e}"));
         assert_eq!(rgb.dimensions(), (40, 20), "{format:?}");
         let left = rgb.get_pixel(5, 10);

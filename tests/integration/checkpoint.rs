@@ -62,11 +62,9 @@ fn real_lite0_checkpoint_reads_with_permuted_strides() {
     let stem = &tensors.iter().find(|(n, _)| n == "_conv_stem.weight").unwrap().1;
     assert_eq!(stem.dims(), &[32, 3, 3, 3]);
     // The converted safetensors (what the model loads) holds the same values.
-    let converted = candle_core::safetensors::load(
-        models.join("efficientnet-lite0/model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let converted =
+        candle_core::safetensors::load(models.join("efficientnet-lite0/model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
     let diff = (stem - &converted["_conv_stem.weight"]).unwrap().abs().unwrap().max_all().unwrap();
     assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
 }

@@ -11,7 +11,8 @@ fn synthetic_image(i: usize, size: usize) -> Vec<f32> {
         for x in 0..size {
             for c in 0..3 {
                 let (fi, fx, fy, fc) = (i as f64, x as f64, y as f64, c as f64);
-                let v = 127.5 + 127.5 * (0.031 * (fi + 1.0) * fx * (fc + 1.0) + 0.017 * fy * (fi + 2.0) + 0.5 * fc + fi).sin();
+                let v = 127.5
+                    + 127.5 * (0.031 * (fi + 1.0) * fx * (fc + 1.0) + 0.017 * fy * (fi + 2.0) + 0.5 * fc + fi).sin();
                 out.push(((v.floor() - 127.0) / 128.0) as f32);
             }
         }
@@ -54,6 +55,7 @@ fn batching_does_not_change_an_embedding() {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn a_dog_photo_is_classified_as_a_dog() {
     let e = lite0().embed_file(&pascal_images().join("dog/2008_000053.jpg")).unwrap();
     let top = top_k(&e.logits, 1)[0];
@@ -61,6 +63,7 @@ fn a_dog_photo_is_classified_as_a_dog() {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn embed_files_reports_each_failure_and_embeds_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.jpg");

@@ -26,13 +26,17 @@ fn json(out: Output) -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn train_then_tag_search_by_words_and_keep_joint_vectors_current() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     copy_images(&photos, &["boat", "bottle", "cat", "car"], 12);
     let db = tmp.path().join("db");
     let photos_s = photos.to_str().unwrap();
-    let report = json(imgsearch(&db, &["train", "--data", photos_s, "--encoder", "glove", "--epochs", "30", "--batch-size", "8", "--json"]));
+    let report = json(imgsearch(
+        &db,
+        &["train", "--data", photos_s, "--encoder", "glove", "--epochs", "30", "--batch-size", "8", "--json"],
+    ));
     assert_eq!(report["labels"], 4);
     assert_eq!(report["train_images"].as_u64().unwrap() + report["test_images"].as_u64().unwrap(), 48);
     assert_eq!(report["newly_embedded"], 48);
@@ -72,7 +76,8 @@ fn train_then_tag_search_by_words_and_keep_joint_vectors_current() {
     assert!(e.contains("--class"), "{e}");
 
     // Image -> image in the joint space: the query finds itself, then its label.
-    let joint = json(imgsearch(&db, &["search", "--image", bottle.to_str().unwrap(), "--space", "joint", "-k", "5", "--json"]));
+    let joint =
+        json(imgsearch(&db, &["search", "--image", bottle.to_str().unwrap(), "--space", "joint", "-k", "5", "--json"]));
     assert_eq!(joint[0]["path"], bottle.canonicalize().unwrap().to_str().unwrap());
     assert!(joint.as_array().unwrap().iter().filter(|r| r["label"] == "bottle").count() >= 4, "{joint}");
 
@@ -86,6 +91,7 @@ fn train_then_tag_search_by_words_and_keep_joint_vectors_current() {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn tagging_or_text_search_without_a_model_says_how_to_train() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
@@ -103,6 +109,7 @@ fn tagging_or_text_search_without_a_model_says_how_to_train() {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn bad_labels_are_listed_and_can_be_skipped_and_one_label_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
@@ -132,6 +139,7 @@ fn bad_labels_are_listed_and_can_be_skipped_and_one_label_is_refused() {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn a_model_trained_with_other_word_vectors_is_refused_naming_both() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
@@ -140,7 +148,22 @@ fn a_model_trained_with_other_word_vectors_is_refused_naming_both() {
     std::fs::write(&words, "cat 1 0 0.2\ndog 0 1 0.1\nsofa 0.5 0.5 1\n").unwrap();
     let db = tmp.path().join("db");
     let w = words.to_str().unwrap();
-    ok(imgsearch(&db, &["train", "--data", photos.to_str().unwrap(), "--encoder", "glove", "--words", w, "--epochs", "2", "--batch-size", "4"]));
+    ok(imgsearch(
+        &db,
+        &[
+            "train",
+            "--data",
+            photos.to_str().unwrap(),
+            "--encoder",
+            "glove",
+            "--words",
+            w,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+        ],
+    ));
     let e = err(imgsearch(&db, &["tag", files[0].to_str().unwrap()]));
     assert!(e.contains("tiny (3 words x 3)") && e.contains("glove.6B.50d (400000 words x 50)"), "{e}");
     // With the same vectors it works: the vocabulary is the three words.
@@ -151,17 +174,36 @@ fn a_model_trained_with_other_word_vectors_is_refused_naming_both() {
 }
 
 #[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 fn sentence_encoder_trains_on_captions_and_unmatched_caption_keys_are_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     let files = copy_images(&photos, &["cat", "boat"], 4);
     let db = tmp.path().join("db");
-    let key = |p: &std::path::Path| format!("{}/{}", p.parent().unwrap().file_name().unwrap().to_str().unwrap(), p.file_name().unwrap().to_str().unwrap());
+    let key = |p: &std::path::Path| {
+        format!(
+            "{}/{}",
+            p.parent().unwrap().file_name().unwrap().to_str().unwrap(),
+            p.file_name().unwrap().to_str().unwrap()
+        )
+    };
     // Captions for the cats only; the boats fall back to their label.
     let captions = tmp.path().join("caps.json");
-    let cats: serde_json::Map<String, serde_json::Value> = files[..4].iter().map(|f| (key(f), serde_json::json!(["A small cat sitting indoors."]))).collect();
+    let cats: serde_json::Map<String, serde_json::Value> =
+        files[..4].iter().map(|f| (key(f), serde_json::json!(["A small cat sitting indoors."]))).collect();
     std::fs::write(&captions, serde_json::Value::Object(cats).to_string()).unwrap();
-    let args = ["train", "--data", photos.to_str().unwrap(), "--captions", captions.to_str().unwrap(), "--epochs", "5", "--batch-size", "4", "--json"];
+    let args = [
+        "train",
+        "--data",
+        photos.to_str().unwrap(),
+        "--captions",
+        captions.to_str().unwrap(),
+        "--epochs",
+        "5",
+        "--batch-size",
+        "4",
+        "--json",
+    ];
     let report = json(imgsearch(&db, &args));
     assert_eq!(report["encoder"], "all-MiniLM-L6-v2 (384-d sentence encoder)");
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(db.join("joint/model.json")).unwrap()).unwrap();
@@ -171,7 +213,13 @@ fn sentence_encoder_trains_on_captions_and_unmatched_caption_keys_are_an_error()
 
     let wrong = tmp.path().join("wrong.json");
     std::fs::write(&wrong, r#"{"images/cat/x.jpg": ["a cat"]}"#).unwrap();
-    let e = err(imgsearch(&db, &["train", "--data", photos.to_str().unwrap(), "--captions", wrong.to_str().unwrap(), "--epochs", "1"]));
+    let e = err(imgsearch(
+        &db,
+        &["train", "--data", photos.to_str().unwrap(), "--captions", wrong.to_str().unwrap(), "--epochs", "1"],
+    ));
     assert!(e.contains("match no indexed training image") && e.contains("\"images/cat/x.jpg\""), "{e}");
-    assert!(e.contains("image keys like \"boat/") || e.contains("image keys like \"cat/"), "an example key of each side: {e}");
+    assert!(
+        e.contains("image keys like \"boat/") || e.contains("image keys like \"cat/"),
+        "an example key of each side: {e}"
+    );
 }

@@ -19,9 +19,20 @@ use std::path::PathBuf;
 
 use imgsearch::backbone::{Config, Embedder};
 
-/// The shared Pascal Sentences data set, beside the project.
+/// The Pascal Sentences photos: `$IMGSEARCH_TEST_DATA`, else the shared data
+/// set beside the project. Tests that need them are `#[ignore]`d by default
+/// (a user's machine does not have them); CI runs them with `--ignored`.
 pub fn pascal_images() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images")
+    let dir = match std::env::var_os("IMGSEARCH_TEST_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images"),
+    };
+    assert!(
+        dir.join("cat").is_dir(),
+        "{}: the Pascal photos (label folders) are not there; set IMGSEARCH_TEST_DATA to them",
+        dir.display()
+    );
+    dir
 }
 
 pub fn test_data(name: &str) -> PathBuf {

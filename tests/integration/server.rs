@@ -37,16 +37,8 @@ fn fixture() -> &'static Fixture {
             .arg(&photos)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Fixture {
-            _dir: dir,
-            photos,
-            db,
-        }
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Fixture { _dir: dir, photos, db }
     })
 }
 
@@ -78,7 +70,8 @@ fn indexed_copy(labels: &[&str], per_label: usize) -> (tempfile::TempDir, PathBu
     let photos = dir.path().join("photos");
     copy_images(&photos, labels, per_label);
     let db = dir.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (dir, photos, db)
 }
@@ -91,8 +84,7 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
     fn error(&self) -> String {
         self.json()["error"].as_str().unwrap().to_owned()
@@ -102,31 +94,14 @@ impl Answer {
 async fn send(state: Arc<State>, req: Request<Body>) -> Answer {
     let resp = app(state).oneshot(req).await.unwrap();
     let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Answer {
-        status,
-        content_type,
-        body,
-    }
+    let content_type =
+        resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    Answer { status, content_type, body }
 }
 
 async fn get(uri: &str) -> Answer {
-    send(
-        shared_state(),
-        Request::get(uri).body(Body::empty()).unwrap(),
-    )
-    .await
+    send(shared_state(), Request::get(uri).body(Body::empty()).unwrap()).await
 }
 
 /// A multipart body: an optional image and text fields.
@@ -134,7 +109,9 @@ pub(crate) fn multipart(image: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -
     let boundary = "imgsearchtestboundary";
     let mut body = Vec::new();
     for (name, value) in fields {
-        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
     }
     if let Some((file, bytes)) = image {
         body.extend(
@@ -148,12 +125,7 @@ pub(crate) fn multipart(image: Option<(&str, &[u8])>, fields: &[(&str, &str)]) -
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-fn post_form(
-    uri: &str,
-    image: Option<(&str, &[u8])>,
-    fields: &[(&str, &str)],
-    token: Option<&str>,
-) -> Request<Body> {
+fn post_form(uri: &str, image: Option<(&str, &[u8])>, fields: &[(&str, &str)], token: Option<&str>) -> Request<Body> {
     let (ct, body) = multipart(image, fields);
     let mut req = Request::post(uri).header(header::CONTENT_TYPE, ct);
     if let Some(t) = token {
@@ -163,34 +135,24 @@ fn post_form(
 }
 
 fn labels(v: &serde_json::Value) -> Vec<String> {
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap().to_owned())
-        .collect()
+    v["results"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_owned()).collect()
 }
 
 fn photo(label: &str) -> Vec<u8> {
     let f = fixture();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(f.photos.join(label))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(f.photos.join(label)).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     std::fs::read(&files[0]).unwrap()
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn text_search_finds_the_word_and_key_search_finds_the_image() {
     let dog = get("/api/search?text=dog&k=5").await;
     assert_eq!(dog.status, StatusCode::OK);
     let v = dog.json();
     assert_eq!(v["space"], "joint");
-    assert!(
-        labels(&v).iter().filter(|l| *l == "dog").count() >= 4,
-        "{v}"
-    );
+    assert!(labels(&v).iter().filter(|l| *l == "dog").count() >= 4, "{v}");
     let first = &v["results"][0];
     assert_eq!(first["rank"], 1);
     let key = first["key"].as_i64().unwrap();
@@ -200,67 +162,35 @@ async fn text_search_finds_the_word_and_key_search_finds_the_image() {
     assert_eq!(like["results"][0]["key"], key);
     assert_eq!(like["space"], "cnn");
     assert!(like["tags"].is_null(), "tags only when asked for");
-    let tagged = get(&format!("/api/search?key={key}&k=3&tags=true"))
-        .await
-        .json();
-    assert!(
-        tagged["tags"].as_array().is_some_and(|t| t.len() == 8),
-        "{tagged}"
-    );
+    let tagged = get(&format!("/api/search?key={key}&k=3&tags=true")).await.json();
+    assert!(tagged["tags"].as_array().is_some_and(|t| t.len() == 8), "{tagged}");
     // Class-weighted, max_distance, image + text combined, negatives.
     let weighted = get(&format!("/api/search?key={key}&class=Siamese%20cat&k=4")).await;
     assert_eq!(weighted.status, StatusCode::OK);
-    let near = get(&format!("/api/search?key={key}&k=20&max_distance=0.5"))
-        .await
-        .json();
-    assert!(near["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["distance"].as_f64().unwrap() <= 0.5));
-    let both = get(&format!("/api/search?key={key}&text=boat&k=3"))
-        .await
-        .json();
+    let near = get(&format!("/api/search?key={key}&k=20&max_distance=0.5")).await.json();
+    assert!(near["results"].as_array().unwrap().iter().all(|r| r["distance"].as_f64().unwrap() <= 0.5));
+    let both = get(&format!("/api/search?key={key}&text=boat&k=3")).await.json();
     assert_eq!(both["space"], "joint");
     let cat_not_dog = get("/api/search?text=cat%20-dog&k=4").await.json();
-    assert!(
-        labels(&cat_not_dog).iter().all(|l| l == "cat"),
-        "{cat_not_dog}"
-    );
+    assert!(labels(&cat_not_dog).iter().all(|l| l == "cat"), "{cat_not_dog}");
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn bad_search_requests_say_what_was_wrong() {
     for (uri, status, says) in [
-        (
-            "/api/search?text=dog&k=0",
-            400,
-            "k must be between 1 and 1000",
-        ),
-        (
-            "/api/search?text=dog&k=5000",
-            400,
-            "k must be between 1 and 1000",
-        ),
+        ("/api/search?text=dog&k=0", 400, "k must be between 1 and 1000"),
+        ("/api/search?text=dog&k=5000", 400, "k must be between 1 and 1000"),
         ("/api/search", 400, "empty query"),
         ("/api/search?text=%20%20", 400, "empty query"),
         ("/api/search?key=1&class=siamse%20kat", 400, "Siamese cat"),
         ("/api/search?key=999999", 404, "no image with key 999999"),
-        (
-            "/api/search?key=1&space=pixels",
-            400,
-            "space must be cnn or joint",
-        ),
+        ("/api/search?key=1&space=pixels", 400, "space must be cnn or joint"),
         ("/api/search?text=cat&class=284", 400, "class reweights"),
         ("/api/search?key=1&max_distance=3", 400, "max_distance"),
     ] {
         let a = get(uri).await;
-        assert_eq!(
-            a.status.as_u16(),
-            status,
-            "{uri}: {}",
-            String::from_utf8_lossy(&a.body)
-        );
+        assert_eq!(a.status.as_u16(), status, "{uri}: {}", String::from_utf8_lossy(&a.body));
         assert!(a.error().contains(says), "{uri}: {}", a.error());
     }
     // Text past the model's 256 tokens is cut, and the answer says so.
@@ -271,91 +201,35 @@ async fn bad_search_requests_say_what_was_wrong() {
     // The sentence encoder takes any text, misspelt or not.
     assert_eq!(get("/api/search?text=dgo%20%E6%9D%B1%E4%BA%AC%20%F0%9F%9A%B2").await.status, StatusCode::OK);
     // A malformed parameter is a 400 from the extractor, not a crash.
-    assert_eq!(
-        get("/api/search?key=abc").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(get("/api/search?key=abc").await.status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn uploads_are_searched_and_tagged_and_bad_ones_refused() {
     let cat = photo("cat");
-    let a = send(
-        shared_state(),
-        post_form(
-            "/api/search",
-            Some(("cat.jpg", &cat)),
-            &[("k", "3"), ("tags", "true")],
-            None,
-        ),
-    )
-    .await;
-    assert_eq!(
-        a.status,
-        StatusCode::OK,
-        "{}",
-        String::from_utf8_lossy(&a.body)
-    );
+    let a =
+        send(shared_state(), post_form("/api/search", Some(("cat.jpg", &cat)), &[("k", "3"), ("tags", "true")], None))
+            .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", String::from_utf8_lossy(&a.body));
     let v = a.json();
     assert_eq!(v["results"][0]["label"], "cat");
-    assert!(
-        v["results"][0]["distance"].as_f64().unwrap() < 1e-3,
-        "the same picture is indexed: {v}"
-    );
+    assert!(v["results"][0]["distance"].as_f64().unwrap() < 1e-3, "the same picture is indexed: {v}");
     assert_eq!(v["tags"].as_array().unwrap().len(), 8);
-    let tags = send(
-        shared_state(),
-        post_form("/api/tags", Some(("cat.jpg", &cat)), &[("k", "5")], None),
-    )
-    .await
-    .json();
+    let tags = send(shared_state(), post_form("/api/tags", Some(("cat.jpg", &cat)), &[("k", "5")], None)).await.json();
     assert_eq!(tags.as_array().unwrap().len(), 5);
     assert!(tags[0]["index"].is_u64() && tags[0]["word"].is_string());
 
-    let bad = send(
-        shared_state(),
-        post_form(
-            "/api/search",
-            Some(("notes.txt", b"not an image")),
-            &[],
-            None,
-        ),
-    )
-    .await;
+    let bad = send(shared_state(), post_form("/api/search", Some(("notes.txt", b"not an image")), &[], None)).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    assert!(
-        bad.error().contains("notes.txt") && bad.error().contains("cannot decode"),
-        "{}",
-        bad.error()
-    );
-    let truncated = send(
-        shared_state(),
-        post_form(
-            "/api/search",
-            Some(("half.jpg", &cat[..cat.len() / 3])),
-            &[],
-            None,
-        ),
-    )
-    .await;
+    assert!(bad.error().contains("notes.txt") && bad.error().contains("cannot decode"), "{}", bad.error());
+    let truncated =
+        send(shared_state(), post_form("/api/search", Some(("half.jpg", &cat[..cat.len() / 3])), &[], None)).await;
     // The JPEG decoder fills in a truncated scan; either way it is an answer, not a crash.
-    assert!(
-        matches!(truncated.status, StatusCode::OK | StatusCode::BAD_REQUEST),
-        "{}",
-        truncated.status
-    );
+    assert!(matches!(truncated.status, StatusCode::OK | StatusCode::BAD_REQUEST), "{}", truncated.status);
     let corrupt = [&cat[..200], &[0xAB; 400][..]].concat();
-    let corrupt = send(
-        shared_state(),
-        post_form("/api/search", Some(("corrupt.jpg", &corrupt)), &[], None),
-    )
-    .await;
-    assert_eq!(
-        corrupt.status,
-        StatusCode::BAD_REQUEST,
-        "{}",
-        String::from_utf8_lossy(&corrupt.body)
-    );
+    let corrupt = send(shared_state(), post_form("/api/search", Some(("corrupt.jpg", &corrupt)), &[], None)).await;
+    assert_eq!(corrupt.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&corrupt.body));
     // A 30000 x 30000 BMP header: refused from the header, before decoding.
     let mut bmp = b"BM".to_vec();
     for v in [54u32, 0, 54, 40, 30000, 30000] {
@@ -364,20 +238,12 @@ async fn uploads_are_searched_and_tagged_and_bad_ones_refused() {
     bmp.extend(1u16.to_le_bytes());
     bmp.extend(24u16.to_le_bytes());
     bmp.extend([0; 24]);
-    let huge = send(
-        shared_state(),
-        post_form("/api/search", Some(("huge.bmp", &bmp)), &[], None),
-    )
-    .await;
+    let huge = send(shared_state(), post_form("/api/search", Some(("huge.bmp", &bmp)), &[], None)).await;
     assert_eq!(huge.status, StatusCode::BAD_REQUEST);
     assert!(huge.error().contains("pixels"), "{}", huge.error());
     // Over the body limit (2 MB here): 413.
     let big = vec![0u8; 3 << 20];
-    let over = send(
-        shared_state(),
-        post_form("/api/search", Some(("big.jpg", &big)), &[], None),
-    )
-    .await;
+    let over = send(shared_state(), post_form("/api/search", Some(("big.jpg", &big)), &[], None)).await;
     assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
     let none = send(shared_state(), post_form("/api/tags", None, &[], None)).await;
     assert_eq!(none.status, StatusCode::BAD_REQUEST);
@@ -385,28 +251,16 @@ async fn uploads_are_searched_and_tagged_and_bad_ones_refused() {
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn tags_words_classes_status_health_metrics_and_openapi() {
-    let key = get("/api/search?text=bottle&k=1").await.json()["results"][0]["key"]
-        .as_i64()
-        .unwrap();
+    let key = get("/api/search?text=bottle&k=1").await.json()["results"][0]["key"].as_i64().unwrap();
     let tags = get(&format!("/api/tags?key={key}&k=10")).await.json();
-    let words: Vec<&str> = tags
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["word"].as_str().unwrap())
-        .collect();
+    let words: Vec<&str> = tags.as_array().unwrap().iter().map(|t| t["word"].as_str().unwrap()).collect();
     assert!(words.contains(&"bottle"), "{words:?}");
-    assert_eq!(
-        get("/api/tags?key=424242").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get("/api/tags?key=424242").await.status, StatusCode::NOT_FOUND);
     let said = get("/api/words?q=said&k=3").await.json();
     assert_eq!(said[0]["word"], "said");
-    assert_eq!(
-        get("/api/words?q=zzqqxx").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(get("/api/words?q=zzqqxx").await.status, StatusCode::BAD_REQUEST);
     let classes = get("/api/classes?q=siam&n=3").await.json();
     assert_eq!(classes[0]["name"], "Siamese cat");
     assert_eq!(classes[0]["index"], 284);
@@ -417,24 +271,10 @@ async fn tags_words_classes_status_health_metrics_and_openapi() {
     let metrics = get("/metrics").await;
     assert!(metrics.content_type.starts_with("text/plain"));
     let text = String::from_utf8(metrics.body).unwrap();
-    assert!(
-        text.contains("imgsearch_images ")
-            && text.contains("imgsearch_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains("imgsearch_images ") && text.contains("imgsearch_request_duration_seconds_bucket"), "{text}");
     let spec = get("/api/openapi.json").await.json();
-    for path in [
-        "/api/search",
-        "/api/tags",
-        "/api/words",
-        "/api/images",
-        "/api/images/{key}/thumbnail",
-        "/metrics",
-    ] {
-        assert!(
-            spec["paths"][path].is_object(),
-            "{path} missing from the OpenAPI document"
-        );
+    for path in ["/api/search", "/api/tags", "/api/words", "/api/images", "/api/images/{key}/thumbnail", "/metrics"] {
+        assert!(spec["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     let page = get("/").await;
     assert!(page.content_type.starts_with("text/html"));
@@ -442,10 +282,9 @@ async fn tags_words_classes_status_health_metrics_and_openapi() {
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn thumbnails_and_originals_by_key_only() {
-    let key = get("/api/search?text=boat&k=1").await.json()["results"][0]["key"]
-        .as_i64()
-        .unwrap();
+    let key = get("/api/search?text=boat&k=1").await.json()["results"][0]["key"].as_i64().unwrap();
     let thumb = get(&format!("/api/images/{key}/thumbnail")).await;
     assert_eq!(thumb.status, StatusCode::OK);
     assert_eq!(thumb.content_type, "image/jpeg");
@@ -456,13 +295,9 @@ async fn thumbnails_and_originals_by_key_only() {
     let orig = get(&format!("/api/images/{key}/original")).await;
     assert_eq!(orig.content_type, "image/jpeg");
     let info = get(&format!("/api/images/{key}")).await.json();
-    let on_disk = std::fs::read(
-        fixture()
-            .photos
-            .join(info["label"].as_str().unwrap())
-            .join(info["file"].as_str().unwrap()),
-    )
-    .unwrap();
+    let on_disk =
+        std::fs::read(fixture().photos.join(info["label"].as_str().unwrap()).join(info["file"].as_str().unwrap()))
+            .unwrap();
     assert_eq!(orig.body, on_disk);
     // Paths never address files.
     for uri in [
@@ -472,99 +307,51 @@ async fn thumbnails_and_originals_by_key_only() {
         "/api/images/-1/original",
     ] {
         let a = get(uri).await;
-        assert!(
-            a.status == StatusCode::BAD_REQUEST || a.status == StatusCode::NOT_FOUND,
-            "{uri}: {}",
-            a.status
-        );
+        assert!(a.status == StatusCode::BAD_REQUEST || a.status == StatusCode::NOT_FOUND, "{uri}: {}", a.status);
         assert!(!String::from_utf8_lossy(&a.body).contains("root:"), "{uri}");
     }
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn adding_and_deleting_need_the_token_and_update_the_index_live() {
     // A separate index: this test changes it.
     let (dir, photos, db) = indexed_copy(&["cat", "dog"], 3);
     let state = state_for(&db, vec![photos.clone()], 2 << 20);
-    let mut horses: Vec<PathBuf> = std::fs::read_dir(crate::pascal_images().join("horse")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut horses: Vec<PathBuf> =
+        std::fs::read_dir(crate::pascal_images().join("horse")).unwrap().map(|e| e.unwrap().path()).collect();
     horses.sort();
     let horse = std::fs::read(&horses[0]).unwrap();
-    let no_token = send(
-        state.clone(),
-        post_form(
-            "/api/images",
-            Some(("h.jpg", &horse)),
-            &[("label", "horse")],
-            None,
-        ),
-    )
-    .await;
+    let no_token =
+        send(state.clone(), post_form("/api/images", Some(("h.jpg", &horse)), &[("label", "horse")], None)).await;
     assert_eq!(no_token.status, StatusCode::UNAUTHORIZED);
-    let wrong = send(
-        state.clone(),
-        post_form(
-            "/api/images",
-            Some(("h.jpg", &horse)),
-            &[("label", "horse")],
-            Some("nope"),
-        ),
-    )
-    .await;
+    let wrong =
+        send(state.clone(), post_form("/api/images", Some(("h.jpg", &horse)), &[("label", "horse")], Some("nope")))
+            .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
-    let added = send(
-        state.clone(),
-        post_form(
-            "/api/images",
-            Some(("h.jpg", &horse)),
-            &[("label", "../horse")],
-            Some(TOKEN),
-        ),
-    )
-    .await;
-    assert_eq!(
-        added.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&added.body)
-    );
+    let added =
+        send(state.clone(), post_form("/api/images", Some(("h.jpg", &horse)), &[("label", "../horse")], Some(TOKEN)))
+            .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&added.body));
     let added = added.json();
-    assert_eq!(
-        added["label"], "___horse",
-        "the label cannot climb out of the uploads folder"
-    );
+    assert_eq!(added["label"], "___horse", "the label cannot climb out of the uploads folder");
     let key = added["key"].as_i64().unwrap();
-    let status = send(
-        state.clone(),
-        Request::get("/api/status").body(Body::empty()).unwrap(),
-    )
-    .await
-    .json();
+    let status = send(state.clone(), Request::get("/api/status").body(Body::empty()).unwrap()).await.json();
     assert_eq!(status["images"], 7);
-    let found = send(
-        state.clone(),
-        Request::get(format!("/api/search?key={key}&k=1"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await
-    .json();
+    let found = send(state.clone(), Request::get(format!("/api/search?key={key}&k=1")).body(Body::empty()).unwrap())
+        .await
+        .json();
     assert_eq!(found["results"][0]["key"], key);
-    let bad = send(
-        state.clone(),
-        post_form("/api/images", Some(("x.txt", b"hello")), &[], Some(TOKEN)),
-    )
-    .await;
+    let bad = send(state.clone(), post_form("/api/images", Some(("x.txt", b"hello")), &[], Some(TOKEN))).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
     // By path: only under the indexed folders.
     let by_path = |path: String, token: Option<&str>| {
-        let mut req =
-            Request::post("/api/images/by-path").header(header::CONTENT_TYPE, "application/json");
+        let mut req = Request::post("/api/images/by-path").header(header::CONTENT_TYPE, "application/json");
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        req.body(Body::from(serde_json::json!({ "path": path }).to_string()))
-            .unwrap()
+        req.body(Body::from(serde_json::json!({ "path": path }).to_string())).unwrap()
     };
     let inside = photos.join("dog/new.jpg");
     std::fs::write(&inside, &horse).unwrap();
@@ -580,25 +367,11 @@ async fn adding_and_deleting_need_the_token_and_update_the_index_live() {
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}");
     }
     assert_eq!(
-        send(
-            state.clone(),
-            by_path(inside.to_string_lossy().into_owned(), None)
-        )
-        .await
-        .status,
+        send(state.clone(), by_path(inside.to_string_lossy().into_owned(), None)).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let ok = send(
-        state.clone(),
-        by_path(inside.to_string_lossy().into_owned(), Some(TOKEN)),
-    )
-    .await;
-    assert_eq!(
-        ok.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&ok.body)
-    );
+    let ok = send(state.clone(), by_path(inside.to_string_lossy().into_owned(), Some(TOKEN))).await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&ok.body));
     assert_eq!(ok.json()["label"], "dog");
 
     // Delete: token, then gone; an uploaded file goes with it, the user's files stay.
@@ -609,65 +382,28 @@ async fn adding_and_deleting_need_the_token_and_update_the_index_live() {
         }
         req.body(Body::empty()).unwrap()
     };
-    assert_eq!(
-        send(state.clone(), del(key, None)).await.status,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(state.clone(), del(key, Some(TOKEN))).await.status,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        send(state.clone(), del(key, Some(TOKEN))).await.status,
-        StatusCode::NOT_FOUND
-    );
-    let gone = send(
-        state.clone(),
-        Request::get(format!("/api/images/{key}"))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(send(state.clone(), del(key, None)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(state.clone(), del(key, Some(TOKEN))).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(send(state.clone(), del(key, Some(TOKEN))).await.status, StatusCode::NOT_FOUND);
+    let gone = send(state.clone(), Request::get(format!("/api/images/{key}")).body(Body::empty()).unwrap()).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     let dog_key = ok.json()["key"].as_i64().unwrap();
-    assert_eq!(
-        send(state.clone(), del(dog_key, Some(TOKEN))).await.status,
-        StatusCode::NO_CONTENT
-    );
-    assert!(
-        inside.exists(),
-        "a file in the user's folder is never deleted"
-    );
+    assert_eq!(send(state.clone(), del(dog_key, Some(TOKEN))).await.status, StatusCode::NO_CONTENT);
+    assert!(inside.exists(), "a file in the user's folder is never deleted");
 }
 
 #[tokio::test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
 async fn word_search_and_tags_without_a_model_say_how_to_train() {
     let (_dir, _photos, db) = indexed_copy(&["cat"], 2);
     let state = state_for(&db, vec![], 2 << 20);
-    let a = send(
-        state.clone(),
-        Request::get("/api/search?text=cat")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let a = send(state.clone(), Request::get("/api/search?text=cat").body(Body::empty()).unwrap()).await;
     assert_eq!(a.status, StatusCode::CONFLICT);
     assert!(a.error().contains("imgsearch train"), "{}", a.error());
-    let t = send(
-        state.clone(),
-        Request::get("/api/tags?key=1").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let t = send(state.clone(), Request::get("/api/tags?key=1").body(Body::empty()).unwrap()).await;
     assert_eq!(t.status, StatusCode::CONFLICT);
     // Image search works without one, and carries no tags.
-    let s = send(
-        state,
-        Request::get("/api/search?key=1&k=2&tags=false")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await
-    .json();
+    let s = send(state, Request::get("/api/search?key=1&k=2&tags=false").body(Body::empty()).unwrap()).await.json();
     assert_eq!(s["results"].as_array().unwrap().len(), 2);
     assert!(s["tags"].is_null());
 }

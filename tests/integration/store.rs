@@ -1,8 +1,8 @@
 //! One store suite, two implementations: the embedded store and PostgreSQL
 //! with pgvector. The PostgreSQL runs need a server: `IMGSEARCH_TEST_PG`
 //! names one (an admin URL; each test makes its own database), and
-//! `.ci/run` always starts one (`scripts/pg-test-server`). Without it they
-//! are skipped, loudly.
+//! `.ci/run` always starts one (`scripts/pg-test-server`). They are ignored
+//! by default and fail, naming what is missing, when run without a server.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,20 +13,25 @@ use imgsearch::store::{ImageStore, NewImage, NewVector, Store};
 use crate::pascal_images;
 
 fn image(path: &str, hash: &str, e: Vec<f32>) -> NewImage {
-    NewImage { path: path.into(), hash: hash.into(), size: 1, mtime: 2, label: "cat".into(), vector: NewVector::Embedding(e) }
+    NewImage {
+        path: path.into(),
+        hash: hash.into(),
+        size: 1,
+        mtime: 2,
+        label: "cat".into(),
+        vector: NewVector::Embedding(e),
+    }
 }
 
-/// The admin URL of the test server, or `None` after a loud notice.
-fn pg_admin(test: &str) -> Option<String> {
+/// The admin URL of the test server. These tests are ignored by default;
+/// run with `--ignored`, they fail (never pass silently) without a server.
+fn pg_admin(test: &str) -> String {
     match std::env::var("IMGSEARCH_TEST_PG") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!(
-                "\n*** SKIPPED {test}: IMGSEARCH_TEST_PG is unset, so the PostgreSQL store is not tested. \
-                 Start one with `scripts/pg-test-server start /tmp/pg` and export the URL it prints. ***\n"
-            );
-            None
-        }
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "{test} needs PostgreSQL: start one with `scripts/pg-test-server start /tmp/pg` \
+             and export the URL it prints as IMGSEARCH_TEST_PG"
+        ),
     }
 }
 
@@ -46,7 +51,11 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
     let mut s = open("lite0").unwrap();
     assert!(s.is_empty().unwrap());
     let keys = s
-        .add_batch(&[image("/a.jpg", "ha", vec![3.0, 4.0, 0.0]), image("/b.jpg", "hb", vec![0.0, 2.0, 0.0]), image("/c.jpg", "hc", vec![0.0, 0.0, 1.0])])
+        .add_batch(&[
+            image("/a.jpg", "ha", vec![3.0, 4.0, 0.0]),
+            image("/b.jpg", "hb", vec![0.0, 2.0, 0.0]),
+            image("/c.jpg", "hc", vec![0.0, 0.0, 1.0]),
+        ])
         .unwrap();
     assert_eq!(keys.len(), 3);
     let a = s.by_path("/a.jpg").unwrap().unwrap();
@@ -90,7 +99,10 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
 
     // It persists, and another backbone is refused.
     let s = open("lite0").unwrap();
-    assert_eq!(s.all().unwrap().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/moved/b.jpg", "/c.jpg", "/copy.jpg"]);
+    assert_eq!(
+        s.all().unwrap().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+        ["/moved/b.jpg", "/c.jpg", "/copy.jpg"]
+    );
     drop(s);
     let err = open("lite2").err().expect("another backbone is refused").to_string();
     assert!(err.contains("--backbone lite0"), "{err}");
@@ -103,15 +115,17 @@ fn embedded_store_passes_the_shared_suite() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn postgres_store_passes_the_shared_suite() {
-    let Some(admin) = pg_admin("postgres_store_passes_the_shared_suite") else { return };
+    let admin = pg_admin("postgres_store_passes_the_shared_suite");
     let url = fresh_database(&admin);
     shared_suite(&|backbone| Ok(Box::new(PgStore::open(&url, backbone, 3)?)));
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn postgres_processes_share_one_database_without_duplicates() {
-    let Some(admin) = pg_admin("postgres_processes_share_one_database_without_duplicates") else { return };
+    let admin = pg_admin("postgres_processes_share_one_database_without_duplicates");
     let url = fresh_database(&admin);
     // Two writers over overlapping files, at once.
     let writers: Vec<_> = (0..2)
@@ -137,7 +151,11 @@ fn postgres_processes_share_one_database_without_duplicates() {
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let mut count = |sql: &str| client.query_one(sql, &[]).unwrap().get::<_, i64>(0);
     assert_eq!(count("SELECT COUNT(*) FROM images"), count("SELECT COUNT(DISTINCT path) FROM images"));
-    assert_eq!(count("SELECT COUNT(*) FROM vectors"), count("SELECT COUNT(DISTINCT hash) FROM images"), "one vector per content");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM vectors"),
+        count("SELECT COUNT(DISTINCT hash) FROM images"),
+        "one vector per content"
+    );
 
     // What one process adds and deletes, another sees.
     let mut a = PgStore::open(&url, "lite0", 3).unwrap();
@@ -149,12 +167,13 @@ fn postgres_processes_share_one_database_without_duplicates() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn postgres_faults_are_named_and_survived() {
     // A server that is not there: the error names the host.
     let err = PgStore::open("postgres://nobody@127.0.0.1:9/db", "lite0", 3).err().unwrap().to_string();
     assert!(err.contains("127.0.0.1:9") && err.contains("running"), "{err}");
 
-    let Some(admin) = pg_admin("postgres_faults_are_named_and_survived") else { return };
+    let admin = pg_admin("postgres_faults_are_named_and_survived");
     let url = fresh_database(&admin);
     let mut s = PgStore::open(&url, "lite0", 3).unwrap();
     s.add_batch(&[image("/1.jpg", "h1", vec![1.0, 0.0, 0.0])]).unwrap();
@@ -174,28 +193,38 @@ fn postgres_faults_are_named_and_survived() {
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     client.execute("INSERT INTO schema_version VALUES (99)", &[]).unwrap();
     let err = PgStore::open(&url, "lite0", 3).err().unwrap().to_string();
-    assert!(err.contains("version 99") && err.contains(&format!("version {}", imgsearch::store::postgres::SCHEMA_VERSION)), "{err}");
+    assert!(
+        err.contains("version 99") && err.contains(&format!("version {}", imgsearch::store::postgres::SCHEMA_VERSION)),
+        "{err}"
+    );
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn postgres_keeps_models_joint_embeddings_and_uploads() {
-    let Some(admin) = pg_admin("postgres_keeps_models_joint_embeddings_and_uploads") else { return };
+    let admin = pg_admin("postgres_keeps_models_joint_embeddings_and_uploads");
     let url = fresh_database(&admin);
     let mut s = PgStore::open(&url, "lite0", 3).unwrap();
-    s.add_batch(&[image("/a.jpg", "ha", vec![3.0, 4.0, 0.0]), image("/b.jpg", "hb", vec![0.0, 2.0, 0.0]), image("/c.jpg", "hc", vec![1.0, 0.0, 5.0])])
-        .unwrap();
+    s.add_batch(&[
+        image("/a.jpg", "ha", vec![3.0, 4.0, 0.0]),
+        image("/b.jpg", "hb", vec![0.0, 2.0, 0.0]),
+        image("/c.jpg", "hc", vec![1.0, 0.0, 5.0]),
+    ])
+    .unwrap();
     assert!(s.model_id().unwrap().is_none() && s.model().unwrap().is_none());
 
     // Class weights: (1, 1, 0) hides the third component, so c (1, 0, 5) is
     // the nearest to (1, 0, 0), though unweighted a is.
-    let paths = |hits: Vec<(imgsearch::store::ImageRecord, f32)>| hits.into_iter().map(|(r, _)| r.path).collect::<Vec<_>>();
+    let paths =
+        |hits: Vec<(imgsearch::store::ImageRecord, f32)>| hits.into_iter().map(|(r, _)| r.path).collect::<Vec<_>>();
     assert_eq!(paths(s.nearest(&[1.0, 0.0, 0.0], 3).unwrap()), ["/a.jpg", "/c.jpg", "/b.jpg"]);
     let weighted = s.nearest_weighted(&[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0], 3).unwrap();
     assert_eq!(paths(weighted.clone()), ["/c.jpg", "/a.jpg", "/b.jpg"]);
     assert!(weighted[0].1.abs() < 1e-3, "c is (1, 0) once weighted: {}", weighted[0].1);
 
     // A model: the joint space is the first two components of the raw embedding.
-    let first_two = |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.chunks_exact(3).flat_map(|r| [r[0], r[1]]).collect()) };
+    let first_two =
+        |x: &[f32]| -> imgsearch::Result<Vec<f32>> { Ok(x.chunks_exact(3).flat_map(|r| [r[0], r[1]]).collect()) };
     let (id, rows) = s.save_model("{\"m\": 1}", b"weights", "{}", 2, &first_two).unwrap();
     assert_eq!((s.model_id().unwrap(), rows, s.joint_len().unwrap()), (Some(id), 3, 3));
     let m = s.model().unwrap().unwrap();
@@ -247,7 +276,8 @@ fn run(db: &str, args: &[&str]) -> String {
 fn small_collection(per_label: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for label in ["cat", "bottle"] {
-        let mut files: Vec<_> = std::fs::read_dir(pascal_images().join(label)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> =
+            std::fs::read_dir(pascal_images().join(label)).unwrap().map(|e| e.unwrap().path()).collect();
         files.sort();
         std::fs::create_dir_all(dir.path().join(label)).unwrap();
         for f in files.iter().take(per_label) {
@@ -261,9 +291,10 @@ fn small_collection(per_label: usize) -> tempfile::TempDir {
 const QUICK_TRAIN: &[&str] = &["--encoder", "glove", "--no-captions", "--epochs", "5", "--hidden", "64", "--json"];
 
 #[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
     // Needs models.
-    let Some(admin) = pg_admin("every_command_runs_on_postgres_with_the_embedded_store_s_answers") else { return };
+    let admin = pg_admin("every_command_runs_on_postgres_with_the_embedded_store_s_answers");
     let url = fresh_database(&admin);
     let dir = small_collection(4);
     let embedded = tempfile::tempdir().unwrap();
@@ -280,10 +311,15 @@ fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
         let (pg, emb) = (pg.as_array().unwrap(), emb.as_array().unwrap());
         assert_eq!(pg.len(), emb.len(), "{args:?}");
         for (p, e) in pg.iter().zip(emb) {
-            assert!((p["distance"].as_f64().unwrap() - e["distance"].as_f64().unwrap()).abs() < 1e-3, "{args:?}: {p} vs {e}");
+            assert!(
+                (p["distance"].as_f64().unwrap() - e["distance"].as_f64().unwrap()).abs() < 1e-3,
+                "{args:?}: {p} vs {e}"
+            );
         }
         // Paths may only differ among ties.
-        let paths = |v: &[serde_json::Value]| v.iter().map(|r| r["path"].as_str().unwrap().to_owned()).collect::<std::collections::BTreeSet<_>>();
+        let paths = |v: &[serde_json::Value]| {
+            v.iter().map(|r| r["path"].as_str().unwrap().to_owned()).collect::<std::collections::BTreeSet<_>>()
+        };
         assert_eq!(paths(pg), paths(emb), "{args:?}");
         pg.clone()
     };
@@ -328,7 +364,8 @@ fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
 fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -402,9 +439,10 @@ impl Drop for Replica {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn two_serve_replicas_on_one_database_see_each_other_s_changes() {
     // Needs models.
-    let Some(admin) = pg_admin("two_serve_replicas_on_one_database_see_each_other_s_changes") else { return };
+    let admin = pg_admin("two_serve_replicas_on_one_database_see_each_other_s_changes");
     let url = fresh_database(&admin);
     let dir = small_collection(3);
     // A indexes the folder and serves it; B only serves.
@@ -438,14 +476,16 @@ fn two_serve_replicas_on_one_database_see_each_other_s_changes() {
     cats.sort();
     let cat = &cats[10]; // not in the collection
     let (ct, body) = crate::server::multipart(Some(("cat.jpg", &std::fs::read(cat).unwrap())), &[]);
-    let (_, answer) = http(&a.addr, "POST", "/api/images", &[("Content-Type", &ct), ("Authorization", "Bearer secret")], &body);
+    let (_, answer) =
+        http(&a.addr, "POST", "/api/images", &[("Content-Type", &ct), ("Authorization", "Bearer secret")], &body);
     let key2 = serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["key"].as_i64().unwrap();
     let (_, found) = b.get(&format!("/api/search?key={key2}&space=joint&k=1"));
     assert_eq!(found["results"][0]["key"].as_i64(), Some(key2), "{found}");
     assert_eq!(a.get(&format!("/api/tags?key={key2}&k=3")).0, 200);
 
     // A deletion through B is seen by A.
-    let (status, _) = http(&b.addr, "DELETE", &format!("/api/images/{key}"), &[("Authorization", "Bearer secret")], b"");
+    let (status, _) =
+        http(&b.addr, "DELETE", &format!("/api/images/{key}"), &[("Authorization", "Bearer secret")], b"");
     assert_eq!(status, 204);
     assert_eq!(a.get(&format!("/api/images/{key}")).0, 404);
     assert_eq!(http(&a.addr, "GET", &format!("/api/images/{key}/original"), &[], b"").0, 404);

@@ -64,6 +64,13 @@ pub enum Error {
     )]
     NoModel { db: PathBuf },
 
+    /// A text side that needs a trained joint model, asked for without one.
+    #[error(
+        "the {side} text side needs a joint model: train one with `imgsearch train --data <label folders>`, \
+         or use the zero-shot side (the default without a model)"
+    )]
+    SideNeedsModel { side: String },
+
     /// A joint model trained with another backbone or other word vectors.
     #[error("the joint model was trained with {what} {trained}, but {loaded} is loaded; {hint}")]
     ModelMismatch { what: String, trained: String, loaded: String, hint: String },

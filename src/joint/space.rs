@@ -99,10 +99,9 @@ impl TextSpace {
     pub fn side(&self, requested: Option<Side>) -> Result<Side> {
         match requested {
             None => Ok(self.default_side()),
-            Some(s @ (Side::Trained | Side::Fused)) if self.trained.is_none() => Err(Error::Msg(format!(
-                "the {s} text side needs a joint model: train one with `imgsearch train --data <label folders>`, \
-                 or use the zero-shot side"
-            ))),
+            Some(s @ (Side::Trained | Side::Fused)) if self.trained.is_none() => {
+                Err(Error::SideNeedsModel { side: s.to_string() })
+            }
             Some(s) => Ok(s),
         }
     }

@@ -239,7 +239,7 @@ impl From<Error> for ApiError {
             | Error::UnknownWord { .. }
             | Error::EmptyQuery
             | Error::UnknownClass { .. } => StatusCode::BAD_REQUEST,
-            Error::NoModel { .. } | Error::ModelMismatch { .. } => StatusCode::CONFLICT,
+            Error::NoModel { .. } | Error::SideNeedsModel { .. } | Error::ModelMismatch { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // Uploads are decoded from a temporary name; say "the upload".

@@ -50,26 +50,34 @@ fn train_then_tag_search_by_words_and_keep_joint_vectors_current() {
     assert_eq!(info["words"]["name"], "glove.6B.50d");
     assert_eq!(info["labels"][0][0], "boat");
 
-    // Tagging over the whole vocabulary: [word index, word, distance], nearest first.
+    // Tagging over the whole vocabulary: {index, word, distance}, nearest first, and the top classes.
     let bottle = photos.join("bottle/2008_000112.jpg");
-    let tags = json(imgsearch(&db, &["tag", bottle.to_str().unwrap(), "-k", "10", "--json"]));
-    let tags = tags.as_array().unwrap();
+    let all = json(imgsearch(&db, &["tag", bottle.to_str().unwrap(), "-k", "10", "--text-side", "trained", "--json"]));
+    assert_eq!(all["side"], "trained");
+    let tags = all["words"].as_array().unwrap();
     assert_eq!(tags.len(), 10);
-    let words: Vec<&str> = tags.iter().map(|t| t[1].as_str().unwrap()).collect();
+    let words: Vec<&str> = tags.iter().map(|t| t["word"].as_str().unwrap()).collect();
     // A 4-label model from 48 images is rough; the 20-label one puts `bottle` first (see eval).
     assert!(words.contains(&"bottle"), "{words:?}");
-    assert!(tags.windows(2).all(|w| w[0][2].as_f64() <= w[1][2].as_f64()));
-    let tag_text = ok(imgsearch(&db, &["tag", bottle.to_str().unwrap(), "-k", "3"]));
-    assert!(tag_text.contains(&format!("{}", tags[0][0])), "text output names the word index: {tag_text}");
+    assert!(tags.windows(2).all(|w| w[0]["distance"].as_f64() <= w[1]["distance"].as_f64()));
+    assert_eq!(all["classes"].as_array().unwrap().len(), 5);
+    let fused = json(imgsearch(&db, &["tag", bottle.to_str().unwrap(), "--json"]));
+    assert_eq!(fused["side"], "fused", "a trained store fuses by default");
+    let tag_text = ok(imgsearch(&db, &["tag", bottle.to_str().unwrap(), "-k", "3", "--text-side", "trained"]));
+    assert!(tag_text.contains(&format!("{}", tags[0]["index"])), "text output names the word index: {tag_text}");
 
     // Words never used as labels, several words, negatives.
     let labels = |out: serde_json::Value| -> Vec<String> {
         out.as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_owned()).collect()
     };
-    let ocean = labels(json(imgsearch(&db, &["search", "--text", "ocean", "-k", "10", "--json"])));
-    assert!(ocean.iter().filter(|l| *l == "boat").count() >= 7, "{ocean:?}");
-    let cat_not_boat = labels(json(imgsearch(&db, &["search", "--text", "cat -boat", "-k", "5", "--json"])));
-    assert!(cat_not_boat.iter().all(|l| l == "cat"), "{cat_not_boat:?}");
+    for side in ["trained", "fused", "zero-shot"] {
+        let ocean =
+            labels(json(imgsearch(&db, &["search", "--text", "ocean", "-k", "10", "--text-side", side, "--json"])));
+        assert!(ocean.iter().filter(|l| *l == "boat").count() >= 7, "{side}: {ocean:?}");
+        let cat_not_boat =
+            labels(json(imgsearch(&db, &["search", "--text", "cat -boat", "-k", "5", "--text-side", side, "--json"])));
+        assert!(cat_not_boat.iter().all(|l| l == "cat"), "{side}: {cat_not_boat:?}");
+    }
     let e = err(imgsearch(&db, &["search", "--text", "ocaen"]));
     assert!(e.contains("'ocaen'") && e.contains("ocean"), "{e}");
     let e = err(imgsearch(&db, &["search", "--text", "cat", "--class", "284"]));
@@ -92,20 +100,34 @@ fn train_then_tag_search_by_words_and_keep_joint_vectors_current() {
 
 #[test]
 #[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
-fn tagging_or_text_search_without_a_model_says_how_to_train() {
+fn text_search_and_tags_work_zero_shot_before_any_training() {
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
-    let files = copy_images(&photos, &["cat"], 2);
+    let files = copy_images(&photos, &["cat", "boat"], 4);
     let db = tmp.path().join("db");
     ok(imgsearch(&db, &["index", photos.to_str().unwrap()]));
+    let labels = |out: serde_json::Value| -> Vec<String> {
+        out.as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap().to_owned()).collect()
+    };
+    let boats = labels(json(imgsearch(&db, &["search", "--text", "a boat on the water", "-k", "4", "--json"])));
+    assert!(boats.iter().filter(|l| *l == "boat").count() >= 3, "{boats:?}");
+    let cats = labels(json(imgsearch(&db, &["search", "--text", "cat -boat", "-k", "4", "--json"])));
+    assert!(cats.iter().filter(|l| *l == "cat").count() >= 3, "{cats:?}");
+    let tags = json(imgsearch(&db, &["tag", files[0].to_str().unwrap(), "--json"]));
+    assert_eq!(tags["side"], "zero-shot");
+    assert_eq!(tags["words"].as_array().unwrap().len(), 10);
+    let joint = json(imgsearch(&db, &["search", "--image", files[0].to_str().unwrap(), "--space", "joint", "--json"]));
+    assert_eq!(joint[0]["path"], files[0].canonicalize().unwrap().to_str().unwrap());
+    // The sides that need a model say how to train one.
     for args in [
-        vec!["tag", files[0].to_str().unwrap()],
-        vec!["search", "--text", "cat"],
-        vec!["search", "--image", files[0].to_str().unwrap(), "--space", "joint"],
+        vec!["tag", files[0].to_str().unwrap(), "--text-side", "trained"],
+        vec!["search", "--text", "cat", "--text-side", "fused"],
     ] {
         let e = err(imgsearch(&db, &args));
         assert!(e.contains("imgsearch train --data"), "{args:?}: {e}");
     }
+    let e = err(imgsearch(&db, &["search", "--text", "cat", "--text-side", "magic"]));
+    assert!(e.contains("zero-shot") && e.contains("fused"), "{e}");
 }
 
 #[test]

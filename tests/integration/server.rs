@@ -163,7 +163,8 @@ async fn text_search_finds_the_word_and_key_search_finds_the_image() {
     assert_eq!(like["space"], "cnn");
     assert!(like["tags"].is_null(), "tags only when asked for");
     let tagged = get(&format!("/api/search?key={key}&k=3&tags=true")).await.json();
-    assert!(tagged["tags"].as_array().is_some_and(|t| t.len() == 8), "{tagged}");
+    assert!(tagged["tags"]["words"].as_array().is_some_and(|t| t.len() == 8), "{tagged}");
+    assert_eq!(tagged["tags"]["side"], "fused", "a trained store fuses by default");
     // Class-weighted, max_distance, image + text combined, negatives.
     let weighted = get(&format!("/api/search?key={key}&class=Siamese%20cat&k=4")).await;
     assert_eq!(weighted.status, StatusCode::OK);
@@ -215,10 +216,13 @@ async fn uploads_are_searched_and_tagged_and_bad_ones_refused() {
     let v = a.json();
     assert_eq!(v["results"][0]["label"], "cat");
     assert!(v["results"][0]["distance"].as_f64().unwrap() < 1e-3, "the same picture is indexed: {v}");
-    assert_eq!(v["tags"].as_array().unwrap().len(), 8);
+    assert_eq!(v["tags"]["words"].as_array().unwrap().len(), 8);
     let tags = send(shared_state(), post_form("/api/tags", Some(("cat.jpg", &cat)), &[("k", "5")], None)).await.json();
-    assert_eq!(tags.as_array().unwrap().len(), 5);
-    assert!(tags[0]["index"].is_u64() && tags[0]["word"].is_string());
+    let words = tags["words"].as_array().unwrap();
+    assert_eq!(words.len(), 5);
+    assert!(words[0]["index"].is_u64() && words[0]["word"].is_string());
+    let classes: Vec<&str> = tags["classes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(classes.iter().any(|c| c.contains("cat")), "a cat photo's top classes: {classes:?}");
 
     let bad = send(shared_state(), post_form("/api/search", Some(("notes.txt", b"not an image")), &[], None)).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
@@ -255,7 +259,7 @@ async fn uploads_are_searched_and_tagged_and_bad_ones_refused() {
 async fn tags_words_classes_status_health_metrics_and_openapi() {
     let key = get("/api/search?text=bottle&k=1").await.json()["results"][0]["key"].as_i64().unwrap();
     let tags = get(&format!("/api/tags?key={key}&k=10")).await.json();
-    let words: Vec<&str> = tags.as_array().unwrap().iter().map(|t| t["word"].as_str().unwrap()).collect();
+    let words: Vec<&str> = tags["words"].as_array().unwrap().iter().map(|t| t["word"].as_str().unwrap()).collect();
     assert!(words.contains(&"bottle"), "{words:?}");
     assert_eq!(get("/api/tags?key=424242").await.status, StatusCode::NOT_FOUND);
     let said = get("/api/words?q=said&k=3").await.json();
@@ -394,15 +398,32 @@ async fn adding_and_deleting_need_the_token_and_update_the_index_live() {
 
 #[tokio::test]
 #[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
-async fn word_search_and_tags_without_a_model_say_how_to_train() {
-    let (_dir, _photos, db) = indexed_copy(&["cat"], 2);
+async fn text_search_and_tags_answer_zero_shot_without_a_model() {
+    let (_dir, _photos, db) = indexed_copy(&["cat", "boat"], 4);
     let state = state_for(&db, vec![], 2 << 20);
-    let a = send(state.clone(), Request::get("/api/search?text=cat").body(Body::empty()).unwrap()).await;
-    assert_eq!(a.status, StatusCode::CONFLICT);
-    assert!(a.error().contains("imgsearch train"), "{}", a.error());
-    let t = send(state.clone(), Request::get("/api/tags?key=1").body(Body::empty()).unwrap()).await;
-    assert_eq!(t.status, StatusCode::CONFLICT);
-    // Image search works without one, and carries no tags.
+    // Never trained: the zero-shot side answers text and tags.
+    let a = send(state.clone(), Request::get("/api/search?text=a%20cat&k=4").body(Body::empty()).unwrap()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.error());
+    let a = a.json();
+    assert_eq!(a["text_side"], "zero-shot");
+    let labels: Vec<&str> = a["results"].as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert!(labels.iter().filter(|l| **l == "cat").count() >= 3, "{labels:?}");
+    let t = send(state.clone(), Request::get("/api/tags?key=1&k=5").body(Body::empty()).unwrap()).await.json();
+    assert_eq!((t["side"].as_str(), t["words"].as_array().map(Vec::len)), (Some("zero-shot"), Some(5)), "{t}");
+    assert_eq!(t["classes"].as_array().unwrap().len(), 5);
+    // The sides that need a model say how to train one; an unknown side lists the valid ones.
+    let trained =
+        send(state.clone(), Request::get("/api/search?text=cat&text_side=trained").body(Body::empty()).unwrap()).await;
+    assert_eq!(trained.status, StatusCode::CONFLICT);
+    assert!(trained.error().contains("imgsearch train"), "{}", trained.error());
+    let bad =
+        send(state.clone(), Request::get("/api/search?text=cat&text_side=magic").body(Body::empty()).unwrap()).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.error().contains("zero-shot, trained, fused"), "{}", bad.error());
+    let status = send(state.clone(), Request::get("/api/status").body(Body::empty()).unwrap()).await.json();
+    assert_eq!(status["text_side"], "zero-shot");
+    assert!(status["joint_labels"].is_null());
+    // Image search carries no tags unless asked.
     let s = send(state, Request::get("/api/search?key=1&k=2&tags=false").body(Body::empty()).unwrap()).await.json();
     assert_eq!(s["results"].as_array().unwrap().len(), 2);
     assert!(s["tags"].is_null());

@@ -342,13 +342,24 @@ fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
     assert_eq!(report["joint_vectors"], 8);
     assert!(report["model"].as_str().unwrap().contains("(model 1)"), "{report}");
     run(local, &train);
-    same(&["search", "--text", "cat", "-k", "8", "--json"]);
-    same(&["search", "--image", q, "--space", "joint", "-k", "8", "--json"]);
-    let tags = |db: &str| json(run(db, &["tag", q, "-k", "5", "--json"]));
+    // The database keeps the trained side (its default there); the embedded store fuses by default.
+    same(&["search", "--text", "cat", "-k", "8", "--text-side", "trained", "--json"]);
+    same(&["search", "--image", q, "--space", "joint", "-k", "8", "--text-side", "trained", "--json"]);
+    let tags = |db: &str| json(run(db, &["tag", q, "-k", "5", "--text-side", "trained", "--json"]));
     let (pg_tags, emb_tags) = (tags(&url), tags(local));
-    for (p, e) in pg_tags.as_array().unwrap().iter().zip(emb_tags.as_array().unwrap()) {
-        assert_eq!(p[1], e[1]);
+    for (p, e) in pg_tags["words"].as_array().unwrap().iter().zip(emb_tags["words"].as_array().unwrap()) {
+        assert_eq!(p["word"], e["word"]);
     }
+    assert_eq!(pg_tags["classes"], emb_tags["classes"]);
+    let err = String::from_utf8_lossy(
+        &Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+            .args(["--db", &url, "search", "--text", "cat", "--text-side", "zero-shot"])
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .into_owned();
+    assert!(err.contains("embedded store"), "{err}");
 
     // Images indexed after training get their joint embedding.
     let extra = dir.path().join("cat").join("copy-of-bottle.jpg");

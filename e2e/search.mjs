@@ -1,6 +1,7 @@
 // End-to-end: the search page in headless Chromium (Debian's, driven by
-// playwright-core). Builds a small index of shared Pascal images with a
-// trained joint model, starts `imgsearch serve` on a loopback port, types
+// playwright-core). Serves a small collection of shared Pascal images never
+// trained and expects text search to answer zero-shot; then trains the
+// joint model, starts `imgsearch serve` on a loopback port again, types
 // `dog` and expects dog thumbnails, uploads a cat photo and expects cats,
 // clicks a result and expects images like it, and saves screenshots under
 // target/e2e/. Run from the project root: `node e2e/search.mjs`
@@ -36,16 +37,26 @@ for (const label of ["cat", "dog", "boat", "car", "bottle"]) {
   }
 }
 const db = process.env.IMGSEARCH_E2E_DB || path.join(work, "db");
-execFileSync(bin, ["--db", db, "train", "--data", photos, "--epochs", "30", "--batch-size", "8"], { stdio: "inherit" });
+const embedded = !process.env.IMGSEARCH_E2E_DB;
 
-const port = 18000 + Math.floor(Math.random() * 2000);
-const server = spawn(bin, ["--db", db, "serve", "--addr", `127.0.0.1:${port}`, photos], { stdio: ["ignore", "inherit", "pipe"] });
+let server = null;
 let serverLog = "";
-server.stderr.on("data", (d) => { serverLog += d; process.stderr.write(d); });
-const base = `http://127.0.0.1:${port}`;
+let base = "";
+function startServer() {
+  const port = 18000 + Math.floor(Math.random() * 2000);
+  server = spawn(bin, ["--db", db, "serve", "--addr", `127.0.0.1:${port}`, photos], { stdio: ["ignore", "inherit", "pipe"] });
+  serverLog = "";
+  server.stderr.on("data", (d) => { serverLog += d; process.stderr.write(d); });
+  base = `http://127.0.0.1:${port}`;
+}
+async function stopServer() {
+  const exited = new Promise((r) => server.once("exit", r));
+  server.kill("SIGINT");
+  await exited;
+}
 
 async function waitForServer() {
-  for (let i = 0; i < 300; i++) {
+  for (let i = 0; i < 600; i++) {
     try { if ((await fetch(base + "/healthz")).ok) return; } catch { /* not yet */ }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -58,6 +69,27 @@ const browser = await chromium.launch({
          "--disable-component-update", "--no-first-run", "--disable-sync"],
 });
 try {
+  // A collection nobody labelled: text search answers zero-shot (embedded store).
+  if (embedded) {
+    startServer();
+    await waitForServer();
+    const fresh = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+    await fresh.goto(base + "/");
+    await fresh.waitForFunction(() => document.getElementById("status").textContent.includes("images"));
+    const freshStatus = await fresh.textContent("#status");
+    if (!freshStatus.includes("zero-shot")) fail("never-trained status line: " + freshStatus);
+    await fresh.fill("#text", "a dog");
+    await fresh.click("#textform button");
+    await fresh.waitForSelector(".hit");
+    const zsLabels = await fresh.$$eval(".hit .label", (els) => els.slice(0, 8).map((e) => e.textContent));
+    if (zsLabels.filter((l) => l === "dog").length < 5) fail("never trained, typing a dog showed " + zsLabels.join(", "));
+    await fresh.screenshot({ path: path.join(shots, "zero-shot.png") });
+    await fresh.close();
+    await stopServer();
+    console.log(`e2e: never trained, "a dog" -> ${zsLabels.join(",")}`);
+  }
+  execFileSync(bin, ["--db", db, "train", "--data", photos, "--epochs", "30", "--batch-size", "8"], { stdio: "inherit" });
+  startServer();
   await waitForServer();
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   const consoleErrors = [];
@@ -105,6 +137,6 @@ try {
   console.log(`e2e ok: dog -> ${labels.join(",")}; upload -> ${catLabels.join(",")}; screenshots in ${shots}`);
 } finally {
   await browser.close();
-  server.kill("SIGINT");
+  if (server) server.kill("SIGINT");
   fs.rmSync(work, { recursive: true, force: true });
 }

@@ -969,6 +969,8 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         words_file: a.vectors.clone(),
     };
     let state = crate::server::State::load(db, embedder, words, options)?;
+    // The tag vocabulary is made once (seconds) before the first request waits for it.
+    state.warm_up()?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(a.addr, state))
 }
 

@@ -203,6 +203,14 @@ impl State {
         Ok(())
     }
 
+    /// Makes what the first requests would otherwise wait for (the tag vocabulary).
+    pub fn warm_up(&self) -> crate::Result<()> {
+        if let Some(space) = self.text() {
+            space.encoder.tag_words()?;
+        }
+        Ok(())
+    }
+
     /// The text space, once loaded.
     pub(crate) fn text(&self) -> Option<Arc<TextSpace>> {
         self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -37,3 +37,35 @@ fn word_order_matters_and_empty_text_is_an_error() {
     assert!(cos < 0.99, "the two sentences differ: cos {cos}");
     assert!(matches!(enc.encode(&["  "]), Err(imgsearch::Error::EmptyQuery)));
 }
+
+/// The zero-shot side's classifier, softmax and top-10 mixing against NumPy
+/// (`scripts/reference_zeroshot.py`), from the NumPy reference embeddings:
+/// with one-hot class texts the projection is the mixing weights themselves.
+#[test]
+fn zero_shot_mixing_matches_the_numpy_reference() {
+    use imgsearch::joint::zeroshot::{classifier, ZeroShot};
+    use imgsearch::joint::Projection;
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_reader(std::fs::File::open(crate::test_data(name)).unwrap()).unwrap()
+    };
+    let (reference, embeddings) = (read("reference_zeroshot.json"), read("reference_lite0.json"));
+    let models = imgsearch::models::models_dir(None);
+    let weights = imgsearch::models::backbone_weights(&models, &imgsearch::backbone::Config::lite0());
+    assert!(weights.exists(), "{} missing: run `imgsearch models fetch` first", weights.display());
+    let (w, b) = classifier(&weights).unwrap();
+    assert_eq!((w.len(), b.len()), (1000 * 1280, 1000));
+    let mut one_hot = vec![0f32; 1000 * 1000];
+    (0..1000).for_each(|c| one_hot[c * 1000 + c] = 1.0);
+    let zs = ZeroShot::new(&w, &b, &one_hot, 1000).unwrap();
+    for i in 0..3 {
+        let e: Vec<f32> = serde_json::from_value(embeddings["embeddings"][i].clone()).unwrap();
+        let got = zs.project(&e).unwrap();
+        let classes: Vec<usize> = serde_json::from_value(reference["classes"][i].clone()).unwrap();
+        let want: Vec<f32> = serde_json::from_value(reference["weights"][i].clone()).unwrap();
+        for (&c, &p) in classes.iter().zip(&want) {
+            assert!((got[c] - p).abs() <= 1e-3 * p, "image {i}, class {c}: {} vs NumPy {p}", got[c]);
+        }
+        let others: f32 = got.iter().enumerate().filter(|(c, _)| !classes.contains(c)).map(|(_, v)| v.abs()).sum();
+        assert_eq!(others, 0.0, "image {i}: only the top 10 classes are mixed");
+    }
+}

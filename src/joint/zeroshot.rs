@@ -86,7 +86,7 @@ impl ZeroShot {
         temperature: f32,
     ) -> Result<Self> {
         let classes = bias.len();
-        if classes == 0 || weights.len() % classes != 0 || class_texts.len() != classes * dim {
+        if classes == 0 || !weights.len().is_multiple_of(classes) || class_texts.len() != classes * dim {
             return Err(Error::Msg(format!(
                 "zero-shot: {classes} classes do not match a classifier of {} values and {} class-text values of {dim}",
                 weights.len(),

@@ -540,6 +540,7 @@ fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
         }
         _ => HnswIndex::build(store.vectors(), dim, HnswParams::default()),
     };
+    let _lock = store.write_lock()?;
     index.save(store.dir())?;
     Ok(Some(rows))
 }

@@ -52,6 +52,8 @@ impl JointVectors {
     /// and maps them: rows made by another projection are recomputed,
     /// missing rows added.
     pub fn update(store: &Store, model: &dyn Projection, path: &Path) -> Result<Self> {
+        // Derived files are written by one process at a time too.
+        let _lock = store.write_lock()?;
         let path = path.to_path_buf();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

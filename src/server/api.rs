@@ -447,6 +447,8 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
         None => None,
     };
     let requested_side = text_side(p.text_side.as_deref())?;
+    // Another process (`index`, `train`) may have added images meanwhile.
+    state.refresh_store()?;
     if space == "joint" || p.tags == Some(true) {
         // Another process may have trained a newer model meanwhile.
         state.refresh_model()?;
@@ -528,20 +530,7 @@ fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
         }
         return Ok(());
     }
-    let Some(store) = engine.store.as_embedded() else { return Ok(()) };
-    let dim = store.dim();
-    let rows = store.vectors().len() / dim;
-    if let Some(h) = &mut engine.hnsw {
-        if h.len() < rows {
-            let covered = h.len();
-            h.insert_rows(store.vectors(), dim, covered);
-            h.save(store.dir())?;
-        }
-    }
-    if let Some(joint) = &mut engine.joint {
-        joint.update(store)?;
-    }
-    Ok(())
+    engine.catch_up()
 }
 
 /// Keeps a label to one safe folder name.
@@ -632,6 +621,7 @@ async fn tags_get(Shared(state): Shared<AppState>, Query(p): Query<TagParams>) -
     let key = p.key.ok_or_else(|| ApiError::bad_request("give key (or POST an image)"))?;
     let side = text_side(p.text_side.as_deref())?;
     blocking(&state, move |st| {
+        st.refresh_store()?;
         st.refresh_model()?;
         let engine = read(&st.engine);
         let raw = stored_embedding(&engine, key)?;

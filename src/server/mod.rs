@@ -70,6 +70,28 @@ pub(crate) struct Engine {
     pub joint: Option<Joint>,
 }
 
+impl Engine {
+    /// Brings what is derived from an embedded store (the HNSW graph, each
+    /// text side's vectors) up to its rows, after images were added.
+    pub(crate) fn catch_up(&mut self) -> crate::Result<()> {
+        let Some(store) = self.store.as_embedded() else { return Ok(()) };
+        let dim = store.dim();
+        let rows = store.vectors().len() / dim;
+        if let Some(h) = &mut self.hnsw {
+            if h.len() < rows {
+                let covered = h.len();
+                h.insert_rows(store.vectors(), dim, covered);
+                let _lock = store.write_lock()?;
+                h.save(store.dir())?;
+            }
+        }
+        if let Some(joint) = &mut self.joint {
+            joint.update(store)?;
+        }
+        Ok(())
+    }
+}
+
 /// The text space in use: zero-shot always, the joint model once trained.
 pub(crate) struct Joint {
     /// The database's model id (0 for a folder's model), `None` untrained.
@@ -200,6 +222,19 @@ impl State {
         }
         engine.joint = Some(joint);
         *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(space);
+        Ok(())
+    }
+
+    /// Picks up images another process (`index`, `train`, another `serve`)
+    /// committed to the store since this one last looked.
+    pub(crate) fn refresh_store(&self) -> crate::Result<()> {
+        if !self.engine.read().unwrap_or_else(|e| e.into_inner()).store.is_stale()? {
+            return Ok(());
+        }
+        let mut engine = self.engine.write().unwrap_or_else(|e| e.into_inner());
+        if engine.store.refresh()? {
+            engine.catch_up()?;
+        }
         Ok(())
     }
 

@@ -17,6 +17,12 @@
 //! count. A crash between the two leaves rows past the committed count; they
 //! are cut off at the next open. So a completed batch is never lost and a
 //! half-written one is never seen. Images with identical content share a row.
+//!
+//! One writer at a time, any number of readers: every write takes an
+//! exclusive lock on `write.lock` (flock; a second writer waits, saying so),
+//! then re-reads the committed row count, so rows are assigned from what is
+//! committed, never from a stale view. Readers take no lock; a long-lived
+//! reader (`serve`) asks [`ImageStore::is_stale`] and [`ImageStore::refresh`]es.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +61,14 @@ pub trait ImageStore: Send + Sync {
     /// The `k` images nearest to `query` (any length) by angular distance,
     /// nearest first, searched where the vectors are.
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>>;
+    /// Whether another process committed changes this handle does not see yet.
+    fn is_stale(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Picks up what other processes committed; says whether anything changed.
+    fn refresh(&mut self) -> Result<bool> {
+        Ok(false)
+    }
     /// The embedded store, for what only it offers (joint vectors, class
     /// weights, the local HNSW graph).
     fn as_embedded(&self) -> Option<&Store> {
@@ -133,6 +147,58 @@ pub enum NewVector {
     SameAs { row: u64, norm: f32 },
 }
 
+/// An exclusive lock on a store's `write.lock`, held while writing; released
+/// when dropped (or when the process dies: flock locks go with the file).
+pub struct WriteLock {
+    _file: std::fs::File,
+}
+
+impl WriteLock {
+    /// Waits for the lock, saying so when another process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        Self::take(dir, true).map(|l| l.expect("a blocking lock is taken"))
+    }
+
+    /// The lock if nobody holds it, else `None` at once.
+    pub fn try_acquire(dir: &Path) -> Result<Option<Self>> {
+        Self::take(dir, false)
+    }
+
+    fn take(dir: &Path, wait: bool) -> Result<Option<Self>> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join("write.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let fd = file.as_raw_fd();
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(Self { _file: file }));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::io(&path, err));
+        }
+        if !wait {
+            return Ok(None);
+        }
+        eprintln!("waiting for another imgsearch process writing to {} ...", dir.display());
+        loop {
+            // SAFETY: as above.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
+                return Ok(Some(Self { _file: file }));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io(&path, err));
+            }
+        }
+    }
+}
+
 /// The embedded store.
 pub struct Store {
     dir: PathBuf,
@@ -205,8 +271,11 @@ impl Store {
             }
         }
         let rows: u64 = setting("rows")?.and_then(|r| r.parse().ok()).unwrap_or(0);
+        conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(|e| db_err(dir, e))?;
         let mut store = Self { dir: dir.to_path_buf(), conn: std::sync::Mutex::new(conn), dim, rows, mmap: None };
-        store.open_vectors()?;
+        // An uncommitted tail is cut off only when no other process is writing.
+        let lock = WriteLock::try_acquire(dir)?;
+        store.open_vectors(lock.is_some())?;
         Ok(store)
     }
 
@@ -216,7 +285,9 @@ impl Store {
 
     /// Checks the vector file against the committed row count, cuts off an
     /// uncommitted tail, and maps it.
-    fn open_vectors(&mut self) -> Result<()> {
+    /// Maps the committed rows; `cut_tail` (only under the write lock) cuts
+    /// off rows a batch appended but never committed.
+    fn open_vectors(&mut self, cut_tail: bool) -> Result<()> {
         let path = self.vectors_path();
         let row_bytes = (self.dim * 4) as u64;
         if !path.exists() {
@@ -236,11 +307,12 @@ impl Store {
         if len < want {
             return Err(bad(format!("holds {} bytes but {} committed rows need {want}", len, self.rows)));
         }
-        if len > want {
+        if len > want && cut_tail {
             // Rows appended by a batch that never committed.
             file.set_len(want).map_err(|e| Error::io(&path, e))?;
         }
-        // SAFETY: the file is only appended to by this process (one indexer per store).
+        // SAFETY: the file is only appended to (under the write lock), and
+        // cut only past the committed rows this map covers.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         if &mmap[..8] != VECTORS_MAGIC || u32::from_le_bytes(mmap[8..12].try_into().unwrap()) as usize != self.dim {
             return Err(bad("bad header (not an imgsearch vector file, or another dimension)".into()));
@@ -251,6 +323,37 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The write lock of this store (also for the files derived beside it).
+    pub fn write_lock(&self) -> Result<WriteLock> {
+        WriteLock::acquire(&self.dir)
+    }
+
+    /// The row count other processes have committed.
+    fn committed_rows(&self) -> Result<u64> {
+        let value: Option<String> = self
+            .conn()
+            .query_row("SELECT value FROM settings WHERE name = 'rows'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_err(&self.dir, e))?;
+        value.and_then(|v| v.parse().ok()).ok_or_else(|| Error::Store {
+            path: self.dir.join("meta.sqlite"),
+            reason: "the committed row count is missing or unreadable; the store is damaged".into(),
+        })
+    }
+
+    /// Maps the rows committed since this handle last looked. `locked`: the
+    /// caller holds the write lock (so an uncommitted tail may be cut).
+    fn catch_up(&mut self, locked: bool) -> Result<bool> {
+        let committed = self.committed_rows()?;
+        if committed == self.rows && !locked {
+            return Ok(false);
+        }
+        let changed = committed != self.rows;
+        self.rows = committed;
+        self.open_vectors(locked)?;
+        Ok(changed)
     }
 
     pub fn dim(&self) -> usize {
@@ -361,6 +464,9 @@ impl Store {
     /// Adds a batch atomically: vectors appended and synced, then one transaction.
     /// Returns the new images' keys.
     pub fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>> {
+        let _lock = self.write_lock()?;
+        // Rows are assigned from what is committed now, whoever wrote it.
+        self.catch_up(true)?;
         let path = self.vectors_path();
         let mut new_rows = Vec::new();
         let mut bytes = Vec::new();
@@ -407,13 +513,14 @@ impl Store {
         tx.commit().map_err(|e| db_err(&self.dir, e))?;
         self.rows = rows_after;
         if !new_rows.is_empty() {
-            self.open_vectors()?;
+            self.open_vectors(true)?;
         }
         Ok(keys)
     }
 
     /// Records that an image moved (same content, new path): no re-embedding.
     pub fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()> {
+        let _lock = self.write_lock()?;
         self.conn()
             .execute(
                 "UPDATE images SET path = ?2, size = ?3, mtime = ?4, label = ?5 WHERE key = ?1",
@@ -425,6 +532,7 @@ impl Store {
 
     /// Deletes images by key, in one transaction.
     pub fn delete(&mut self, keys: &[i64]) -> Result<()> {
+        let _lock = self.write_lock()?;
         let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction().map_err(|e| db_err(&self.dir, e))?;
         for key in keys {
@@ -435,6 +543,14 @@ impl Store {
 }
 
 impl ImageStore for Store {
+    fn is_stale(&self) -> Result<bool> {
+        Ok(self.committed_rows()? != self.rows)
+    }
+
+    fn refresh(&mut self) -> Result<bool> {
+        self.catch_up(false)
+    }
+
     fn describe(&self) -> String {
         self.dir.display().to_string()
     }

@@ -37,7 +37,6 @@ for (const label of ["cat", "dog", "boat", "car", "bottle"]) {
   }
 }
 const db = process.env.IMGSEARCH_E2E_DB || path.join(work, "db");
-const embedded = !process.env.IMGSEARCH_E2E_DB;
 
 let server = null;
 let serverLog = "";
@@ -69,8 +68,8 @@ const browser = await chromium.launch({
          "--disable-component-update", "--no-first-run", "--disable-sync"],
 });
 try {
-  // A collection nobody labelled: text search answers zero-shot (embedded store).
-  if (embedded) {
+  // A collection nobody labelled: text search answers zero-shot.
+  {
     startServer();
     await waitForServer();
     const fresh = await browser.newPage({ viewport: { width: 1200, height: 900 } });

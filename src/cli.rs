@@ -469,18 +469,26 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
     let embedder = load_embedder(models_dir, &a.backbone)?;
     let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
     let report = index_into(store.as_mut(), &embedder, &a.folders)?;
-    // The embedded store keeps its own graph and joint vectors; a database indexes its vectors itself.
+    // The embedded store keeps its own graph; a database indexes its vectors itself.
     let (mut hnsw_rows, mut joint_rows) = (None, None);
     if let Some(store) = store.as_embedded() {
         hnsw_rows = update_hnsw(store)?;
-        if crate::joint::exists(db) {
-            let model = JointModel::load(db)?;
-            let path = crate::joint::vectors::JointVectors::path(db);
-            joint_rows = Some(crate::joint::vectors::JointVectors::update(store, &model, &path)?.len());
-        }
     }
-    if let Some(pg) = store.as_postgres() {
-        joint_rows = sync_joint(pg)?;
+    // Every text side's vectors for the new images, so text search starts at once.
+    match text_space(models_dir, store.as_ref(), db, &a.backbone, None) {
+        Ok(space) => {
+            for side in space.sides() {
+                let local = space.sync(side, store.as_ref(), None)?;
+                if side == crate::joint::Side::Trained {
+                    joint_rows = match (local, store.as_postgres()) {
+                        (Some(v), _) => Some(v.len()),
+                        (None, Some(pg)) => Some(pg.joint_len()?),
+                        (None, None) => None,
+                    };
+                }
+            }
+        }
+        Err(e) => eprintln!("note: text-search vectors not updated ({e:#}); they are made at the first text search"),
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -509,15 +517,6 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
         bail!("{} files could not be indexed (listed above as skipped)", report.failed.len());
     }
     Ok(())
-}
-
-/// Gives new contents in a database their joint embedding under its
-/// current model, if there is one; returns how many contents have one.
-fn sync_joint(pg: &crate::store::postgres::PgStore) -> anyhow::Result<Option<usize>> {
-    let Some(m) = pg.model()? else { return Ok(None) };
-    let model = JointModel::from_stored(&m.info, &m.weights, &pg.describe())?;
-    pg.sync_joint(m.id, model.out_dim(), None, &|x| model.project(x))?;
-    Ok(Some(pg.joint_len()?))
 }
 
 /// Keeps the HNSW graph in step with the store once it is large enough:
@@ -626,7 +625,6 @@ fn load_sentence_encoder(
 }
 
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
-    use crate::joint::vectors::JointVectors;
     let joint_space = a.text.is_some() || a.space == Space::Joint;
     let store = open_any_index(db, &a.backbone)?;
     if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
@@ -646,17 +644,13 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     };
     let embed_new =
         |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
-    let (mut joint_vectors, mut joint_model) = (None, None);
+    let (mut joint_vectors, mut joint_model, mut text_fingerprint) = (None, None, None);
     let query: Vec<f32> = if joint_space {
         let space = text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?;
-        let side = space.side_for_store(a.text_side, store.as_ref())?;
-        joint_model = space.model_id();
-        // A database keeps its joint embeddings itself.
-        if let Some(embedded) = store.as_embedded() {
-            let projection = space.projection(side)?;
-            joint_vectors =
-                Some(JointVectors::update(embedded, &projection, &JointVectors::path_for(embedded.dir(), side))?);
-        }
+        let side = space.side(a.text_side)?;
+        (joint_model, text_fingerprint) = space.database_target(side)?;
+        // Every image gets its vector on this side first (new ones only: a few ms).
+        joint_vectors = space.sync(side, store.as_ref(), None)?;
         match (&a.text, &a.image) {
             (Some(text), _) => {
                 let (v, truncated) = space.encoder.query(text)?;
@@ -694,6 +688,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         hnsw: hnsw.as_ref(),
         joint: joint_vectors.as_ref(),
         joint_model,
+        text_fingerprint,
     };
     let results = crate::query::search(&indexes, &query, a.k, a.max_distance)?;
     if a.json {
@@ -909,7 +904,7 @@ impl LabelledImagesRoot {
 fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
     let store = open_any_index(db, &a.backbone)?;
     let space = text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?;
-    let side = space.side_for_store(a.text_side, store.as_ref())?;
+    let side = space.side(a.text_side)?;
     let embedding = image_embedding(store.as_ref(), &a.image, |path| {
         Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding)
     })?;
@@ -953,9 +948,6 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         );
         if let Some(embedded) = store.as_embedded() {
             update_hnsw(embedded)?;
-        }
-        if let Some(pg) = store.as_postgres() {
-            sync_joint(pg)?;
         }
     }
     drop(store);
@@ -1180,7 +1172,13 @@ fn eval_store(
     let path_of = |i: usize| data.paths[i].to_string_lossy().into_owned();
     let label_of: std::collections::HashMap<String, &str> =
         usable.iter().map(|&i| (path_of(i), data.items[i].1.as_str())).collect();
-    let indexes = crate::query::Indexes { store: store.as_ref(), hnsw: hnsw.as_ref(), joint: None, joint_model: None };
+    let indexes = crate::query::Indexes {
+        store: store.as_ref(),
+        hnsw: hnsw.as_ref(),
+        joint: None,
+        joint_model: None,
+        text_fingerprint: None,
+    };
     let (mut precision, mut recall, mut times) = (0.0, 0.0, Vec::with_capacity(usable.len()));
     for (n, &i) in usable.iter().enumerate() {
         let me = path_of(i);

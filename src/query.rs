@@ -38,8 +38,10 @@ pub struct Indexes<'a> {
     /// The HNSW graph over the CNN embeddings, when it covers every row.
     pub hnsw: Option<&'a HnswIndex>,
     pub joint: Option<&'a JointVectors>,
-    /// The database's id of the joint model the query was made with.
+    /// The database's id of the joint model the query was made with (trained side).
     pub joint_model: Option<i64>,
+    /// The database's rows of another text side (zero-shot, fused), by projection fingerprint.
+    pub text_fingerprint: Option<String>,
 }
 
 /// The `k` nearest images to `query`, nearest first, farther than
@@ -93,10 +95,11 @@ fn search_database(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Opti
     let store = ix.store;
     let hits = match (query, store.as_postgres()) {
         (Query::Cnn(q), _) => store.nearest(q, k)?,
-        (Query::Joint(q), Some(pg)) => {
-            let model = ix.joint_model.ok_or_else(|| crate::Error::NoModel { db: store.describe().into() })?;
-            pg.nearest_joint(model, q, k)?
-        }
+        (Query::Joint(q), Some(pg)) => match (&ix.text_fingerprint, ix.joint_model) {
+            (Some(fingerprint), _) => pg.nearest_text(fingerprint, q, k)?,
+            (None, Some(model)) => pg.nearest_joint(model, q, k)?,
+            (None, None) => return Err(crate::Error::NoModel { db: store.describe().into() }),
+        },
         (Query::Weighted { embedding, weights }, Some(pg)) => pg.nearest_weighted(embedding, weights, k)?,
         _ => {
             return Err(crate::Error::Msg(format!(

@@ -106,22 +106,49 @@ impl TextSpace {
         }
     }
 
-    /// The side a search or tag on `store` uses: `requested` or the
-    /// default. A database keeps the trained side's vectors only (for now),
-    /// so there the default is trained and the others are refused.
-    pub fn side_for_store(&self, requested: Option<Side>, store: &dyn crate::store::ImageStore) -> Result<Side> {
-        if store.as_postgres().is_none() {
-            return self.side(requested);
+    /// The sides this space can answer: zero-shot, and trained and fused once a model exists.
+    pub fn sides(&self) -> Vec<Side> {
+        Side::ALL.into_iter().filter(|&s| self.side(Some(s)).is_ok()).collect()
+    }
+
+    /// Brings `side`'s image vectors on `store` up to date (every image, or
+    /// only `hashes` on a database): the embedded store's file beside it
+    /// (returned, mapped), or the database's rows.
+    pub fn sync(
+        &self,
+        side: Side,
+        store: &dyn crate::store::ImageStore,
+        hashes: Option<&[String]>,
+    ) -> Result<Option<super::vectors::JointVectors>> {
+        use super::vectors::JointVectors;
+        let projection = self.projection(side)?;
+        if let Some(local) = store.as_embedded() {
+            let path = JointVectors::path_for(local.dir(), side);
+            return Ok(Some(JointVectors::update(local, &projection, &path)?));
         }
-        if self.trained.is_none() {
-            return Err(Error::NoModel { db: store.describe().into() });
+        if let Some(pg) = store.as_postgres() {
+            let out_dim = projection.out_dim();
+            match (side, &self.trained) {
+                (Side::Trained, Some((id, model))) => {
+                    pg.sync_joint(*id, out_dim, hashes, &|x| model.project(x))?;
+                }
+                _ => {
+                    pg.sync_text(side.name(), &hex(&projection.fingerprint()), out_dim, hashes, &|x| {
+                        projection.project(x)
+                    })?;
+                }
+            }
         }
-        match requested.unwrap_or(Side::Trained) {
-            Side::Trained => Ok(Side::Trained),
-            other => Err(Error::Msg(format!(
-                "the {other} text side runs on the embedded store; on PostgreSQL use the trained side"
-            ))),
-        }
+        Ok(None)
+    }
+
+    /// Where a database searches `side`: the trained model's rows (by model
+    /// id) or a projection's rows (by fingerprint).
+    pub fn database_target(&self, side: Side) -> Result<(Option<i64>, Option<String>)> {
+        Ok(match side {
+            Side::Trained => (self.model_id(), None),
+            _ => (None, Some(hex(&self.projection(side)?.fingerprint()))),
+        })
     }
 
     /// The model id searches in the database use for `side`.
@@ -160,6 +187,11 @@ impl SideProjection<'_> {
     fn trained(&self) -> &JointModel {
         &self.space.trained.as_ref().expect("checked by TextSpace::side").1
     }
+}
+
+/// Lower-case hex of a fingerprint.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Each row of `v` (`dim` wide) scaled to unit length, in place (zero stays zero).

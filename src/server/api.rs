@@ -391,7 +391,7 @@ fn space_of(engine: &Engine) -> ApiResult<&super::Joint> {
 
 fn tags_of(engine: &Engine, raw: &[f32], k: usize, side: Option<Side>) -> ApiResult<Tags> {
     let joint = space_of(engine)?;
-    let side = joint.space.side_for_store(side, engine.store.as_ref())?;
+    let side = joint.space.side(side)?;
     Ok(joint.space.tags(side, raw, k)?)
 }
 
@@ -472,13 +472,15 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
         (None, None) => None,
     };
     let mut side = None;
+    let (mut joint_model, mut text_fingerprint) = (None, None);
     let query = match (space, &image, class_weights) {
         ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted { embedding: img.clone(), weights },
         ("cnn", Some(img), None) => SearchQuery::Cnn(img.clone()),
         (_, img, _) => {
             let joint = space_of(&engine)?;
-            let s = joint.space.side_for_store(requested_side, engine.store.as_ref())?;
+            let s = joint.space.side(requested_side)?;
             side = Some(s);
+            (joint_model, text_fingerprint) = joint.space.database_target(s)?;
             let mut q = vec![0f32; joint.space.encoder.dim()];
             if let Some(img) = img {
                 q.iter_mut().zip(joint.space.project(s, img)?).for_each(|(a, b)| *a += b);
@@ -493,7 +495,8 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
         store: engine.store.as_ref(),
         hnsw: engine.hnsw.as_ref(),
         joint: engine.joint.as_ref().zip(side).and_then(|(j, s)| j.vectors(s)),
-        joint_model: engine.joint.as_ref().and_then(|j| j.model_id),
+        joint_model,
+        text_fingerprint,
     };
     let found = query::search(&indexes, &query, k, p.max_distance)?;
     let tags = match &image {
@@ -524,9 +527,9 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
 /// After an image is added: extend the HNSW graph and the joint vectors
 /// (embedded store), or give its content a joint embedding (database).
 fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
-    if let Some(pg) = engine.store.as_postgres() {
-        if let Some((id, model)) = engine.joint.as_ref().and_then(|j| j.space.trained.as_ref()) {
-            pg.sync_joint(*id, model.out_dim(), Some(&[hash.to_owned()]), &|x| model.project(x))?;
+    if engine.store.as_postgres().is_some() {
+        if let Some(joint) = &mut engine.joint {
+            joint.update(engine.store.as_ref(), Some(&[hash.to_owned()]))?;
         }
         return Ok(());
     }
@@ -581,7 +584,7 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
                 .as_ref()
                 .and_then(|j| j.space.trained.as_ref())
                 .map(|(_, m)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
-            text_side: engine.joint.as_ref().and_then(|j| j.space.side_for_store(None, engine.store.as_ref()).ok()),
+            text_side: engine.joint.as_ref().and_then(|j| j.space.side(None).ok()),
             hnsw: engine.hnsw.is_some() || engine.store.as_postgres().is_some(),
         }))
     })

@@ -86,7 +86,7 @@ impl Engine {
             }
         }
         if let Some(joint) = &mut self.joint {
-            joint.update(store)?;
+            joint.update(self.store.as_ref(), None)?;
         }
         Ok(())
     }
@@ -107,15 +107,16 @@ impl Joint {
         self.vectors.iter().find(|(s, _)| *s == side).map(|(_, v)| v)
     }
 
-    /// Brings every side's vectors up to date with the store (after images were added).
-    pub fn update(&mut self, store: &crate::store::Store) -> crate::Result<()> {
-        let sides: Vec<Side> = Side::ALL.into_iter().filter(|&s| self.space.side(Some(s)).is_ok()).collect();
-        self.vectors.clear();
-        for side in sides {
-            let projection = self.space.projection(side)?;
-            let v = JointVectors::update(store, &projection, &JointVectors::path_for(store.dir(), side))?;
-            self.vectors.push((side, v));
+    /// Brings every side's vectors up to date with the store (after images
+    /// were added: all of them, or only `hashes` on a database).
+    pub fn update(&mut self, store: &dyn ImageStore, hashes: Option<&[String]>) -> crate::Result<()> {
+        let mut vectors = Vec::new();
+        for side in self.space.sides() {
+            if let Some(v) = self.space.sync(side, store, hashes)? {
+                vectors.push((side, v));
+            }
         }
+        self.vectors = vectors;
         Ok(())
     }
 }
@@ -212,14 +213,10 @@ impl State {
             .ok_or_else(|| Error::Msg(format!("unknown backbone {}", self.options.backbone)))?;
         let space =
             Arc::new(TextSpace::load(&self.options.models, &config, trained, self.options.words_file.as_deref())?);
-        if let (Some(pg), Some((id, model))) = (engine.store.as_postgres(), &space.trained) {
-            // Images another process added while the model was being trained.
-            pg.sync_joint(*id, model.out_dim(), None, &|x| model.project(x))?;
-        }
+        // Every side's vectors, including images another process added
+        // while the model was being trained.
         let mut joint = Joint { model_id: space.model_id(), space: space.clone(), vectors: Vec::new() };
-        if let Some(store) = engine.store.as_embedded() {
-            joint.update(store)?;
-        }
+        joint.update(engine.store.as_ref(), None)?;
         engine.joint = Some(joint);
         *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(space);
         Ok(())

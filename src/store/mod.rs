@@ -596,7 +596,8 @@ impl ImageStore for Store {
     }
 
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
-        let ix = crate::query::Indexes { store: self, hnsw: None, joint: None, joint_model: None };
+        let ix =
+            crate::query::Indexes { store: self, hnsw: None, joint: None, joint_model: None, text_fingerprint: None };
         let found = crate::query::search(&ix, &crate::query::Query::Cnn(query.to_vec()), k, None)?;
         found
             .into_iter()

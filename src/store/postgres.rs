@@ -19,6 +19,12 @@
 //!   they read is locked); then the previous rows and index are dropped.
 //!   Images added later get theirs from whoever adds them
 //!   ([`PgStore::sync_joint`]).
+//! - `text_vectors`: each content's vector on the zero-shot and fused text
+//!   sides, keyed by the projection's fingerprint (the same in every process
+//!   with the same backbone, encoder and model), with a partial HNSW index
+//!   per fingerprint, `text_hnsw_<fingerprint prefix>`; filled by whoever
+//!   adds images and at load ([`PgStore::sync_text`]); a side's rows of an
+//!   older projection are dropped once the new one is complete.
 //! - `blobs`: the bytes of images uploaded through `serve`, so every
 //!   replica can show an upload another one received.
 //!
@@ -40,7 +46,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -107,6 +113,17 @@ fn migrations(dim: usize) -> Vec<String> {
          CREATE TABLE blobs(
              hash TEXT PRIMARY KEY REFERENCES vectors(hash) ON DELETE CASCADE,
              bytes BYTEA NOT NULL);"
+            .to_owned(),
+        // Version 3: each content's vector on the text sides that need no
+        // model row of their own (zero-shot, fused), keyed by the
+        // projection's fingerprint, with a partial HNSW index per fingerprint.
+        "CREATE TABLE text_vectors(
+             side TEXT NOT NULL,
+             fingerprint TEXT NOT NULL,
+             hash TEXT NOT NULL REFERENCES vectors(hash) ON DELETE CASCADE,
+             embedding vector NOT NULL,
+             PRIMARY KEY (fingerprint, hash));
+         CREATE INDEX text_vectors_hash ON text_vectors(hash);"
             .to_owned(),
     ]
 }
@@ -421,6 +438,108 @@ impl PgStore {
         }
     }
 
+    /// Gives stored contents (all, or only `hashes`) their vector on a text
+    /// side under projection `fingerprint` (hex), made by `project`, and
+    /// makes sure its partial HNSW index exists. Rows of the side's other
+    /// projections (an older model, another encoder) are dropped once this
+    /// one is complete. Idempotent; returns rows added.
+    pub fn sync_text(
+        &self,
+        side: &str,
+        fingerprint: &str,
+        out_dim: usize,
+        hashes: Option<&[String]>,
+        project: Project<'_>,
+    ) -> Result<usize> {
+        if !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.err(format!("bad text-side fingerprint {fingerprint}")));
+        }
+        let mut added = 0;
+        loop {
+            let rows = self.retry(|c| {
+                c.query(
+                    "SELECT v.hash, v.embedding, v.norm FROM vectors v
+                     WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
+                       AND NOT EXISTS (SELECT 1 FROM text_vectors t WHERE t.fingerprint = $3 AND t.hash = v.hash)
+                     LIMIT $2",
+                    &[&hashes, &JOINT_BATCH, &fingerprint],
+                )
+            })?;
+            if rows.is_empty() {
+                break;
+            }
+            let (found, projected) = self.project_rows(&rows, out_dim, project)?;
+            let n = self.retry(|c| {
+                let mut tx = c.transaction()?;
+                let insert = tx.prepare(
+                    "INSERT INTO text_vectors(side, fingerprint, hash, embedding)
+                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM vectors WHERE hash = $3)
+                     ON CONFLICT (fingerprint, hash) DO NOTHING",
+                )?;
+                let mut n = 0;
+                for (hash, v) in found.iter().zip(&projected) {
+                    n += tx.execute(&insert, &[&side, &fingerprint, hash, v])?;
+                }
+                tx.commit()?;
+                Ok(n)
+            })?;
+            added += n as usize;
+            if n == 0 {
+                // Another process wrote them meanwhile.
+                break;
+            }
+        }
+        if hashes.is_none() {
+            let index = text_index(fingerprint);
+            self.retry(|c| {
+                let mut tx = c.transaction()?;
+                // One index builder at a time; the others find it there.
+                tx.execute("SELECT pg_advisory_xact_lock(7355610)", &[])?;
+                tx.batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {index} ON text_vectors
+                     USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops) WHERE fingerprint = '{fingerprint}'"
+                ))?;
+                let old: Vec<String> = tx
+                    .query(
+                        "SELECT DISTINCT fingerprint FROM text_vectors WHERE side = $1 AND fingerprint <> $2",
+                        &[&side, &fingerprint],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for fp in &old {
+                    if fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        tx.batch_execute(&format!("DROP INDEX IF EXISTS {}", text_index(fp)))?;
+                    }
+                }
+                tx.execute("DELETE FROM text_vectors WHERE side = $1 AND fingerprint <> $2", &[&side, &fingerprint])?;
+                tx.commit()
+            })?;
+        }
+        Ok(added)
+    }
+
+    /// The `k` images nearest to `query` on the text side of projection
+    /// `fingerprint` (its HNSW index in the database).
+    pub fn nearest_text(&self, fingerprint: &str, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        if !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.err(format!("bad text-side fingerprint {fingerprint}")));
+        }
+        let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
+        let d = query.len();
+        self.nearest_by(
+            &format!(
+                "SELECT v.id, t.hash, v.norm, t.d FROM (
+                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM text_vectors
+                     WHERE fingerprint = '{fingerprint}'
+                     ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) t
+                 JOIN vectors v ON v.hash = t.hash"
+            ),
+            &[&q],
+            k,
+        )
+    }
+
     /// How many contents have a joint embedding under the current model.
     pub fn joint_len(&self) -> Result<usize> {
         let n: i64 = self
@@ -545,6 +664,11 @@ impl PgStore {
 }
 
 /// `v` at unit length as a pgvector value; `None` for a zero vector.
+/// The partial HNSW index of one text-side projection.
+fn text_index(fingerprint: &str) -> String {
+    format!("text_hnsw_{}", &fingerprint[..fingerprint.len().min(16)])
+}
+
 fn unit_vector(v: &[f32]) -> Option<Vector> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     (norm > 0.0).then(|| Vector::from(v.iter().map(|x| x / norm).collect::<Vec<_>>()))

@@ -1098,14 +1098,17 @@ fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyh
                 println!("  \"{word}\" -> {}", labels.as_str().unwrap_or(""));
             }
             println!(
-                "  text sides, test images: tagging top-1 / word->image P@10 / image P@10 / caption R@1 / R@10 / s"
+                "  text sides, test images: tagging top-1 / word->image P@10 / held-out words P@10 / image P@10 / \
+                 caption R@1 / R@10 / s"
             );
             for side in ["zero-shot", "trained", "fused"] {
                 let t = &j["text_sides"][side];
                 println!(
-                    "    {side:<10} {:.3} / {:.3} / {:.3} / {:.3} / {:.3} / {:.2} s",
+                    "    {side:<10} {:.3} / {:.3} / {:.3} ({} words) / {:.3} / {:.3} / {:.3} / {:.2} s",
                     f(&t["tagging_top1"]),
                     f(&t["word_to_image_precision_at_10"]),
+                    f(&t["held_out_word_precision_at_10"]),
+                    t["held_out_words"],
                     f(&t["image_precision_at_10"]),
                     f(&t["caption_to_image"]["recall_at_1"]),
                     f(&t["caption_to_image"]["recall_at_10"]),
@@ -1214,6 +1217,15 @@ fn eval_store(
 
 /// The joint-model half of `eval`: train on the split's train images,
 /// measure on its test images.
+/// Words no Pascal label is (nor was a label word of the tutorial), for
+/// `eval`'s held-out word->image figure: scenes, things, people, actions.
+const HELD_OUT_WORDS: &[&str] = &[
+    "ocean", "water", "beach", "river", "lake", "snow", "grass", "field", "street", "road", "city", "building",
+    "house", "window", "sky", "tree", "flowers", "table", "couch", "bed", "kitchen", "computer", "food", "baby",
+    "child", "woman", "man", "girl", "boy", "riding", "flying", "sitting", "standing", "running", "parked", "eating",
+    "sleeping", "white", "black", "red",
+];
+
 /// The fused side with another weight on zero-shot (`eval`'s sweep).
 struct EvalFusion<'a> {
     space: &'a crate::joint::TextSpace,
@@ -1317,6 +1329,33 @@ fn eval_joint(
         .into_iter()
         .filter_map(|w| side.encoder.encode(&[w]).ok().map(|mut e| (w, e.remove(0).vector)))
         .collect();
+    // Words that were never labels, judged by the test captions: an image is
+    // relevant to a word when one of its captions has it. Words found in
+    // fewer than 3 test images' captions are left out.
+    let held_out: Vec<(&str, Vec<f32>, Vec<bool>)> = match &captions {
+        Some(captions) => HELD_OUT_WORDS
+            .iter()
+            .filter_map(|&w| {
+                let relevant: Vec<bool> = test_set
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        captions
+                            .get(key)
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c.split(|ch: char| !ch.is_alphanumeric()).any(|t| t.eq_ignore_ascii_case(w)))
+                    })
+                    .collect();
+                if relevant.iter().filter(|&&r| r).count() < 3 {
+                    return None;
+                }
+                let q = side.encoder.encode(&[w]).ok()?.remove(0).vector;
+                Some((w, q, relevant))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let side_figures = |projection: &dyn crate::joint::Projection| -> anyhow::Result<serde_json::Value> {
         let start = std::time::Instant::now();
         let f = evaluate(projection, &fitted.targets, &test_set)?;
@@ -1351,7 +1390,18 @@ fn eval_joint(
             let n = queries.len().max(1) as f64;
             caption_recall = serde_json::json!({ "queries": queries.len(), "recall_at_1": at1 as f64 / n, "recall_at_10": at10 as f64 / n });
         }
+        // Held-out words: precision@10 by the captions.
+        let mut held_out_p10 = Vec::new();
+        for (_, q, relevant) in &held_out {
+            let mut order: Vec<(f32, usize)> =
+                rows.iter().enumerate().map(|(i, p)| (crate::eval::cosine(p, q), i)).collect();
+            order.sort_by(|x, y| y.0.total_cmp(&x.0));
+            held_out_p10.push(order.iter().take(10).filter(|&&(_, i)| relevant[i]).count() as f64 / 10.0);
+        }
+        let held_out_mean = held_out_p10.iter().sum::<f64>() / held_out_p10.len().max(1) as f64;
         Ok(serde_json::json!({
+            "held_out_words": held_out.len(),
+            "held_out_word_precision_at_10": held_out_mean,
             "tagging_top1": f.tagging_top1,
             "word_to_image_precision_at_10": f.word_to_image_precision_at_10,
             "image_precision_at_10": f.joint_image_precision_at_10,

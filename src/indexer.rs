@@ -55,7 +55,8 @@ pub fn content_hash(path: &Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-fn mtime_nanos(meta: &std::fs::Metadata) -> i64 {
+/// A file's modification time as the store records it (nanoseconds since the epoch).
+pub fn mtime_nanos(meta: &std::fs::Metadata) -> i64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -63,30 +64,82 @@ fn mtime_nanos(meta: &std::fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
-fn walk(dir: &Path, found: &mut Vec<Found>, failed: &mut Vec<(PathBuf, String)>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            failed.push((dir.to_path_buf(), format!("cannot read folder: {e}")));
-            return;
-        }
-    };
-    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let Ok(meta) = std::fs::metadata(&path) else {
-            failed.push((path, "cannot read file metadata (broken link?)".into()));
-            continue;
+/// Largest file indexed; a bigger "image" is skipped with its size.
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
+/// The folder walk: regular image files only (no FIFOs, devices or
+/// sockets, which could hang or never end), hidden entries and the store's
+/// own folder skipped, each folder walked once by (device, inode) so link
+/// loops end, and links leading out of the indexed folder skipped. Every
+/// skipped entry is reported with its reason.
+struct Walk<'a> {
+    root: &'a Path,
+    skip: &'a [PathBuf],
+    visited: HashSet<(u64, u64)>,
+    found: &'a mut Vec<Found>,
+    failed: &'a mut Vec<(PathBuf, String)>,
+}
+
+fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+impl Walk<'_> {
+    fn walk(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                self.failed.push((dir.to_path_buf(), format!("cannot read folder: {e}")));
+                return;
+            }
         };
-        if meta.is_dir() {
-            walk(&path, found, failed);
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            found.push(Found { path, size: meta.len(), mtime: mtime_nanos(&meta) });
+        let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                self.failed.push((path, "cannot read file metadata (broken link?)".into()));
+                continue;
+            };
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                match path.canonicalize() {
+                    Ok(target) if target.starts_with(self.root) => {}
+                    _ => {
+                        if meta.is_dir() || is_image_name(&path) {
+                            self.failed.push((path, "a link to outside the indexed folder: skipped".into()));
+                        }
+                        continue;
+                    }
+                }
+            }
+            if meta.is_dir() {
+                if path.canonicalize().is_ok_and(|c| self.skip.contains(&c)) {
+                    continue;
+                }
+                if !self.visited.insert((meta.dev(), meta.ino())) {
+                    self.failed
+                        .push((path, "a folder already walked (a link loop or a second link to it): skipped".into()));
+                    continue;
+                }
+                self.walk(&path);
+            } else if is_image_name(&path) {
+                if !meta.is_file() {
+                    self.failed.push((path, "not a regular file (a pipe, device or socket): skipped".into()));
+                } else if meta.len() > MAX_FILE_BYTES {
+                    self.failed.push((
+                        path,
+                        format!("{} bytes, over the {} MB limit: skipped", meta.len(), MAX_FILE_BYTES >> 20),
+                    ));
+                } else {
+                    self.found.push(Found { path, size: meta.len(), mtime: mtime_nanos(&meta) });
+                }
+            }
         }
     }
 }
@@ -102,10 +155,17 @@ pub fn index_folders(
     let mut report = IndexReport::default();
     let mut found = Vec::new();
     let mut walked_roots = Vec::new();
+    // The store's own folder (thumbnails, uploads) is never indexed as photos.
+    let skip: Vec<PathBuf> = store.folder().and_then(|d| d.canonicalize().ok()).into_iter().collect();
     for root in roots {
         match root.canonicalize() {
             Ok(r) if r.is_dir() => {
-                walk(&r, &mut found, &mut report.failed);
+                use std::os::unix::fs::MetadataExt;
+                let mut visited = HashSet::new();
+                if let Ok(m) = std::fs::metadata(&r) {
+                    visited.insert((m.dev(), m.ino()));
+                }
+                Walk { root: &r, skip: &skip, visited, found: &mut found, failed: &mut report.failed }.walk(&r);
                 walked_roots.push(r);
             }
             Ok(r) => report.failed.push((r, "not a folder".into())),

@@ -820,11 +820,37 @@ fn add_to_database(
 
 /// An image's bytes: its file, or (on a database) the upload's stored bytes,
 /// which also stand in for a file this replica cannot see.
+/// Whether the stored path of `r` is still the file that was indexed: a
+/// regular file with the indexed size and modification time, inside a
+/// served folder (or the uploads) when the server was given folders. A file
+/// replaced since (by another picture, or a link to anything else) is not served.
+fn check_indexed_file(st: &State, r: &crate::store::ImageRecord) -> std::result::Result<(), String> {
+    let path = Path::new(&r.path);
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file any more".into());
+    }
+    if meta.len() != r.size || crate::indexer::mtime_nanos(&meta) != r.mtime {
+        return Err("the file changed since it was indexed; re-run `imgsearch index`".into());
+    }
+    if !st.roots.is_empty() {
+        let canonical = path.canonicalize().map_err(|e| e.to_string())?;
+        if !st.roots.iter().any(|root| canonical.starts_with(root)) {
+            return Err("the file is outside the served folders".into());
+        }
+    }
+    Ok(())
+}
+
 fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &str) -> ApiResult<Vec<u8>> {
-    let from_file = if r.path.starts_with(DB_UPLOADS) { None } else { Some(std::fs::read(&r.path)) };
+    let from_file = if r.path.starts_with(DB_UPLOADS) {
+        None
+    } else {
+        Some(check_indexed_file(st, r).and_then(|()| std::fs::read(&r.path).map_err(|e| e.to_string())))
+    };
     let error = match from_file {
         Some(Ok(bytes)) => return Ok(bytes),
-        Some(Err(e)) => e.to_string(),
+        Some(Err(e)) => e,
         None => "not stored".into(),
     };
     let engine = read(&st.engine);
@@ -850,7 +876,9 @@ async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) 
             .by_key(key)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         let cached = st.thumbs.join(format!("{}-{THUMB_SIZE}.jpg", r.hash));
-        if let Ok(bytes) = std::fs::read(&cached) {
+        // The cache is served only while the indexed file is still what was indexed.
+        let unchanged = r.path.starts_with(DB_UPLOADS) || check_indexed_file(st, &r).is_ok();
+        if let (true, Ok(bytes)) = (unchanged, std::fs::read(&cached)) {
             return Ok(bytes);
         }
         let original = original_bytes(st, &r, "; re-run `imgsearch index`")?;

@@ -61,6 +61,10 @@ pub trait ImageStore: Send + Sync {
     /// The `k` images nearest to `query` (any length) by angular distance,
     /// nearest first, searched where the vectors are.
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>>;
+    /// The store's own folder on this machine, if it has one (the walk skips it).
+    fn folder(&self) -> Option<&Path> {
+        None
+    }
     /// Whether another process committed changes this handle does not see yet.
     fn is_stale(&self) -> Result<bool> {
         Ok(false)
@@ -543,7 +547,19 @@ impl Store {
 }
 
 impl ImageStore for Store {
+    fn folder(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
     fn is_stale(&self) -> Result<bool> {
+        // A stat first (about a microsecond, on every request of `serve`):
+        // rows are appended before they are committed, so a file no longer
+        // than what is mapped means nothing new was committed.
+        let mapped = VECTORS_HEADER as u64 + self.rows * (self.dim * 4) as u64;
+        let len = std::fs::metadata(self.vectors_path()).map(|m| m.len()).unwrap_or(mapped);
+        if len <= mapped {
+            return Ok(false);
+        }
         Ok(self.committed_rows()? != self.rows)
     }
 

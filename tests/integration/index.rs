@@ -205,3 +205,58 @@ fn hnsw_path_is_built_updated_and_agrees_with_exact() {
     };
     assert_eq!(search(&[]), search(&["--exact"]));
 }
+
+/// Small generated photos (no shared data needed): `n` PNGs of different colours.
+pub fn generated_photos(dir: &Path, n: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    (0..n)
+        .map(|i| {
+            let img = image::RgbImage::from_fn(64, 48, |x, y| {
+                image::Rgb([(x * 4 + i as u32 * 50) as u8, (y * 5) as u8, (i as u32 * 90 + x) as u8])
+            });
+            let path = dir.join(format!("photo{i}.png"));
+            img.save(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Regression: a FIFO named like a photo hung `index`, a link to /dev/zero
+/// read until memory ran out, `ln -s . loop` never ended, and the store's
+/// own folder inside the photos was indexed. Now each is skipped, named,
+/// and the run ends quickly with a non-zero status.
+#[test]
+fn the_walk_skips_pipes_devices_loops_outside_links_hidden_and_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    generated_photos(&photos.join("trip"), 2);
+    let outside = tmp.path().join("elsewhere");
+    generated_photos(&outside, 1);
+    let fifo = photos.join("x.jpg");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", photos.join("zero.jpg")).unwrap();
+    std::os::unix::fs::symlink(".", photos.join("loop")).unwrap();
+    std::os::unix::fs::symlink(&outside, photos.join("out")).unwrap();
+    generated_photos(&photos.join(".hidden"), 1);
+    let db = photos.join("db");
+    let start = std::time::Instant::now();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
+    let elapsed = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "skipped entries make the status non-zero: {stdout}");
+    assert!(elapsed < std::time::Duration::from_secs(60), "took {elapsed:?}");
+    for (name, why) in
+        [("x.jpg", "not a regular file"), ("zero.jpg", "outside"), ("loop", "already walked"), ("out", "outside")]
+    {
+        assert!(stderr.lines().any(|l| l.contains(name) && l.contains(why)), "{name}: {why}\n{stderr}");
+    }
+    assert!(stdout.contains("indexed 2 new"), "only the two real photos (not hidden, not the store's): {stdout}");
+    // The store inside the photo folder (its thumbnails, say) is never walked.
+    generated_photos(&db.join("thumbs"), 1);
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 new, 2 unchanged"), "{:?}", out);
+}

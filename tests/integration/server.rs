@@ -443,3 +443,37 @@ fn serving_beyond_loopback_needs_a_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a token") && err.contains("--token"), "{err}");
 }
+
+/// Regression: `/original` and `/thumbnail` served whatever sat at the
+/// stored path, so an indexed photo swapped for a link to another file
+/// leaked that file. Now a file that is not what was indexed is a 404.
+#[tokio::test]
+async fn an_indexed_file_swapped_for_a_link_is_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = crate::index::generated_photos(&photos, 2);
+    let db = tmp.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
+    assert!(out.unwrap().status.success());
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let get = |uri: String| send(state.clone(), Request::get(uri).body(Body::empty()).unwrap());
+    let key = |name: &str| {
+        let db = imgsearch::store::Store::open(&db, "lite0", 1280).unwrap();
+        db.by_path(photos.join(name).canonicalize().unwrap().to_str().unwrap()).unwrap().unwrap().key
+    };
+    let (k0, k1) = (key("photo0.png"), key("photo1.png"));
+    assert_eq!(get(format!("/api/images/{k0}/original")).await.status, StatusCode::OK);
+    assert_eq!(get(format!("/api/images/{k0}/thumbnail")).await.status, StatusCode::OK);
+    // Swap photo0 for a link to a secret; its thumbnail cache is no excuse either.
+    let secret = tmp.path().join("secret.txt");
+    std::fs::write(&secret, b"not for the web").unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    std::os::unix::fs::symlink(&secret, &files[0]).unwrap();
+    let original = get(format!("/api/images/{k0}/original")).await;
+    assert_eq!(original.status, StatusCode::NOT_FOUND);
+    assert!(!String::from_utf8_lossy(&original.body).contains("not for the web"));
+    assert_eq!(get(format!("/api/images/{k0}/thumbnail")).await.status, StatusCode::NOT_FOUND);
+    // A file rewritten in place (other size) is refused too; the untouched one is served.
+    std::fs::write(&files[1], b"changed").unwrap();
+    assert_eq!(get(format!("/api/images/{k1}/original")).await.status, StatusCode::NOT_FOUND);
+}

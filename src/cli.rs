@@ -67,6 +67,11 @@ pub struct ServeArgs {
     /// Token required on requests that change the index (Authorization: Bearer <token>).
     #[arg(long, env = "IMGSEARCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Another host name the server answers to (repeatable), e.g. the name
+    /// of a reverse proxy. A loopback server answers to localhost,
+    /// 127.0.0.1 and [::1] only; another bind answers to any name unless some are given.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
     /// Backbone network of the index.
     #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
     pub backbone: String,
@@ -625,6 +630,10 @@ fn load_sentence_encoder(
 }
 
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.k >= 1, "-k must be at least 1 (how many results to show)");
+    if let Some(m) = a.max_distance {
+        anyhow::ensure!((0.0..=2.0).contains(&m), "--max-distance must be between 0 and 2 (angular distance), got {m}");
+    }
     let joint_space = a.text.is_some() || a.space == Space::Joint;
     let store = open_any_index(db, &a.backbone)?;
     if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
@@ -931,6 +940,10 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         a.addr
     );
     check_folders(&a.folders)?;
+    anyhow::ensure!(
+        a.token.as_deref().is_none_or(|t| !t.trim().is_empty()),
+        "--token (or IMGSEARCH_TOKEN) is empty: give a real secret, or leave it unset on a loopback address"
+    );
     // The main job: fetch what is missing (a no-op when present), index, serve.
     let mut pins = vec![models::GLOVE_50D, models::MINILM];
     pins.push(if a.backbone == "lite2" { models::LITE2 } else { models::LITE0 });
@@ -960,6 +973,13 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         backbone: a.backbone.clone(),
         models: models_dir.to_path_buf(),
         words_file: a.vectors.clone(),
+        allowed_hosts: if crate::server::is_loopback(&a.addr) {
+            Some(crate::server::LOOPBACK_HOSTS.iter().map(|h| h.to_string()).chain(a.allow_hosts.clone()).collect())
+        } else if a.allow_hosts.is_empty() {
+            None
+        } else {
+            Some(a.allow_hosts.clone())
+        },
     };
     let state = crate::server::State::load(db, embedder, words, options)?;
     // The tag vocabulary is made once (seconds) before the first request waits for it.

@@ -57,6 +57,10 @@ pub enum Error {
     #[error("empty query: give at least one word (e.g. `dog` or `cat sofa`)")]
     EmptyQuery,
 
+    /// A text query longer than a query can be (bounded work per request).
+    #[error("the text is {bytes} bytes; a query is at most {limit} bytes: shorten it")]
+    QueryTooLong { bytes: usize, limit: usize },
+
     /// Tagging or text search before a joint model exists.
     #[error(
         "no joint image-word model for the index in {db}; train one with \

@@ -92,6 +92,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/images/{key}/original", get(original))
         .merge(mutating)
         .layer(DefaultBodyLimit::max(state.options.max_upload))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -106,12 +107,71 @@ async fn track(Shared(state): Shared<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-/// Mutating requests need `Authorization: Bearer <token>` when a token is set.
+/// The host part of a `Host` value or an origin's authority, lower case, without the port.
+fn host_name(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    match a.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or("")),
+        None => a
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(a.clone(), |(h, _)| h.to_owned()),
+    }
+}
+
+fn host_allowed(state: &State, authority: &str) -> bool {
+    match &state.options.allowed_hosts {
+        None => true,
+        Some(hosts) => {
+            let name = host_name(authority);
+            hosts.iter().any(|h| host_name(h) == name)
+        }
+    }
+}
+
+/// Every request must be addressed to this server by one of its names: a
+/// web page whose DNS name was rebound to 127.0.0.1 sends its own name.
+async fn check_host(Shared(state): Shared<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(host) = host {
+        if !host_allowed(&state, host) {
+            return ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this server does not answer to that host name; start it with --allow-host <name> to add one",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Mutating requests come from this server's own page (no foreign
+/// `Origin`, no `Sec-Fetch-Site: cross-site`), and need
+/// `Authorization: Bearer <token>` when a token is set.
 async fn require_token(Shared(state): Shared<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let cross_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
+    let foreign_origin = origin.is_some_and(|o| {
+        let authority = o.split_once("://").map_or(o, |(_, a)| a);
+        let same_as_host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|h| host_name(h) == host_name(authority));
+        o == "null" || !(same_as_host || (state.options.allowed_hosts.is_some() && host_allowed(&state, authority)))
+    });
+    if cross_site || foreign_origin {
+        return ApiError::new(StatusCode::FORBIDDEN, "a request from another site may not change the index")
+            .into_response();
+    }
     if let Some(token) = &state.options.token {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this request changes the index: send Authorization: Bearer <token>",

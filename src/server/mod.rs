@@ -46,7 +46,15 @@ pub struct Options {
     pub models: PathBuf,
     /// The word-vector file the joint model was trained with (default GloVe 50d).
     pub words_file: Option<PathBuf>,
+    /// The host names requests may be addressed to (`Host`, and `Origin` on
+    /// requests that change the index), without ports; `None`: any (a
+    /// public bind with no list). Stops DNS rebinding and cross-site writes
+    /// against a server on this machine.
+    pub allowed_hosts: Option<Vec<String>>,
 }
+
+/// The names of this machine a loopback server answers to.
+pub const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "[::1]", "::1"];
 
 impl Default for Options {
     fn default() -> Self {
@@ -58,6 +66,7 @@ impl Default for Options {
             backbone: "lite0".into(),
             models: crate::models::models_dir(None),
             words_file: None,
+            allowed_hosts: Some(LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect()),
         }
     }
 }
@@ -278,6 +287,7 @@ impl From<Error> for ApiError {
             | Error::TooLarge { .. }
             | Error::UnknownWord { .. }
             | Error::EmptyQuery
+            | Error::QueryTooLong { .. }
             | Error::UnknownClass { .. } => StatusCode::BAD_REQUEST,
             Error::NoModel { .. } | Error::SideNeedsModel { .. } | Error::ModelMismatch { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,6 +9,10 @@ use crate::joint::WordsId;
 use crate::words::{write_compact, RawVectors, WordQuery, WordVectors};
 use crate::{Error, Result};
 
+/// Longest text query, bytes: far beyond the encoder's 256 tokens, and
+/// refused before tokenizing, so one request's work stays bounded.
+pub const MAX_QUERY_BYTES: usize = 4096;
+
 /// Words of the tag vocabulary for a sentence encoder: the most frequent
 /// GloVe words (GloVe's vocabulary is in frequency order).
 pub const TAG_VOCABULARY: usize = 20_000;
@@ -86,6 +90,9 @@ impl QueryEncoder {
     /// terms and subtracts each of those embedded alone. Also says whether
     /// the text was cut to the model's length.
     pub fn query(&self, text: &str) -> Result<(Vec<f32>, bool)> {
+        if text.len() > MAX_QUERY_BYTES {
+            return Err(Error::QueryTooLong { bytes: text.len(), limit: MAX_QUERY_BYTES });
+        }
         match self {
             Self::Words(words) => Ok((words.query_vector(&WordQuery::parse(text)?)?, false)),
             Self::Sentences { encoder, .. } => {

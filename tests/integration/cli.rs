@@ -110,3 +110,28 @@ fn a_wheel_with_the_wrong_checksum_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sha256") && err.contains("f2bc3dd05dbc22e1"), "{err}");
 }
+
+/// Regression: `search -k 0` and `--max-distance NaN` printed nothing with
+/// exit 0, and an empty token was accepted for a public bind.
+#[test]
+fn nonsense_search_limits_and_an_empty_token_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = crate::index::generated_photos(&photos, 1);
+    let db = tmp.path().join("db");
+    let run =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).args(args).output().unwrap();
+    assert!(run(&["index", photos.to_str().unwrap()]).status.success());
+    let q = files[0].to_str().unwrap();
+    for (args, says) in [
+        (vec!["search", "--image", q, "-k", "0"], "-k must be at least 1"),
+        (vec!["search", "--image", q, "--max-distance", "NaN"], "--max-distance"),
+        (vec!["search", "--image", q, "--max-distance", "3"], "between 0 and 2"),
+        (vec!["serve", "--addr", "0.0.0.0:0", "--token", ""], "--token"),
+        (vec!["index", "/no/such/folder"], "/no/such/folder: no such folder"),
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    }
+}

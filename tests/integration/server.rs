@@ -477,3 +477,58 @@ async fn an_indexed_file_swapped_for_a_link_is_not_served() {
     std::fs::write(&files[1], b"changed").unwrap();
     assert_eq!(get(format!("/api/images/{k1}/original")).await.status, StatusCode::NOT_FOUND);
 }
+
+/// Regression: any web page could drive a loopback server (a cross-site
+/// upload or DELETE went through, and DNS rebinding read the photos through
+/// a foreign `Host`), and one huge text cost seconds of CPU and gigabytes.
+#[tokio::test]
+async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    crate::index::generated_photos(&photos, 2);
+    let db = tmp.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
+    assert!(out.unwrap().status.success());
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let with = |method: &str, uri: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        send(state.clone(), req.body(Body::empty()).unwrap())
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    // A foreign Host (DNS rebinding) is refused on reads too; this machine's names are fine.
+    let rebound = with("GET", "/api/status", &[("host", "evil.example:8080")]).await;
+    assert_eq!(rebound.status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(rebound.error().contains("--allow-host"), "{}", rebound.error());
+    for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+        assert_eq!(with("GET", "/api/status", &[("host", host)]).await.status, StatusCode::OK, "{host}");
+    }
+    // A write from another site is refused even with the token; from the page itself it goes through.
+    let cross = [("host", "127.0.0.1:8080"), ("origin", "http://evil.example"), ("authorization", bearer.as_str())];
+    assert_eq!(with("DELETE", "/api/images/1", &cross).await.status, StatusCode::FORBIDDEN);
+    let fetch_meta = [("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site"), ("authorization", bearer.as_str())];
+    assert_eq!(with("DELETE", "/api/images/1", &fetch_meta).await.status, StatusCode::FORBIDDEN);
+    let (ct, body) = multipart(Some(("x.png", &std::fs::read(photos.join("photo0.png")).unwrap())), &[]);
+    let upload = Request::post("/api/images")
+        .header("host", "127.0.0.1:8080")
+        .header("origin", "http://evil.example")
+        .header("content-type", ct)
+        .header("authorization", bearer.as_str())
+        .body(Body::from(body))
+        .unwrap();
+    assert_eq!(send(state.clone(), upload).await.status, StatusCode::FORBIDDEN);
+    let own = [("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080"), ("authorization", bearer.as_str())];
+    assert_eq!(with("DELETE", "/api/images/1", &own).await.status, StatusCode::NO_CONTENT);
+    // A text far beyond what the encoder reads is refused before any work.
+    let huge = "word ".repeat(400_000);
+    let (ct, body) = multipart(None, &[("text", huge.as_str())]);
+    let start = std::time::Instant::now();
+    let answer =
+        send(state.clone(), Request::post("/api/search").header("content-type", ct).body(Body::from(body)).unwrap())
+            .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer.error().contains("at most 4096 bytes"), "{}", answer.error());
+    assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+}

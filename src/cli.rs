@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// 127.0.0.1 and [::1] only; another bind answers to any name unless some are given.
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
+    /// Seconds a client has to send a request's headers; also how long an
+    /// idle connection is kept open.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub header_timeout: u64,
     /// Backbone network of the index.
     #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
     pub backbone: String,
@@ -973,6 +977,7 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         backbone: a.backbone.clone(),
         models: models_dir.to_path_buf(),
         words_file: a.vectors.clone(),
+        header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
         allowed_hosts: if crate::server::is_loopback(&a.addr) {
             Some(crate::server::LOOPBACK_HOSTS.iter().map(|h| h.to_string()).chain(a.allow_hosts.clone()).collect())
         } else if a.allow_hosts.is_empty() {

@@ -51,6 +51,9 @@ pub struct Options {
     /// public bind with no list). Stops DNS rebinding and cross-site writes
     /// against a server on this machine.
     pub allowed_hosts: Option<Vec<String>>,
+    /// A request's headers must arrive within this; also how long an idle
+    /// keep-alive connection is kept.
+    pub header_timeout: std::time::Duration,
 }
 
 /// The names of this machine a loopback server answers to.
@@ -67,6 +70,7 @@ impl Default for Options {
             models: crate::models::models_dir(None),
             words_file: None,
             allowed_hosts: Some(LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect()),
+            header_timeout: HEADER_TIMEOUT,
         }
     }
 }
@@ -308,8 +312,31 @@ pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
-/// Serves `state` on `addr` until Ctrl-C.
+/// Connections served at once; more wait in the listen backlog (so a
+/// crowd of slow or idle clients cannot lock everyone else out).
+pub const MAX_CONNECTIONS: usize = 512;
+/// The default of [`Options::header_timeout`].
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The longest a request may take, body included (408 beyond).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long requests in flight may finish after SIGTERM or Ctrl-C.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what Docker and systemd send).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Serves `state` on `addr` until SIGTERM or Ctrl-C, then lets requests in
+/// flight finish (up to [`DRAIN_TIMEOUT`]). Our own accept loop over hyper,
+/// not `axum::serve`: that one sets no header timeout and no connection cap.
 pub async fn serve(addr: std::net::SocketAddr, state: State) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
     anyhow::ensure!(
         is_loopback(&addr) || state.options.token.is_some(),
         "binding to {addr} (not loopback) needs a token: pass --token or set IMGSEARCH_TOKEN"
@@ -317,13 +344,44 @@ pub async fn serve(addr: std::net::SocketAddr, state: State) -> anyhow::Result<(
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let state = Arc::new(state);
-    let app = app(state.clone());
+    let app = app(state.clone()).layer(axum::middleware::from_fn(|req, next: axum::middleware::Next| async move {
+        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response(),
+        }
+    }));
     eprintln!("serving on http://{}/", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(state.options.header_timeout).keep_alive(true);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p?,
+            _ = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors and the like: wait a moment, go on.
+                Err(_) => { tokio::time::sleep(std::time::Duration::from_millis(50)).await; continue }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    eprintln!("shutting down: letting requests in flight finish");
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    // The router holds the state too: it must not be the last reference.
+    drop(app);
     // The last reference goes on a blocking thread: closing the database
     // pool's (synchronous) connections must not block an async worker.
     tokio::task::spawn_blocking(move || drop(state)).await?;

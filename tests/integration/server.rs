@@ -532,3 +532,52 @@ async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
     assert!(answer.error().contains("at most 4096 bytes"), "{}", answer.error());
     assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
 }
+
+/// Regression: a half-sent request held its connection forever (1100 of
+/// them locked everyone out), and SIGTERM killed `serve` without letting
+/// requests finish. Now headers must arrive in time, idle connections are
+/// closed, and SIGTERM drains and exits cleanly.
+#[test]
+fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
+    use std::io::{BufRead, Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    crate::index::generated_photos(&photos, 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(tmp.path().join("db"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--header-timeout", "1"])
+        .arg(&photos)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve exited before serving").unwrap();
+        if let Some(url) = line.strip_prefix("serving on http://") {
+            break url.trim_end_matches('/').to_owned();
+        }
+    };
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    // Half a request: the server hangs up once the header timeout passes.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(start.elapsed() < std::time::Duration::from_secs(8), "closed after {:?}", start.elapsed());
+    // A whole request is answered meanwhile.
+    let mut ok = std::net::TcpStream::connect(&addr).unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // SIGTERM: stop accepting, finish, exit 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("shutting down"), "{log}");
+}

@@ -537,8 +537,18 @@ fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
     if rows < hnsw_min_rows() {
         return Ok(None);
     }
-    let saved =
-        if HnswIndex::exists(store.dir()) { Some(HnswIndex::load(store.dir(), HnswParams::default())?) } else { None };
+    let saved = if HnswIndex::exists(store.dir()) {
+        match HnswIndex::load(store.dir(), HnswParams::default()) {
+            Ok(index) => Some(index),
+            // Derived data: rebuilt from the vectors.
+            Err(e) => {
+                eprintln!("{e}: rebuilding it");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let index = match saved {
         Some(index) if index.len() == rows => return Ok(Some(rows)),
         Some(mut index) if index.len() < rows => {
@@ -683,7 +693,13 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     };
     let hnsw = match store.as_embedded() {
         Some(e) if !a.exact && !joint_space && a.class.is_none() && crate::index::HnswIndex::exists(e.dir()) => {
-            Some(crate::index::HnswIndex::load(e.dir(), crate::index::HnswParams::default())?)
+            match crate::index::HnswIndex::load(e.dir(), crate::index::HnswParams::default()) {
+                Ok(index) => Some(index),
+                Err(err) => {
+                    eprintln!("note: {err}; searching exactly meanwhile");
+                    None
+                }
+            }
         }
         _ => None,
     };

@@ -20,11 +20,10 @@ use super::{angular, dot, Hit, VectorIndex};
 use crate::simd::simd;
 use crate::{Error, Result};
 
-/// File base name of the dumped graph and data (`hnsw-i8.hnsw.graph`,
-/// `hnsw-i8.hnsw.data`), and `hnsw-i8.scale` for the quantisation scale.
+/// File base name: the manifest `hnsw-i8.json` and the generation folder
+/// `hnsw-i8.<n>/` with `hnsw-i8.hnsw.graph` and `hnsw-i8.hnsw.data`. Loose
+/// files earlier versions wrote beside the store are removed at the next save.
 const BASENAME: &str = "hnsw-i8";
-/// Files of the f32 graph that earlier versions wrote; removed when a new one is saved.
-const OLD_BASENAME: &str = "hnsw";
 
 /// Distance of int8 vectors: `1 - dot / (dim * 127^2)`, in [0, 2]. The
 /// graph only compares distances, and this is monotone in the dot product
@@ -163,43 +162,130 @@ impl HnswIndex {
         Reranked { index: self, vectors, dim }
     }
 
-    /// Writes the graph, its data and its scale into `dir`.
+    /// Writes the graph into `dir` under one name, atomically: the graph
+    /// and its data go into a new generation folder (`hnsw-i8.<n>/`), synced,
+    /// then the manifest `hnsw-i8.json` (rows, scale, sha256 of both files)
+    /// is replaced by a rename, then older generations are deleted. A crash
+    /// leaves the old graph or the new one, never a mix.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let cannot =
             |e: String| Error::Store { path: dir.join(BASENAME), reason: format!("cannot save the HNSW index: {e}") };
-        self.hnsw.file_dump(dir, BASENAME).map_err(|e| cannot(e.to_string()))?;
-        let scale = dir.join(format!("{BASENAME}.scale"));
-        crate::joint::write_atomic(&scale, self.scale.to_string().as_bytes())?;
+        let previous = read_manifest(dir).map(|m| m.generation).unwrap_or(0);
+        let generation = previous + 1;
+        let folder = dir.join(format!("{BASENAME}.{generation}"));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
+        self.hnsw.file_dump(&folder, BASENAME).map_err(|e| cannot(e.to_string()))?;
+        let mut sums = Vec::new();
         for ext in ["hnsw.graph", "hnsw.data"] {
-            let _ = std::fs::remove_file(dir.join(format!("{OLD_BASENAME}.{ext}")));
+            let file = folder.join(format!("{BASENAME}.{ext}"));
+            std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(|e| Error::io(&file, e))?;
+            sums.push(file_sha256(&file)?);
+        }
+        let manifest = Manifest {
+            generation,
+            rows: self.len,
+            scale: self.scale,
+            graph_sha256: sums[0].clone(),
+            data_sha256: sums[1].clone(),
+        };
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| cannot(e.to_string()))?;
+        crate::joint::write_atomic(&dir.join(format!("{BASENAME}.json")), &json)?;
+        // Older generations, and the loose files earlier versions wrote.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old_generation = name
+                    .strip_prefix(&format!("{BASENAME}."))
+                    .and_then(|g| g.parse::<u64>().ok())
+                    .is_some_and(|g| g != generation);
+                let loose = name.ends_with(".hnsw.graph")
+                    || name.ends_with(".hnsw.data")
+                    || name == format!("{BASENAME}.scale");
+                if old_generation {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                } else if loose {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
         Ok(())
     }
 
-    /// Whether `dir` holds a saved graph.
+    /// Whether `dir` holds a saved graph (its manifest).
     pub fn exists(dir: &Path) -> bool {
-        ["hnsw.graph", "hnsw.data", "scale"].iter().all(|ext| dir.join(format!("{BASENAME}.{ext}")).exists())
+        read_manifest(dir).is_some()
     }
 
-    /// Loads a graph saved by [`save`](Self::save).
+    /// Loads the graph [`save`](Self::save) wrote, after checking both
+    /// files against the manifest's checksums (a truncated or bit-flipped
+    /// graph once panicked or aborted inside `hnsw_rs`). Any damage is an
+    /// error saying the graph is rebuilt by `imgsearch index`: it is
+    /// derived data.
     pub fn load(dir: &Path, params: HnswParams) -> Result<Self> {
         let damaged = |e: String| Error::Store {
             path: dir.join(BASENAME),
-            reason: format!("cannot load the HNSW index: {e}; delete {BASENAME}.* to rebuild it"),
+            reason: format!("the HNSW index is damaged ({e}); `imgsearch index` rebuilds it"),
         };
-        let scale_file = dir.join(format!("{BASENAME}.scale"));
-        let scale: f32 = std::fs::read_to_string(&scale_file)
-            .map_err(|e| Error::io(&scale_file, e))?
-            .trim()
-            .parse()
-            .map_err(|e| damaged(format!("{}: {e}", scale_file.display())))?;
+        let manifest = read_manifest(dir).ok_or_else(|| damaged("no readable manifest".into()))?;
+        let folder = dir.join(format!("{BASENAME}.{}", manifest.generation));
+        for (ext, want) in [("hnsw.graph", &manifest.graph_sha256), ("hnsw.data", &manifest.data_sha256)] {
+            let file = folder.join(format!("{BASENAME}.{ext}"));
+            if &file_sha256(&file).map_err(|e| damaged(e.to_string()))? != want {
+                return Err(damaged(format!("{} does not match its checksum", file.display())));
+            }
+        }
         // The loaded graph borrows its loader; the loader is a few bytes and
         // lives as long as the process needs the index, so it is leaked.
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-        let hnsw: Hnsw<'static, i8, QuantDot> = io.load_hnsw().map_err(|e| damaged(e.to_string()))?;
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&folder, BASENAME)));
+        fn read_graph(io: &'static mut HnswIo) -> anyhow::Result<Hnsw<'static, i8, QuantDot>> {
+            io.load_hnsw::<i8, QuantDot>()
+        }
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let io = io;
+            read_graph(io)
+        }));
+        let hnsw: Hnsw<'static, i8, QuantDot> = match loaded {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(damaged(e.to_string())),
+            Err(_) => return Err(damaged("the graph could not be read".into())),
+        };
         let len = hnsw.get_nb_point();
-        Ok(Self { hnsw, scale, len, ef_search: params.ef_search.max(ef_search_for(len)) })
+        if len != manifest.rows {
+            return Err(damaged(format!("{len} points, the manifest says {}", manifest.rows)));
+        }
+        Ok(Self { hnsw, scale: manifest.scale, len, ef_search: params.ef_search.max(ef_search_for(len)) })
     }
+}
+
+/// `hnsw-i8.json`: which generation is current and how to check it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    generation: u64,
+    rows: usize,
+    scale: f32,
+    graph_sha256: String,
+    data_sha256: String,
+}
+
+fn read_manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_slice(&std::fs::read(dir.join(format!("{BASENAME}.json"))).ok()?).ok()
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// [`HnswIndex`] with the full-precision rows to re-rank its candidates.

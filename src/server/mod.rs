@@ -167,7 +167,13 @@ impl State {
             None => db.to_path_buf(),
         };
         let hnsw = match store.as_embedded() {
-            Some(_) if HnswIndex::exists(db) => Some(HnswIndex::load(db, Default::default())?),
+            Some(_) if HnswIndex::exists(db) => match HnswIndex::load(db, Default::default()) {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    eprintln!("note: {e}; searching exactly meanwhile");
+                    None
+                }
+            },
             _ => None,
         };
         let (uploads, thumbs) = match store.as_embedded() {

@@ -186,7 +186,7 @@ fn hnsw_path_is_built_updated_and_agrees_with_exact() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(index().contains("HNSW index: 10 vectors"));
-    assert!(db.join("hnsw-i8.hnsw.graph").exists());
+    assert!(db.join("hnsw-i8.json").exists());
     copy_images(&photos, &["cow"], 3);
     assert!(index().contains("HNSW index: 13 vectors"), "new rows are inserted into the saved graph");
     let query = photos.join("cow").read_dir().unwrap().next().unwrap().unwrap().path();
@@ -259,4 +259,73 @@ fn the_walk_skips_pipes_devices_loops_outside_links_hidden_and_the_store() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 new, 2 unchanged"), "{:?}", out);
+}
+
+/// The files of the saved HNSW graph(s) in a store folder.
+fn hnsw_files(db: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(db)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hnsw"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Regression: every save of the HNSW graph wrote a new file pair (859
+/// uploads left 859 pairs) while searches loaded the stale first one and
+/// fell back to exact; a damaged graph panicked or aborted. Now one graph
+/// is kept under one name, updated in place by generation, and a damaged
+/// one is rebuilt.
+#[test]
+fn the_hnsw_graph_is_kept_once_updated_and_rebuilt_when_damaged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let db = tmp.path().join("db");
+    let index = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+            .env("IMGSEARCH_HNSW_MIN_ROWS", "2")
+            .arg("--db")
+            .arg(&db)
+            .arg("index")
+            .arg(&photos)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for round in 0..10 {
+        generated_photos(&photos.join(format!("r{round}")), 1 + round % 2);
+        let (out, _) = index();
+        let rows = imgsearch::store::Store::open(&db, "lite0", 1280).unwrap().rows();
+        if rows >= 2 {
+            assert!(out.contains(&format!("HNSW index: {rows} vectors")), "round {round}: {out}");
+            assert_eq!(hnsw_files(&db).len(), 2, "one manifest and one generation: {:?}", hnsw_files(&db));
+            let graph = imgsearch::index::HnswIndex::load(&db, Default::default()).unwrap();
+            assert_eq!(graph.len() as u64, rows, "the saved graph covers every row, so searches use it");
+        }
+    }
+    // Flip bytes in the graph's data: loading says so (no panic), and `index` rebuilds it.
+    let generation = hnsw_files(&db).into_iter().find(|n| !n.ends_with(".json")).unwrap();
+    let data = db.join(&generation).join("hnsw-i8.hnsw.data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+    let err = imgsearch::index::HnswIndex::load(&db, Default::default()).err().expect("damage is found").to_string();
+    assert!(err.contains("checksum") && err.contains("imgsearch index"), "{err}");
+    let search = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(&db)
+        .args(["search", "-k", "3", "--image"])
+        .arg(photos.join("r0/photo0.png"))
+        .output()
+        .unwrap();
+    assert!(search.status.success(), "a damaged graph falls back to exact search");
+    // Truncated: same.
+    std::fs::write(&data, &bytes[..mid]).unwrap();
+    let (out, err) = index();
+    assert!(err.contains("rebuilding"), "{err}");
+    assert!(out.contains("HNSW index:"), "{out}");
+    assert!(imgsearch::index::HnswIndex::load(&db, Default::default()).is_ok());
 }

@@ -36,6 +36,10 @@ pub struct Hit {
 
 /// Angular distance from a cosine similarity.
 pub fn angular(cos: f32) -> f32 {
+    // A damaged vector (NaN) is as far as can be, never "identical".
+    if cos.is_nan() {
+        return f32::INFINITY;
+    }
     (2.0 - 2.0 * cos).max(0.0).sqrt()
 }
 
@@ -104,6 +108,8 @@ impl<'a> ExactIndex<'a> {
                     let m = rows.len() / self.dim;
                     score(rows, &mut sims[..m]);
                     for (i, &s) in sims[..m].iter().enumerate() {
+                        // NaN (a damaged row) ranks last, not first.
+                        let s = if s.is_nan() { f32::NEG_INFINITY } else { s };
                         if heap.len() < k {
                             heap.push(Worst(s, chunk * CHUNK + i));
                         } else if s > heap.peek().unwrap().0 {
@@ -295,6 +301,17 @@ mod tests {
         }
         let recall = found as f64 / 500.0;
         assert!(recall >= 0.97, "recall@10 against exact: {recall}");
+    }
+
+    /// Regression: a damaged (NaN) vector ranked first at distance 0.
+    #[test]
+    fn a_nan_vector_ranks_last() {
+        let mut v = [unit(&[1.0, 0.0]), unit(&[0.8, 0.6])].concat();
+        v.extend([f32::NAN, 0.0]);
+        let hits = ExactIndex::new(&v, 2).search(&[1.0, 0.0], 3);
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(hits[2].distance.is_infinite(), "{hits:?}");
+        assert!(angular(f32::NAN).is_infinite());
     }
 
     #[test]

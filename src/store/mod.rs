@@ -218,6 +218,24 @@ fn db_err(dir: &Path, e: rusqlite::Error) -> Error {
     Error::Store { path: dir.join("meta.sqlite"), reason: e.to_string() }
 }
 
+/// What an SQLite failure means for the person: a read-only store or a full
+/// disk is not damage, and says what to do instead.
+fn sqlite_trouble(e: &rusqlite::Error) -> Option<&'static str> {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code()? {
+        ErrorCode::ReadOnly => {
+            Some("the store is read-only: imgsearch needs write access to its folder (or pass --db <a copy>)")
+        }
+        ErrorCode::DiskFull => {
+            Some("the disk is full: free some space and run the command again; nothing stored was lost")
+        }
+        ErrorCode::CannotOpen | ErrorCode::PermissionDenied => {
+            Some("cannot open the store: check the folder's permissions")
+        }
+        _ => None,
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` for embeddings of `backbone`
     /// with `dim` dimensions. Refuses a store built with another backbone and
@@ -226,11 +244,17 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let conn = Connection::open(dir.join("meta.sqlite")).map_err(|e| db_err(dir, e))?;
         let corrupt = |reason: String| Error::Store {
-            path: dir.to_path_buf(),
+            path: dir.join("meta.sqlite"),
             reason: format!("{reason}; the store is damaged: move it aside and re-run `imgsearch index`"),
         };
-        let check: String =
-            conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| corrupt(e.to_string()))?;
+        let trouble = |e: rusqlite::Error| match sqlite_trouble(&e) {
+            Some(what) => Error::Store { path: dir.join("meta.sqlite"), reason: format!("{what} ({e})") },
+            None => corrupt(e.to_string()),
+        };
+        // Vector rows already on disk: metadata that does not account for
+        // them is damage, never a reason to cut them off.
+        let vector_bytes = std::fs::metadata(dir.join("vectors.f32")).map(|m| m.len()).unwrap_or(0);
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(trouble)?;
         if check != "ok" {
             return Err(corrupt(format!("SQLite integrity check: {check}")));
         }
@@ -250,7 +274,7 @@ impl Store {
              CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
              CREATE INDEX IF NOT EXISTS images_row ON images(row);",
         )
-        .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(trouble)?;
         let setting = |name: &str| -> Result<Option<String>> {
             conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
                 .optional()
@@ -267,6 +291,14 @@ impl Store {
                     });
                 }
             }
+            (None, None) if vector_bytes > VECTORS_HEADER as u64 => {
+                return Err(corrupt(format!(
+                    "it records no store, but vectors.f32 holds {vector_bytes} bytes of vectors"
+                )));
+            }
+            (b, d) if b.is_some() != d.is_some() => {
+                return Err(corrupt("the backbone or dimension setting is missing".into()));
+            }
             _ => {
                 conn.execute_batch(&format!(
                     "INSERT OR REPLACE INTO settings VALUES ('backbone', '{backbone}'), ('dim', '{dim}'), ('rows', '0');"
@@ -274,7 +306,17 @@ impl Store {
                 .map_err(|e| db_err(dir, e))?;
             }
         }
-        let rows: u64 = setting("rows")?.and_then(|r| r.parse().ok()).unwrap_or(0);
+        let rows: u64 = match setting("rows")?.map(|r| r.parse::<u64>()) {
+            Some(Ok(r)) => r,
+            _ => return Err(corrupt("the committed row count (setting `rows`) is missing or unreadable".into())),
+        };
+        let used: Option<i64> = conn.query_row("SELECT MAX(row) FROM images", [], |r| r.get(0)).map_err(trouble)?;
+        if used.is_some_and(|u| u as u64 >= rows) {
+            return Err(corrupt(format!(
+                "images use vector row {} but only {rows} rows are committed",
+                used.unwrap_or(0)
+            )));
+        }
         conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(|e| db_err(dir, e))?;
         let mut store = Self { dir: dir.to_path_buf(), conn: std::sync::Mutex::new(conn), dim, rows, mmap: None };
         // An uncommitted tail is cut off only when no other process is writing.
@@ -682,6 +724,45 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(dir.path().join("vectors.f32")).unwrap().set_len(66).unwrap();
         let err = Store::open(dir.path(), "lite0", 2).err().unwrap().to_string();
         assert!(err.contains("damaged") && err.contains("vectors.f32"), "{err}");
+    }
+
+    /// Regression: a zero-byte `meta.sqlite`, a missing `rows` setting or
+    /// one below the rows images use truncated `vectors.f32` to its header.
+    #[test]
+    fn opening_damaged_metadata_never_cuts_the_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = dir.path().join("vectors.f32");
+        let meta = dir.path().join("meta.sqlite");
+        let fresh = || {
+            let _ = std::fs::remove_file(&meta);
+            let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
+            s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0]), image("b.jpg", "h2", vec![0.0, 1.0])]).unwrap();
+        };
+        let damage: [(&str, &dyn Fn()); 3] = [
+            ("zero-byte meta.sqlite", &|| {
+                for f in ["meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm"] {
+                    let _ = std::fs::remove_file(dir.path().join(f));
+                }
+                std::fs::write(&meta, b"").unwrap();
+            }),
+            ("no rows setting", &|| {
+                let c = Connection::open(&meta).unwrap();
+                c.execute("DELETE FROM settings WHERE name = 'rows'", []).unwrap();
+            }),
+            ("rows below what images use", &|| {
+                let c = Connection::open(&meta).unwrap();
+                c.execute("UPDATE settings SET value = '1' WHERE name = 'rows'", []).unwrap();
+            }),
+        ];
+        for (what, harm) in damage {
+            let _ = std::fs::remove_file(&vectors);
+            fresh();
+            let before = std::fs::read(&vectors).unwrap();
+            harm();
+            let err = Store::open(dir.path(), "lite0", 2).err().unwrap_or_else(|| panic!("{what}: opened")).to_string();
+            assert!(err.contains("meta.sqlite") && err.contains("damaged"), "{what}: {err}");
+            assert_eq!(std::fs::read(&vectors).unwrap(), before, "{what}: vectors.f32 untouched");
+        }
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub enum Error {
     #[error("empty query: give at least one word (e.g. `dog` or `cat sofa`)")]
     EmptyQuery,
 
+    /// A store that cannot be reached now (a database server down): retry later.
+    #[error("{what} is unavailable: {reason}; retry when it is back")]
+    Unavailable { what: String, reason: String },
+
     /// A text query longer than a query can be (bounded work per request).
     #[error("the text is {bytes} bytes; a query is at most {limit} bytes: shorten it")]
     QueryTooLong { bytes: usize, limit: usize },

@@ -144,6 +144,31 @@ impl Walk<'_> {
     }
 }
 
+/// How long `index` waits for a store that went away (a database restart)
+/// before giving up; what was written before is kept either way.
+pub const WAIT_FOR_STORE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs a store call, waiting (and saying so) while the store is unavailable.
+fn waiting<T>(mut call: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let mut told = false;
+    loop {
+        match call() {
+            Err(Error::Unavailable { what, reason }) if start.elapsed() < WAIT_FOR_STORE => {
+                if !told {
+                    eprintln!(
+                        "{what} is unavailable ({reason}); retrying for up to {} minutes, nothing written so far is lost",
+                        WAIT_FOR_STORE.as_secs() / 60
+                    );
+                    told = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Indexes `roots` into `store`. `on_progress(done, total)` is called as files are embedded.
 pub fn index_folders(
     store: &mut dyn ImageStore,
@@ -172,7 +197,7 @@ pub fn index_folders(
             Err(e) => report.failed.push((root.clone(), format!("folder not found: {e}"))),
         }
     }
-    let stored = store.all()?;
+    let stored = waiting(|| store.all())?;
     let by_path: HashMap<&str, &ImageRecord> = stored.iter().map(|r| (r.path.as_str(), r)).collect();
     let seen: HashSet<String> = found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
 
@@ -196,12 +221,12 @@ pub fn index_folders(
                 continue;
             }
         };
-        let same_content = store.by_hash(&hash)?;
+        let same_content = waiting(|| store.by_hash(&hash))?;
         let gone = same_content.iter().find(|r| {
             r.path != path && !seen.contains(&r.path) && !Path::new(&r.path).exists() && !moved_from.contains(&r.path)
         });
         if let (Some(old), None) = (gone, by_path.get(path.as_str())) {
-            store.update_location(old.key, &path, f.size, f.mtime, &label_of(&f.path))?;
+            waiting(|| store.update_location(old.key, &path, f.size, f.mtime, &label_of(&f.path)))?;
             moved_from.insert(old.path.clone());
             report.moved += 1;
         } else if !same_content.is_empty() {
@@ -235,7 +260,7 @@ pub fn index_folders(
             Err(e) => report.failed.push((f.path.clone(), e.to_string())),
         }
         if pending.len() >= BATCH && write_error.is_none() {
-            match store.add_batch(&pending) {
+            match waiting(|| store.add_batch(&pending)) {
                 Ok(keys) => report.embedded += keys.len(),
                 Err(e) => write_error = Some(e),
             }
@@ -246,13 +271,13 @@ pub fn index_folders(
         return Err(e);
     }
     if !pending.is_empty() {
-        report.embedded += store.add_batch(&pending)?.len();
+        report.embedded += waiting(|| store.add_batch(&pending))?.len();
     }
 
     // Copies share the row of the content already stored.
     let mut copy_batch = Vec::new();
     for (f, hash) in copies {
-        match store.by_hash(&hash)?.into_iter().next() {
+        match waiting(|| store.by_hash(&hash))?.into_iter().next() {
             Some(original) => copy_batch.push(NewImage {
                 path: f.path.to_string_lossy().into_owned(),
                 hash,
@@ -266,7 +291,7 @@ pub fn index_folders(
     }
     report.copies = copy_batch.len();
     if !copy_batch.is_empty() {
-        store.add_batch(&copy_batch)?;
+        waiting(|| store.add_batch(&copy_batch))?;
     }
 
     // Stored images under the indexed folders that are gone.
@@ -277,7 +302,7 @@ pub fn index_folders(
         .map(|r| r.key)
         .collect();
     report.removed = removed.len();
-    store.delete(&removed)?;
+    waiting(|| store.delete(&removed))?;
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

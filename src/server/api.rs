@@ -48,6 +48,7 @@ const MAX_K: usize = 1000;
         thumbnail,
         original,
         healthz,
+        readyz,
         metrics_text
     ),
     components(schemas(
@@ -80,6 +81,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/api/status", get(status))
@@ -613,6 +615,16 @@ fn clean_label(label: &str) -> String {
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "ok", body = String)))]
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Readiness: the store answers (a database may be down: 503 until it is back).
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = String), (status = 503, body = ErrorOut)))]
+async fn readyz(Shared(state): Shared<AppState>) -> ApiResult<&'static str> {
+    blocking(&state, |st| {
+        read(&st.engine).store.ping()?;
+        Ok("ready")
+    })
+    .await
 }
 
 /// Prometheus metrics: request counts and latencies by route, index size.

@@ -300,6 +300,7 @@ impl From<Error> for ApiError {
             | Error::QueryTooLong { .. }
             | Error::UnknownClass { .. } => StatusCode::BAD_REQUEST,
             Error::NoModel { .. } | Error::SideNeedsModel { .. } | Error::ModelMismatch { .. } => StatusCode::CONFLICT,
+            Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // Uploads are decoded from a temporary name; say "the upload".

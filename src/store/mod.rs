@@ -65,6 +65,10 @@ pub trait ImageStore: Send + Sync {
     fn folder(&self) -> Option<&Path> {
         None
     }
+    /// Whether the store answers now (`/readyz`): a database server may be down.
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether another process committed changes this handle does not see yet.
     fn is_stale(&self) -> Result<bool> {
         Ok(false)

@@ -54,6 +54,8 @@ const STATEMENT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_EF_SEARCH: usize = 100;
 /// Attempts for an idempotent operation whose connection was lost.
 const ATTEMPTS: usize = 4;
+/// How long a request waits for a pooled connection (the pool reconnects meanwhile).
+const POOL_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Whether `db` names a PostgreSQL database rather than a folder.
 pub fn is_url(db: &str) -> bool {
@@ -153,12 +155,13 @@ impl PgStore {
         // Every connection starts with the default candidate list, so a
         // search needs no transaction of its own to set it (3 round trips).
         config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c hnsw.ef_search={DEFAULT_EF_SEARCH}"));
-        config.connect_timeout(Duration::from_secs(10));
+        // Short: while the server is down, requests answer 503 in seconds, not a minute.
+        config.connect_timeout(Duration::from_secs(3));
         let name = describe(&config);
         let pool = r2d2::Pool::builder()
             .max_size(8)
             .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(15))
+            .connection_timeout(POOL_TIMEOUT)
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| Error::Store {
                 path: name.clone().into(),
@@ -181,7 +184,18 @@ impl PgStore {
     }
 
     fn conn(&self) -> Result<Conn> {
-        self.pool.get().map_err(|e| self.err(format!("no connection to PostgreSQL at {}: {e}", self.name)))
+        self.pool.get().map_err(|e| Error::Unavailable {
+            what: format!("PostgreSQL at {}", self.name),
+            reason: format!("no connection within {} s ({e})", POOL_TIMEOUT.as_secs()),
+        })
+    }
+
+    /// Whether the database answers now (`/readyz`).
+    pub fn ping(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        conn.simple_query("SELECT 1")
+            .map(drop)
+            .map_err(|e| Error::Unavailable { what: format!("PostgreSQL at {}", self.name), reason: pg_message(&e) })
     }
 
     /// Runs `f` on a pooled connection, again on a fresh one when the
@@ -192,17 +206,15 @@ impl PgStore {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(200 << attempt));
             }
-            let mut conn = match self.conn() {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
+            // The pool already tried for its timeout: the server is down, say so now.
+            let mut conn = self.conn()?;
             match f(&mut conn) {
                 Ok(v) => return Ok(v),
                 Err(e) if retryable(&e) => {
-                    last = self.err(format!("lost the connection to {}: {}", self.name, pg_message(&e)))
+                    last = Error::Unavailable {
+                        what: format!("PostgreSQL at {}", self.name),
+                        reason: format!("lost the connection: {}", pg_message(&e)),
+                    }
                 }
                 Err(e) => return Err(self.pg_err(e)),
             }
@@ -838,6 +850,10 @@ impl ImageStore for PgStore {
             tx.execute(GC_VECTORS, &[&gone])?;
             tx.commit()
         })
+    }
+
+    fn ping(&self) -> Result<()> {
+        PgStore::ping(self)
     }
 
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {

@@ -42,7 +42,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn state_for(db: &Path, roots: Vec<PathBuf>, max_upload: usize) -> Arc<State> {
+pub(crate) fn state_for(db: &Path, roots: Vec<PathBuf>, max_upload: usize) -> Arc<State> {
     let words = imgsearch::words::open(&imgsearch::models::models_dir(None), None).unwrap();
     let options = Options {
         roots,

@@ -572,3 +572,107 @@ fn a_reader_picks_up_another_writer_s_rows_on_refresh() {
     let a = reader.by_path("/a.jpg").unwrap().unwrap();
     assert_eq!(reader.embedding(&a).unwrap(), vec![1.0, 0.0, 0.0]);
 }
+
+/// A TCP forwarder to the test server that can be cut and restored: a
+/// database outage without stopping the shared server.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (up2, links2, upstream) = (up.clone(), links.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused, as by a server that is down
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                links2.lock().unwrap().extend([client, server]);
+            }
+        });
+        Self { port, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            let _ = link.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Regression: while PostgreSQL was down, requests hung ~63 s and then
+/// answered 500 while `/healthz` said 200, and an indexer gave up. Now the
+/// store says it is unavailable within seconds (503, `/readyz` 503), and
+/// `index` waits for the database and finishes once it is back.
+#[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
+fn a_database_outage_is_a_quick_503_and_index_waits_for_it() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let admin = pg_admin("a_database_outage_is_a_quick_503_and_index_waits_for_it");
+    let url = fresh_database(&admin);
+    let upstream = url.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(&upstream);
+    let url = url.replace(&upstream, &format!("127.0.0.1:{}", proxy.port));
+
+    let state = crate::server::state_for(std::path::Path::new(&url), vec![], 2 << 20);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let status = |uri: &'static str| {
+        let req = Request::get(uri).body(Body::empty()).unwrap();
+        let start = std::time::Instant::now();
+        let code = rt.block_on(imgsearch::server::app(state.clone()).oneshot(req)).unwrap().status().as_u16();
+        (code, start.elapsed())
+    };
+    assert_eq!(status("/readyz").0, 200);
+    proxy.cut();
+    for uri in ["/readyz", "/api/status"] {
+        let (code, took) = status(uri);
+        assert_eq!(code, 503, "{uri}");
+        assert!(took < std::time::Duration::from_secs(15), "{uri} took {took:?}");
+    }
+    assert_eq!(status("/healthz").0, 200, "liveness is not readiness");
+    proxy.restore();
+    assert_eq!(status("/readyz").0, 200, "ready again once the database is back");
+    drop(rt);
+    drop(state);
+
+    // An indexer that meets the outage waits, then finishes without loss.
+    let photos = tempfile::tempdir().unwrap();
+    crate::index::generated_photos(photos.path(), 3);
+    let mut store = PgStore::open(&url, "lite0", 1280).unwrap();
+    proxy.cut();
+    let up = proxy.up.clone();
+    let restorer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        up.store(true, Ordering::SeqCst);
+    });
+    let report =
+        imgsearch::indexer::index_folders(&mut store, &crate::lite0(), &[photos.path().to_path_buf()], |_, _| {});
+    restorer.join().unwrap();
+    assert_eq!(report.unwrap().embedded, 3);
+    assert_eq!(store.len().unwrap(), 3);
+}

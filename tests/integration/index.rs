@@ -329,3 +329,45 @@ fn the_hnsw_graph_is_kept_once_updated_and_rebuilt_when_damaged() {
     assert!(out.contains("HNSW index:"), "{out}");
     assert!(imgsearch::index::HnswIndex::load(&db, Default::default()).is_ok());
 }
+
+/// Regression: two `index` runs on one store at once once left images with
+/// another image's vector. Now every file searches back to itself.
+#[test]
+fn two_index_runs_at_once_keep_every_image_s_own_vector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let files = generated_photos(&a, 12);
+    std::fs::create_dir_all(&b).unwrap();
+    for f in &files[6..] {
+        std::fs::rename(f, b.join(f.file_name().unwrap())).unwrap();
+    }
+    let db = tmp.path().join("db");
+    let index = |folder: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+            .arg("--db")
+            .arg(&db)
+            .arg("index")
+            .arg(folder)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut first, mut second) = (index(&a), index(&b));
+    assert!(first.wait().unwrap().success() && second.wait().unwrap().success());
+    for folder in [&a, &b] {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let file = entry.unwrap().path().canonicalize().unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+                .arg("--db")
+                .arg(&db)
+                .args(["search", "--json", "-k", "1", "--exact", "--image"])
+                .arg(&file)
+                .output()
+                .unwrap();
+            let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(hits[0]["path"], file.to_str().unwrap());
+            // sqrt(2 - 2 cos) turns f32 rounding of a self-match into up to ~1e-3.
+            assert!(hits[0]["distance"].as_f64().unwrap() < 2e-3, "{hits}");
+        }
+    }
+}

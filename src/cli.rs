@@ -43,14 +43,16 @@ pub enum Command {
     /// Index the images under folders (recursively, incrementally).
     Index(IndexArgs),
     /// Search the index: images like an image (a file or an indexed key), or
-    /// images matching words (`--text`, needs a trained joint model).
+    /// images matching words or a sentence (`--text`; zero-shot until a model is trained).
     Search(SearchArgs),
     /// Train the joint image-word model on a folder of label folders (the
     /// folder is indexed first; stored embeddings are reused).
     Train(TrainArgs),
-    /// Tag an image with the nearest words of the whole vocabulary (needs a
-    /// trained joint model).
+    /// Tag an image with the nearest words of the vocabulary and its top ImageNet classes.
     Tag(TagArgs),
+    /// Check a folder store against its checksums: vector rows, the HNSW
+    /// graph, the trained model. Exits non-zero naming what is damaged.
+    Verify(VerifyArgs),
     /// Serve the search page and HTTP API; given folders, fetch missing
     /// models and index them first.
     Serve(ServeArgs),
@@ -434,7 +436,59 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Train(a) => train(&models_dir, &args.db, a),
         Command::Tag(a) => tag(&models_dir, &args.db, a),
         Command::Serve(a) => serve(&models_dir, &args.db, a),
+        Command::Verify(a) => verify(&args.db, a),
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Backbone network of the index.
+    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
+    pub backbone: String,
+}
+
+fn verify(db: &std::path::Path, a: VerifyArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !crate::store::is_database(db),
+        "verify checks a folder store; PostgreSQL checks its own pages (its data checksums, amcheck)"
+    );
+    // Opening checks SQLite's integrity, the vector file's header and length, and the row counts.
+    let store = open_index(db, &a.backbone)?;
+    let crate::store::VerifyReport { checked, unchecked, damaged } = store.verify()?;
+    let mut problems: Vec<String> = damaged
+        .iter()
+        .map(|(first, rows)| {
+            format!("{}: rows {first}..{} do not match their checksum", db.join("vectors.f32").display(), first + rows)
+        })
+        .collect();
+    println!(
+        "vectors: {checked} rows checked, {} damaged, {unchecked} written before checksums (not checked)",
+        damaged.len()
+    );
+    if crate::index::HnswIndex::exists(db) {
+        match crate::index::HnswIndex::load(db, Default::default()) {
+            Ok(h) => println!("HNSW graph: {} vectors, checksums match", h.len()),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if crate::joint::exists(db) {
+        match JointModel::load(db) {
+            Ok(_) => println!("joint model: checksum matches"),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("damaged: {p}");
+        }
+        bail!(
+            "{} problems found; the HNSW graph is rebuilt by `imgsearch index`, a model by `imgsearch train`; \
+             damaged vector rows need the store moved aside and `imgsearch index` run again",
+            problems.len()
+        );
+    }
+    println!("{}: no damage found", db.display());
+    Ok(())
 }
 
 fn load_embedder(models_dir: &std::path::Path, backbone: &str) -> anyhow::Result<Embedder> {

@@ -143,6 +143,11 @@ pub fn exists(db: &Path) -> bool {
     weights_path(&model_dir(db)).exists() && info_path(&model_dir(db)).exists()
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so a
 /// crash leaves the old file or the new one, never half of one.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -207,6 +212,9 @@ impl JointModel {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let tmp = dir.join("model.safetensors.tmp");
         candle_core::safetensors::save(tensors, &tmp)?;
+        // The checksum first: a crash between the two leaves a mismatch that says "retrain".
+        let sum = sha256_hex(&std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?);
+        write_atomic(&dir.join("model.sha256"), sum.as_bytes())?;
         std::fs::rename(&tmp, weights_path(dir)).map_err(|e| Error::io(weights_path(dir), e))?;
         let json = serde_json::to_vec_pretty(info).map_err(|e| Error::Msg(e.to_string()))?;
         write_atomic(&info_path(dir), &json)
@@ -258,7 +266,20 @@ impl JointModel {
         let text = std::fs::read_to_string(&info_file).map_err(|e| Error::io(&info_file, e))?;
         let info: ModelInfo = serde_json::from_str(&text)
             .map_err(|e| Error::Store { path: info_file.clone(), reason: format!("bad model description: {e}") })?;
-        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(weights_path(&dir), &Device::Cpu)?;
+        let weights = weights_path(&dir);
+        let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
+        // Models saved before checksums have no `model.sha256`.
+        if let Ok(want) = std::fs::read_to_string(dir.join("model.sha256")) {
+            if want.trim() != sha256_hex(&bytes) {
+                return Err(Error::Store {
+                    path: weights,
+                    reason: "does not match its checksum (model.sha256): the model is damaged; \
+                             retrain with `imgsearch train`"
+                        .into(),
+                });
+            }
+        }
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
         Self::from_tensors(info, &tensors)
     }
 

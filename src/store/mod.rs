@@ -155,6 +155,17 @@ pub enum NewVector {
     SameAs { row: u64, norm: f32 },
 }
 
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Rows checked against their batch's checksum.
+    pub checked: u64,
+    /// Rows written before checksums were kept (not checked).
+    pub unchecked: u64,
+    /// Damaged batches: (first row, rows).
+    pub damaged: Vec<(u64, u64)>,
+}
+
 /// An exclusive lock on a store's `write.lock`, held while writing; released
 /// when dropped (or when the process dies: flock locks go with the file).
 pub struct WriteLock {
@@ -276,7 +287,11 @@ impl Store {
                  row INTEGER NOT NULL,
                  norm REAL NOT NULL);
              CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
-             CREATE INDEX IF NOT EXISTS images_row ON images(row);",
+             CREATE INDEX IF NOT EXISTS images_row ON images(row);
+             CREATE TABLE IF NOT EXISTS vector_batches(
+                 first_row INTEGER PRIMARY KEY,
+                 rows INTEGER NOT NULL,
+                 sha256 TEXT NOT NULL);",
         )
         .map_err(trouble)?;
         let setting = |name: &str| -> Result<Option<String>> {
@@ -373,6 +388,35 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Checks every vector row against the checksum recorded when its batch was written.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        use sha2::Digest;
+        let batches: Vec<(u64, u64, String)> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT first_row, rows, sha256 FROM vector_batches WHERE first_row < ?1 ORDER BY first_row")
+                .map_err(|e| db_err(&self.dir, e))?;
+            let rows = stmt
+                .query_map([self.rows as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?))
+                })
+                .map_err(|e| db_err(&self.dir, e))?;
+            rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(&self.dir, e))?
+        };
+        let mmap = self.mmap.as_ref().expect("vectors are mapped on open");
+        let row_bytes = self.dim as u64 * 4;
+        let (mut checked, mut damaged) = (0, Vec::new());
+        for (first, rows, sha) in batches {
+            let start = (VECTORS_HEADER as u64 + first * row_bytes) as usize;
+            let end = start + (rows * row_bytes) as usize;
+            if end > mmap.len() || format!("{:x}", sha2::Sha256::digest(&mmap[start..end])) != sha {
+                damaged.push((first, rows));
+            }
+            checked += rows;
+        }
+        Ok(VerifyReport { checked, unchecked: self.rows - checked.min(self.rows), damaged })
     }
 
     /// The write lock of this store (also for the files derived beside it).
@@ -531,8 +575,18 @@ impl Store {
             f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(|e| Error::io(&path, e))?;
         }
         let rows_after = self.rows + new_rows.len() as u64;
+        let first_row = self.rows;
         let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction().map_err(|e| db_err(&self.dir, e))?;
+        if !bytes.is_empty() {
+            // Each batch's checksum, for `imgsearch verify`.
+            use sha2::Digest;
+            tx.execute(
+                "INSERT OR REPLACE INTO vector_batches VALUES (?1, ?2, ?3)",
+                params![first_row as i64, new_rows.len() as i64, format!("{:x}", sha2::Sha256::digest(&bytes))],
+            )
+            .map_err(|e| db_err(&self.dir, e))?;
+        }
         let mut keys = Vec::with_capacity(images.len());
         {
             let mut fresh = new_rows.iter();

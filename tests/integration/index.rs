@@ -371,3 +371,28 @@ fn two_index_runs_at_once_keep_every_image_s_own_vector() {
         }
     }
 }
+
+/// Regression: bit flips in vector bodies gave wrong answers with exit 0.
+/// `imgsearch verify` checks every batch against its checksum, and the
+/// HNSW graph, and names what is damaged.
+#[test]
+fn verify_finds_a_flipped_bit_in_the_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    generated_photos(&photos, 3);
+    let db = tmp.path().join("db");
+    let run =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).args(args).output().unwrap();
+    assert!(run(&["index", photos.to_str().unwrap()]).status.success());
+    let clean = run(&["verify"]);
+    assert!(clean.status.success(), "{}", String::from_utf8_lossy(&clean.stderr));
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("3 rows checked, 0 damaged"));
+    let vectors = db.join("vectors.f32");
+    let mut bytes = std::fs::read(&vectors).unwrap();
+    bytes[64 + 1280 * 4 + 7] ^= 0x10;
+    std::fs::write(&vectors, &bytes).unwrap();
+    let damaged = run(&["verify"]);
+    let err = String::from_utf8_lossy(&damaged.stderr);
+    assert!(!damaged.status.success());
+    assert!(err.contains("vectors.f32") && err.contains("rows 0..3"), "{err}");
+}

@@ -600,8 +600,13 @@ fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
 
 /// Keeps a label to one safe folder name.
 fn clean_label(label: &str) -> String {
-    let cleaned: String =
-        label.trim().chars().map(|c| if c.is_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect();
+    // At most 64 characters: it becomes a folder name (a long one was a 500 naming a server path).
+    let cleaned: String = label
+        .trim()
+        .chars()
+        .take(64)
+        .map(|c| if c.is_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
     if cleaned.is_empty() || cleaned.chars().all(|c| c == '_') {
         "uploads".into()
     } else {

@@ -519,6 +519,18 @@ async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
         .body(Body::from(body))
         .unwrap();
     assert_eq!(send(state.clone(), upload).await.status, StatusCode::FORBIDDEN);
+    // Regression: an over-long label was a 500 naming a server path; it is cut to a folder name.
+    let long = "x".repeat(5000);
+    let (ct, body) =
+        multipart(Some(("x.png", &std::fs::read(photos.join("photo1.png")).unwrap())), &[("label", &long)]);
+    let upload = Request::post("/api/images")
+        .header("content-type", ct)
+        .header("authorization", bearer.as_str())
+        .body(Body::from(body))
+        .unwrap();
+    let added = send(state.clone(), upload).await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&added.body));
+    assert_eq!(added.json()["label"].as_str().map(str::len), Some(64));
     let own = [("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080"), ("authorization", bearer.as_str())];
     assert_eq!(with("DELETE", "/api/images/1", &own).await.status, StatusCode::NO_CONTENT);
     // A text far beyond what the encoder reads is refused before any work.

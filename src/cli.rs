@@ -19,9 +19,11 @@ pub struct Args {
     #[arg(long, global = true, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
 
-    /// The index's data directory.
-    #[arg(long, global = true, env = "IMGSEARCH_DB", default_value = ".imgsearch", value_name = "DIR")]
-    pub db: PathBuf,
+    /// The index: a folder, or a postgres:// URL. Default: one per user, in
+    /// the user's data folder (`~/.local/share/imgsearch/index` on Linux), so
+    /// every command finds it from any folder.
+    #[arg(long, global = true, env = "IMGSEARCH_DB", value_name = "DIR|URL")]
+    pub db: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -407,9 +409,16 @@ struct EmbedReport {
     error: Option<String>,
 }
 
+/// The default index: one per user, in the user's data folder (XDG).
+pub fn default_db() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("imgsearch").join("index")
+}
+
 /// Runs a parsed command line. Errors are printed by `main`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let models_dir = models::models_dir(args.models_dir.as_deref());
+    let db = args.db.clone().unwrap_or_else(default_db);
+    let db = &db;
     match args.command {
         Command::Models { command: ModelsCommand::Dir } => {
             println!("{}", models_dir.display());
@@ -429,14 +438,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Embed(a) => embed(&models_dir, a),
-        Command::Eval(a) => eval(&models_dir, &args.db, a),
+        Command::Eval(a) => eval(&models_dir, db, a),
         Command::Words(a) => words(&models_dir, a),
-        Command::Index(a) => index(&models_dir, &args.db, a),
-        Command::Search(a) => search(&models_dir, &args.db, a),
-        Command::Train(a) => train(&models_dir, &args.db, a),
-        Command::Tag(a) => tag(&models_dir, &args.db, a),
-        Command::Serve(a) => serve(&models_dir, &args.db, a),
-        Command::Verify(a) => verify(&args.db, a),
+        Command::Index(a) => index(&models_dir, db, a),
+        Command::Search(a) => search(&models_dir, db, a),
+        Command::Train(a) => train(&models_dir, db, a),
+        Command::Tag(a) => tag(&models_dir, db, a),
+        Command::Serve(a) => serve(&models_dir, db, a),
+        Command::Verify(a) => verify(db, a),
     }
 }
 

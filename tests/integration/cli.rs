@@ -135,3 +135,12 @@ fn nonsense_search_limits_and_an_empty_token_are_errors() {
         assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn completions_are_printed_for_a_shell() {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["completions", "bash"]).output().unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && script.contains("_imgsearch") && script.contains("serve"), "{script}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_imgsearch")).args(["completions", "tcsh"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("bash"));
+}

@@ -592,6 +592,8 @@ fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
     let log = log.join().unwrap();
     assert!(status.success(), "{status}: {log}");
     assert!(log.contains("shutting down"), "{log}");
+    // One log line per request, with its status and latency.
+    assert!(log.lines().any(|l| l.contains("request") && l.contains("/healthz") && l.contains("status=200")), "{log}");
 }
 
 /// Every error is one JSON shape, also the ones the router makes itself;

@@ -807,23 +807,40 @@ async fn classes(Query(p): Query<ClassParams>) -> ApiResult<Json<Vec<ClassOut>>>
 
 /// Upload an image into the index (multipart `image`, optional `label`).
 #[utoipa::path(post, path = "/api/images", request_body(content = AddForm, content_type = "multipart/form-data"), responses(
-    (status = 201, body = ImageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 413, body = ErrorOut)))]
-async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<(StatusCode, Json<ImageOut>)> {
+    (status = 201, description = "added", body = ImageOut), (status = 200, description = "the same bytes were there already: that image", body = ImageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 413, body = ErrorOut)))]
+async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Response> {
     let form = read_form(multipart).await?;
-    let label = clean_label(form.fields.get("label").map(String::as_str).unwrap_or("uploads"));
+    let given_label = form.fields.get("label").map(|l| clean_label(l));
+    let label = given_label.clone().unwrap_or_else(|| "uploads".into());
     let (bytes, name) =
         form.image.ok_or_else(|| ApiError::bad_request("no image: send it in the multipart field \"image\""))?;
     blocking(&state, move |st| {
+        let hash = {
+            use sha2::Digest;
+            format!("{:x}", sha2::Sha256::digest(&bytes))
+        };
+        // The same bytes again: the same image (and key), 200; a new label is recorded on an upload.
+        {
+            let mut engine = write(&st.engine);
+            if let Some(known) = engine.store.by_hash(&hash)?.into_iter().next() {
+                let mut r = known;
+                let uploaded = r.path.starts_with(DB_UPLOADS)
+                    || st.uploads.as_ref().is_some_and(|u| r.path.starts_with(&*u.to_string_lossy()));
+                if let (true, Some(new_label)) = (uploaded, &given_label) {
+                    if new_label != &r.label {
+                        engine.store.update_location(r.key, &r.path, r.size, r.mtime, new_label)?;
+                        r.label = new_label.clone();
+                    }
+                }
+                return Ok(created(StatusCode::OK, image_out(r.key, &r.label, &r.path)));
+            }
+        }
         // The current model, so the new image gets its joint embedding.
         st.refresh_model()?;
         // Decoded and embedded before anything is written.
         let embedding = embed_upload(st, &bytes, &name)?;
         let ext = image::guess_format(&bytes).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("img");
-        let hash = {
-            use sha2::Digest;
-            format!("{:x}", sha2::Sha256::digest(&bytes))
-        };
-        let file = format!("{}.{ext}", &hash[..16]);
+        let file = upload_file_name(&name, ext, &hash);
         let mut engine = write(&st.engine);
         let r = match &st.uploads {
             Some(uploads) => {
@@ -845,9 +862,32 @@ async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
             )?,
         };
         refresh(&mut engine, &r.hash)?;
-        Ok((StatusCode::CREATED, Json(image_out(r.key, &r.label, &r.path))))
+        Ok(created(StatusCode::CREATED, image_out(r.key, &r.label, &r.path)))
     })
     .await
+}
+
+/// An added (201) or already present (200) image, with its `Location`.
+fn created(status: StatusCode, image: ImageOut) -> Response {
+    let location = format!("/api/images/{}", image.key);
+    (status, [(header::LOCATION, location)], Json(image)).into_response()
+}
+
+/// The stored name of an upload: the sender's file name (made safe), with
+/// a piece of the content hash so two different files of one name never meet.
+fn upload_file_name(name: &str, ext: &str, hash: &str) -> String {
+    let base = Path::new(name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let safe: String = base
+        .chars()
+        .take(80)
+        .map(|c| if c.is_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect();
+    let safe = safe.trim_matches('.');
+    if safe.is_empty() {
+        format!("{}.{ext}", &hash[..16])
+    } else {
+        format!("{safe}-{}.{ext}", &hash[..8])
+    }
 }
 
 /// Index a file already on the server, under one of the indexed folders.

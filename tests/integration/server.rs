@@ -521,8 +521,8 @@ async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
     assert_eq!(send(state.clone(), upload).await.status, StatusCode::FORBIDDEN);
     // Regression: an over-long label was a 500 naming a server path; it is cut to a folder name.
     let long = "x".repeat(5000);
-    let (ct, body) =
-        multipart(Some(("x.png", &std::fs::read(photos.join("photo1.png")).unwrap())), &[("label", &long)]);
+    let fresh = crate::index::generated_photos(&tmp.path().join("more"), 6).pop().unwrap();
+    let (ct, body) = multipart(Some(("x.png", &std::fs::read(fresh).unwrap())), &[("label", &long)]);
     let upload = Request::post("/api/images")
         .header("content-type", ct)
         .header("authorization", bearer.as_str())
@@ -634,4 +634,46 @@ async fn errors_are_json_everywhere_and_the_openapi_document_is_sound() {
     if let Some(out) = std::env::var_os("IMGSEARCH_OPENAPI_OUT") {
         std::fs::write(out, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     }
+}
+
+/// Regression: the same file uploaded again got a second key (both came
+/// back in every search) with 201, its name was lost, and 201 had no
+/// Location. Now the same bytes are the same image (200, any new label
+/// recorded), the original name is kept, and `Location` names the image.
+#[tokio::test]
+async fn uploads_are_deduplicated_by_content_and_keep_their_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    crate::index::generated_photos(&photos, 1);
+    let db = tmp.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
+    assert!(out.unwrap().status.success());
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let picture = std::fs::read(crate::index::generated_photos(&tmp.path().join("new"), 3).pop().unwrap()).unwrap();
+    let upload = |label: &'static str| {
+        let (ct, body) = multipart(Some(("Beach day.png", &picture)), &[("label", label)]);
+        let req = Request::post("/api/images")
+            .header("content-type", ct)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::from(body))
+            .unwrap();
+        let state = state.clone();
+        async move {
+            let resp = app(state).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let location = resp.headers().get(header::LOCATION).map(|v| v.to_str().unwrap().to_owned());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, location, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        }
+    };
+    let (status, location, first) = upload("trip").await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let key = first["key"].as_i64().unwrap();
+    assert_eq!(location.as_deref(), Some(format!("/api/images/{key}").as_str()));
+    assert!(first["file"].as_str().unwrap().starts_with("Beach_day-"), "{first}");
+    let (status, _, again) = upload("beach").await;
+    assert_eq!((status, again["key"].as_i64()), (StatusCode::OK, Some(key)), "{again}");
+    assert_eq!(again["label"], "beach", "the new label is recorded");
+    let status = send(state.clone(), Request::get("/api/status").body(Body::empty()).unwrap()).await.json();
+    assert_eq!(status["images"], 2, "one indexed photo and one upload, not two");
 }

@@ -297,6 +297,8 @@ pub struct SearchResponse {
     pub space: String,
     /// In the text space: how images were put into it (`zero-shot`, `trained`, `fused`).
     pub text_side: Option<Side>,
+    /// On the fused side: the weight of the zero-shot side (the trained one has the rest).
+    pub fusion_weight: Option<f32>,
     pub results: Vec<ResultOut>,
     /// Set when the text was longer than the sentence encoder's limit and was cut.
     pub note: Option<String>,
@@ -637,7 +639,8 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
     let note = truncated.then(|| {
         format!("the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS)
     });
-    Ok(SearchResponse { space: space.to_owned(), text_side: side, results, note, tags })
+    let fusion_weight = (side == Some(Side::Fused)).then_some(crate::joint::space::FUSION_WEIGHT);
+    Ok(SearchResponse { space: space.to_owned(), text_side: side, fusion_weight, results, note, tags })
 }
 
 /// After an image is added: extend the HNSW graph and the joint vectors

@@ -165,6 +165,9 @@ async fn text_search_finds_the_word_and_key_search_finds_the_image() {
     let tagged = get(&format!("/api/search?key={key}&k=3&tags=true")).await.json();
     assert!(tagged["tags"]["words"].as_array().is_some_and(|t| t.len() == 8), "{tagged}");
     assert_eq!(tagged["tags"]["side"], "fused", "a trained store fuses by default");
+    let text = get("/api/search?text=cat&k=3").await.json();
+    assert_eq!(text["text_side"], "fused", "{text}");
+    assert!((text["fusion_weight"].as_f64().unwrap() - 0.35).abs() < 1e-6, "recorded with the results: {text}");
     // Class-weighted, max_distance, image + text combined, negatives.
     let weighted = get(&format!("/api/search?key={key}&class=Siamese%20cat&k=4")).await;
     assert_eq!(weighted.status, StatusCode::OK);

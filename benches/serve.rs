@@ -43,7 +43,7 @@ async fn client(
         let path = &paths[i % paths.len()];
         i += 1;
         let start = Instant::now();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
         stream.get_mut().write_all(request.as_bytes()).await.unwrap();
         let mut status = String::new();
         stream.read_line(&mut status).await.unwrap();

@@ -447,18 +447,33 @@ fn serving_beyond_loopback_needs_a_token() {
     assert!(err.contains("needs a token") && err.contains("--token"), "{err}");
 }
 
+/// A store of `n` generated photos (no shared data needed), indexed by the
+/// binary, and the service's state over it.
+struct Generated {
+    tmp: tempfile::TempDir,
+    photos: PathBuf,
+    db: PathBuf,
+    files: Vec<PathBuf>,
+    state: Arc<State>,
+}
+
+fn generated(n: usize) -> Generated {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = crate::index::generated_photos(&photos, n);
+    let db = tmp.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
+    assert!(out.unwrap().status.success());
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    Generated { tmp, photos, db, files, state }
+}
+
 /// Regression: `/original` and `/thumbnail` served whatever sat at the
 /// stored path, so an indexed photo swapped for a link to another file
 /// leaked that file. Now a file that is not what was indexed is a 404.
 #[tokio::test]
 async fn an_indexed_file_swapped_for_a_link_is_not_served() {
-    let tmp = tempfile::tempdir().unwrap();
-    let photos = tmp.path().join("photos");
-    let files = crate::index::generated_photos(&photos, 2);
-    let db = tmp.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
-    assert!(out.unwrap().status.success());
-    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let Generated { tmp, photos, db, files: files, state } = generated(2);
     let get = |uri: String| send(state.clone(), Request::get(uri).body(Body::empty()).unwrap());
     let key = |name: &str| {
         let db = imgsearch::store::Store::open(&db, "lite0", 1280).unwrap();
@@ -486,13 +501,7 @@ async fn an_indexed_file_swapped_for_a_link_is_not_served() {
 /// a foreign `Host`), and one huge text cost seconds of CPU and gigabytes.
 #[tokio::test]
 async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let photos = tmp.path().join("photos");
-    crate::index::generated_photos(&photos, 2);
-    let db = tmp.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
-    assert!(out.unwrap().status.success());
-    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let Generated { tmp, photos, db, files: _files, state } = generated(2);
     let with = |method: &str, uri: &str, headers: &[(&str, &str)]| {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
@@ -554,27 +563,13 @@ async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
 /// closed, and SIGTERM drains and exits cleanly.
 #[test]
 fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
     let photos = tmp.path().join("photos");
     crate::index::generated_photos(&photos, 1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(tmp.path().join("db"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--header-timeout", "1"])
-        .arg(&photos)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve exited before serving").unwrap();
-        if let Some(url) = line.strip_prefix("serving on http://") {
-            break url.trim_end_matches('/').to_owned();
-        }
-    };
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let mut server =
+        crate::store::Replica::serve(&tmp.path().join("db"), &["--header-timeout", "1", photos.to_str().unwrap()]);
+    let addr = server.addr.clone();
     // Half a request: the server hangs up once the header timeout passes.
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
@@ -590,9 +585,8 @@ fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
     ok.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     // SIGTERM: stop accepting, finish, exit 0.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    let log = log.join().unwrap();
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let (status, log) = server.wait();
     assert!(status.success(), "{status}: {log}");
     assert!(log.contains("shutting down"), "{log}");
     // One log line per request, with its status and latency.
@@ -604,13 +598,7 @@ fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
 /// bearer scheme (checked by openapi-spec-validator in `.ci/run`).
 #[tokio::test]
 async fn errors_are_json_everywhere_and_the_openapi_document_is_sound() {
-    let tmp = tempfile::tempdir().unwrap();
-    let photos = tmp.path().join("photos");
-    crate::index::generated_photos(&photos, 1);
-    let db = tmp.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
-    assert!(out.unwrap().status.success());
-    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let Generated { tmp, photos, db, files: _files, state } = generated(1);
     for (method, uri, status) in [
         ("GET", "/no/such/route", StatusCode::NOT_FOUND),
         ("POST", "/api/status", StatusCode::METHOD_NOT_ALLOWED),
@@ -645,13 +633,7 @@ async fn errors_are_json_everywhere_and_the_openapi_document_is_sound() {
 /// recorded), the original name is kept, and `Location` names the image.
 #[tokio::test]
 async fn uploads_are_deduplicated_by_content_and_keep_their_name() {
-    let tmp = tempfile::tempdir().unwrap();
-    let photos = tmp.path().join("photos");
-    crate::index::generated_photos(&photos, 1);
-    let db = tmp.path().join("db");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
-    assert!(out.unwrap().status.success());
-    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let Generated { tmp, photos, db, files: _files, state } = generated(1);
     let picture = std::fs::read(crate::index::generated_photos(&tmp.path().join("new"), 3).pop().unwrap()).unwrap();
     let upload = |label: &'static str| {
         let (ct, body) = multipart(Some(("Beach day.png", &picture)), &[("label", label)]);

@@ -410,17 +410,28 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 }
 
 /// A `serve` process; killed when dropped.
-struct Replica {
-    child: std::process::Child,
-    addr: String,
+pub(crate) struct Replica {
+    pub(crate) child: std::process::Child,
+    pub(crate) addr: String,
+    /// What it wrote to stderr after "serving on", once it exits.
+    log: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Replica {
     fn start(db: &str, folders: &[&str]) -> Self {
+        let mut args = vec!["--token", "secret"];
+        args.extend_from_slice(folders);
+        Self::serve(std::path::Path::new(db), &args)
+    }
+
+    /// `imgsearch --db <db> serve --addr 127.0.0.1:0 <args>`, once it serves.
+    pub(crate) fn serve(db: &std::path::Path, args: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-            .args(["--db", db, "serve", "--addr", "127.0.0.1:0", "--token", "secret"])
-            .args(folders)
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -433,8 +444,14 @@ impl Replica {
             }
         };
         // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+        Self { child, addr, log: Some(log) }
+    }
+
+    /// Waits for the process to exit: its status and log.
+    pub(crate) fn wait(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        (status, self.log.take().map(|l| l.join().unwrap()).unwrap_or_default())
     }
 
     fn get(&self, path: &str) -> (u16, serde_json::Value) {

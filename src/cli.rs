@@ -947,7 +947,7 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
             let joint = crate::joint::vectors::JointVectors::update(embedded, &fitted.model, &path)?;
             report["joint_vectors"] = joint.len().into();
             report["model"] = serde_json::json!(dir);
-            crate::joint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+            crate::files::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
             (joint.len(), dir.display().to_string())
         }
     };

@@ -11,6 +11,7 @@ pub mod backbone;
 pub mod cli;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod index;
 pub mod indexer;
 pub mod joint;

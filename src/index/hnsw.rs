@@ -180,7 +180,7 @@ impl HnswIndex {
         for ext in ["hnsw.graph", "hnsw.data"] {
             let file = folder.join(format!("{BASENAME}.{ext}"));
             std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(|e| Error::io(&file, e))?;
-            sums.push(file_sha256(&file)?);
+            sums.push(crate::files::sha256_file(&file)?);
         }
         let manifest = Manifest {
             generation,
@@ -190,7 +190,7 @@ impl HnswIndex {
             data_sha256: sums[1].clone(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| cannot(e.to_string()))?;
-        crate::joint::write_atomic(&dir.join(format!("{BASENAME}.json")), &json)?;
+        crate::files::write_atomic(&dir.join(format!("{BASENAME}.json")), &json)?;
         // Older generations, and the loose files earlier versions wrote.
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
@@ -231,7 +231,7 @@ impl HnswIndex {
         let folder = dir.join(format!("{BASENAME}.{}", manifest.generation));
         for (ext, want) in [("hnsw.graph", &manifest.graph_sha256), ("hnsw.data", &manifest.data_sha256)] {
             let file = folder.join(format!("{BASENAME}.{ext}"));
-            if &file_sha256(&file).map_err(|e| damaged(e.to_string()))? != want {
+            if &crate::files::sha256_file(&file).map_err(|e| damaged(e.to_string()))? != want {
                 return Err(damaged(format!("{} does not match its checksum", file.display())));
             }
         }
@@ -270,22 +270,6 @@ struct Manifest {
 
 fn read_manifest(dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&std::fs::read(dir.join(format!("{BASENAME}.json"))).ok()?).ok()
-}
-
-fn file_sha256(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
 }
 
 /// [`HnswIndex`] with the full-precision rows to re-rank its candidates.

@@ -282,7 +282,7 @@ fn write_cache(path: &Path, dim: usize, data: &[f32]) -> Result<()> {
     bytes.extend_from_slice(CACHE_MAGIC);
     bytes.extend_from_slice(&(dim as u64).to_le_bytes());
     bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    super::write_atomic(path, &bytes)
+    crate::files::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -851,7 +851,7 @@ async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
                 std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
                 let path = dir.join(&file);
                 if !path.exists() {
-                    crate::joint::write_atomic(&path, &bytes)?;
+                    crate::files::write_atomic(&path, &bytes)?;
                 }
                 crate::indexer::add_file(engine.store.as_mut(), &path, |_| Ok(embedding))?
             }
@@ -1065,7 +1065,7 @@ async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) 
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85).encode_image(&thumb).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the thumbnail of {key}: {e}"))
         })?;
-        crate::joint::write_atomic(&cached, &out)?;
+        crate::files::write_atomic(&cached, &out)?;
         Ok(out)
     })
     .await?;

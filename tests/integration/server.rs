@@ -473,7 +473,7 @@ fn generated(n: usize) -> Generated {
 /// leaked that file. Now a file that is not what was indexed is a 404.
 #[tokio::test]
 async fn an_indexed_file_swapped_for_a_link_is_not_served() {
-    let Generated { tmp, photos, db, files: files, state } = generated(2);
+    let Generated { tmp, photos, db, files, state } = generated(2);
     let get = |uri: String| send(state.clone(), Request::get(uri).body(Body::empty()).unwrap());
     let key = |name: &str| {
         let db = imgsearch::store::Store::open(&db, "lite0", 1280).unwrap();
@@ -501,7 +501,7 @@ async fn an_indexed_file_swapped_for_a_link_is_not_served() {
 /// a foreign `Host`), and one huge text cost seconds of CPU and gigabytes.
 #[tokio::test]
 async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
-    let Generated { tmp, photos, db, files: _files, state } = generated(2);
+    let Generated { tmp, photos, db: _db, files: _files, state } = generated(2);
     let with = |method: &str, uri: &str, headers: &[(&str, &str)]| {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
@@ -598,7 +598,7 @@ fn slow_clients_are_cut_off_and_sigterm_shuts_down_cleanly() {
 /// bearer scheme (checked by openapi-spec-validator in `.ci/run`).
 #[tokio::test]
 async fn errors_are_json_everywhere_and_the_openapi_document_is_sound() {
-    let Generated { tmp, photos, db, files: _files, state } = generated(1);
+    let Generated { tmp: _tmp, photos: _photos, db: _db, files: _files, state } = generated(1);
     for (method, uri, status) in [
         ("GET", "/no/such/route", StatusCode::NOT_FOUND),
         ("POST", "/api/status", StatusCode::METHOD_NOT_ALLOWED),
@@ -633,7 +633,7 @@ async fn errors_are_json_everywhere_and_the_openapi_document_is_sound() {
 /// recorded), the original name is kept, and `Location` names the image.
 #[tokio::test]
 async fn uploads_are_deduplicated_by_content_and_keep_their_name() {
-    let Generated { tmp, photos, db, files: _files, state } = generated(1);
+    let Generated { tmp, photos: _photos, db: _db, files: _files, state } = generated(1);
     let picture = std::fs::read(crate::index::generated_photos(&tmp.path().join("new"), 3).pop().unwrap()).unwrap();
     let upload = |label: &'static str| {
         let (ct, body) = multipart(Some(("Beach day.png", &picture)), &[("label", label)]);

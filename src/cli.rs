@@ -695,12 +695,7 @@ fn text_space(
     backbone: &str,
     words: Option<&std::path::Path>,
 ) -> anyhow::Result<crate::joint::TextSpace> {
-    let trained = JointModel::load_current(store, db)?;
-    if let Some((_, model)) = &trained {
-        model.check_compatible(backbone, &model.info.words.clone())?;
-    }
-    let config = Config::by_name(backbone).context("unknown backbone")?;
-    Ok(crate::joint::TextSpace::load(models_dir, &config, trained, words)?)
+    Ok(crate::joint::TextSpace::of_store(models_dir, store, db, backbone, words)?)
 }
 
 /// The encoder for `choice`: word vectors (`words`) or the sentence encoder (loaded here).
@@ -1529,17 +1524,19 @@ fn eval_joint(
     let caption_recall = trained_figures["caption_to_image"].clone();
     // The zero-shot side (no training) and its fusion with the trained one.
     let config = Config::by_name(&a.backbone).context("unknown backbone")?;
-    let query_encoder = crate::text::QueryEncoder::for_model(models_dir, &fitted.info.words, a.vectors.as_deref())?;
+    let trained_model = JointModel::from_tensors(fitted.info.clone(), &fitted.tensors)?;
+    let space = crate::joint::TextSpace::load(models_dir, &config, Some((0, trained_model)), a.vectors.as_deref())?;
+    let query_encoder = &space.encoder;
     let (weights, bias) = crate::joint::zeroshot::classifier(&models::backbone_weights(models_dir, &config))?;
     let mut zero_shot_variants = Vec::new();
-    let prompts: &[crate::joint::zeroshot::ClassPrompt] = match &query_encoder {
+    let prompts: &[crate::joint::zeroshot::ClassPrompt] = match query_encoder {
         crate::text::QueryEncoder::Sentences { .. } => {
             &[crate::joint::zeroshot::ClassPrompt::PhotoOf, crate::joint::zeroshot::ClassPrompt::Name]
         }
         crate::text::QueryEncoder::Words(_) => &[crate::joint::zeroshot::ClassPrompt::Name],
     };
     for &prompt in prompts {
-        let texts = crate::joint::zeroshot::class_texts(models_dir, &query_encoder, prompt)?;
+        let texts = crate::joint::zeroshot::class_texts(models_dir, query_encoder, prompt)?;
         for (top, temperature) in [(5, 2.0), (10, 1.0), (10, 2.0), (20, 2.0), (10, 4.0)] {
             let zs =
                 crate::joint::zeroshot::ZeroShot::with(&weights, &bias, &texts, query_encoder.dim(), top, temperature)?;
@@ -1550,8 +1547,6 @@ fn eval_joint(
             zero_shot_variants.push(v);
         }
     }
-    let trained_model = JointModel::from_tensors(fitted.info.clone(), &fitted.tensors)?;
-    let space = crate::joint::TextSpace::load(models_dir, &config, Some((0, trained_model)), a.vectors.as_deref())?;
     let zero_shot_figures = side_figures(&space.projection(crate::joint::Side::ZeroShot)?)?;
     let fused_figures = side_figures(&space.projection(crate::joint::Side::Fused)?)?;
     let mut fusion_sweep = Vec::new();

@@ -85,6 +85,24 @@ impl TextSpace {
         Ok(Self { encoder, zero_shot, trained })
     }
 
+    /// The text space of `store` (its folder `db`, or its database): the
+    /// current joint model if one was trained (refused if trained on
+    /// another backbone), for the CLI and the service alike.
+    pub fn of_store(
+        models: &Path,
+        store: &dyn crate::store::ImageStore,
+        db: &Path,
+        backbone: &str,
+        words_file: Option<&Path>,
+    ) -> Result<Self> {
+        let trained = JointModel::load_current(store, db)?;
+        if let Some((_, model)) = &trained {
+            model.check_compatible(backbone, &model.info.words.clone())?;
+        }
+        let config = Config::by_name(backbone).ok_or_else(|| Error::Msg(format!("unknown backbone {backbone}")))?;
+        Self::load(models, &config, trained, words_file)
+    }
+
     /// The side used when none is asked for: fused once a model is trained.
     pub fn default_side(&self) -> Side {
         if self.trained.is_some() {
@@ -235,11 +253,8 @@ impl Projection for SideProjection<'_> {
             Side::ZeroShot => self.space.zero_shot.project(embeddings)?,
             Side::Trained => self.trained().project(embeddings)?,
             Side::Fused => {
-                let mut zs = self.space.zero_shot.project(embeddings)?;
-                let mut tr = self.trained().project(embeddings)?;
-                unit_rows(&mut zs, dim);
-                unit_rows(&mut tr, dim);
-                zs.iter().zip(&tr).map(|(z, t)| FUSION_WEIGHT * z + (1.0 - FUSION_WEIGHT) * t).collect()
+                let (zs, tr) = (self.space.zero_shot.project(embeddings)?, self.trained().project(embeddings)?);
+                return Ok(fuse(&zs, &tr, dim, FUSION_WEIGHT));
             }
         };
         unit_rows(&mut out, dim);

@@ -25,7 +25,7 @@ pub use api::{app, ApiDoc};
 use crate::backbone::Embedder;
 use crate::index::HnswIndex;
 use crate::joint::vectors::JointVectors;
-use crate::joint::{JointModel, Side, TextSpace};
+use crate::joint::{Side, TextSpace};
 use crate::store::ImageStore;
 use crate::words::WordVectors;
 use crate::Error;
@@ -224,14 +224,13 @@ impl State {
         if in_use(&engine)? {
             return Ok(());
         }
-        let trained = JointModel::load_current(engine.store.as_ref(), db)?;
-        if let Some((_, model)) = &trained {
-            model.check_compatible(&self.options.backbone, &model.info.words.clone())?;
-        }
-        let config = crate::backbone::Config::by_name(&self.options.backbone)
-            .ok_or_else(|| Error::Msg(format!("unknown backbone {}", self.options.backbone)))?;
-        let space =
-            Arc::new(TextSpace::load(&self.options.models, &config, trained, self.options.words_file.as_deref())?);
+        let space = Arc::new(TextSpace::of_store(
+            &self.options.models,
+            engine.store.as_ref(),
+            db,
+            &self.options.backbone,
+            self.options.words_file.as_deref(),
+        )?);
         // Every side's vectors, including images another process added
         // while the model was being trained.
         let mut joint = Joint { model_id: space.model_id(), space: space.clone(), vectors: Vec::new() };

@@ -76,6 +76,11 @@ pub struct ServeArgs {
     /// Token required on requests that change the index (Authorization: Bearer <token>).
     #[arg(long, env = "IMGSEARCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Searches, pictures and the page need the token too: for a server
+    /// others can reach. Open the page once as `http://<addr>/?token=<token>`
+    /// (it keeps a cookie), or send `Authorization: Bearer <token>`.
+    #[arg(long, requires = "token")]
+    pub private: bool,
     /// Another host name the server answers to (repeatable), e.g. the name
     /// of a reverse proxy. A loopback server answers to localhost,
     /// 127.0.0.1 and [::1] only; another bind answers to any name unless some are given.
@@ -450,7 +455,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Train(a) => train(&models_dir, db, a),
         Command::Tag(a) => tag(&models_dir, db, a),
         Command::Serve(a) => serve(&models_dir, db, a),
-        Command::Verify(a) => verify(db, a),
+        Command::Verify(a) => verify(&models_dir, db, a),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Args::command(), "imgsearch", &mut std::io::stdout());
@@ -466,7 +471,7 @@ pub struct VerifyArgs {
     pub backbone: String,
 }
 
-fn verify(db: &std::path::Path, a: VerifyArgs) -> anyhow::Result<()> {
+fn verify(models_dir: &std::path::Path, db: &std::path::Path, a: VerifyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !crate::store::is_database(db),
         "verify checks a folder store; PostgreSQL checks its own pages (its data checksums, amcheck)"
@@ -495,6 +500,25 @@ fn verify(db: &std::path::Path, a: VerifyArgs) -> anyhow::Result<()> {
             Ok(_) => println!("joint model: checksum matches"),
             Err(e) => problems.push(e.to_string()),
         }
+    }
+    // Each text side's image vectors are derived: checked by recomputing them.
+    match text_space(models_dir, &store, db, &a.backbone, None) {
+        Ok(space) => {
+            for side in space.sides() {
+                let path = crate::joint::vectors::JointVectors::path_for(db, side);
+                match crate::joint::vectors::JointVectors::damaged_rows(&store, &space.projection(side)?, &path)? {
+                    None => {}
+                    Some(rows) if rows.is_empty() => println!("{side} text vectors: {} rows recomputed, all match", store.rows()),
+                    Some(rows) => problems.push(format!(
+                        "{}: {} rows differ from a fresh projection (first: row {}); delete the file and it is recomputed",
+                        path.display(),
+                        rows.len(),
+                        rows[0]
+                    )),
+                }
+            }
+        }
+        Err(e) => println!("text vectors: not checked ({e})"),
     }
     if !problems.is_empty() {
         for p in &problems {
@@ -534,6 +558,9 @@ fn index_into(
     bar.finish_and_clear();
     for (path, reason) in &report.failed {
         eprintln!("skipped: {}: {reason}", path.display());
+    }
+    for (path, reason) in &report.warnings {
+        eprintln!("warning: {}: {reason}", path.display());
     }
     Ok(report)
 }
@@ -654,7 +681,7 @@ fn image_embedding(
     }
     let path = PathBuf::from(spec);
     anyhow::ensure!(path.exists(), "{spec}: no such file, and not an indexed key");
-    let canonical = path.canonicalize()?.to_string_lossy().into_owned();
+    let canonical = crate::files::path_to_text(&path.canonicalize()?);
     let known = match store.by_path(&canonical)? {
         Some(r) => Some(r),
         None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
@@ -673,7 +700,7 @@ fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
         db.display()
     );
     let config = Config::by_name(backbone).context("unknown backbone")?;
-    Ok(Store::open(db, backbone, config.embedding_dim())?)
+    Ok(Store::open_read_only(db, backbone, config.embedding_dim())?)
 }
 
 /// Opens the index `db` names, a folder or a PostgreSQL database, for reading.
@@ -792,7 +819,14 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         for r in &results {
-            println!("{:>3}  {:.4}  {:>6}  {:<14} {}", r.rank, r.distance, r.key, r.label, r.path);
+            println!(
+                "{:>3}  {:.4}  {:>6}  {:<14} {}",
+                r.rank,
+                r.distance,
+                r.key,
+                r.label,
+                crate::files::display_path(&r.path)
+            );
         }
     }
     Ok(())
@@ -860,7 +894,7 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
     let embeddings: Vec<Option<Vec<f32>>> = data
         .paths
         .iter()
-        .map(|p| store.by_path(&p.to_string_lossy())?.map(|r| store.embedding(&r)).transpose())
+        .map(|p| store.by_path(&crate::files::path_to_text(p))?.map(|r| store.embedding(&r)).transpose())
         .collect::<crate::Result<_>>()?;
     let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
     if !missing.is_empty() {
@@ -1062,6 +1096,7 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         models: models_dir.to_path_buf(),
         words_file: a.vectors.clone(),
         header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
+        private: a.private,
         allowed_hosts: if crate::server::is_loopback(&a.addr) {
             Some(crate::server::LOOPBACK_HOSTS.iter().map(|h| h.to_string()).chain(a.allow_hosts.clone()).collect())
         } else if a.allow_hosts.is_empty() {

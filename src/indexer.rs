@@ -15,6 +15,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::backbone::Embedder;
+use crate::files::{path_to_text, text_to_path};
 use crate::store::{ImageRecord, ImageStore, NewImage, NewVector};
 use crate::{Error, Result};
 
@@ -34,6 +35,8 @@ pub struct IndexReport {
     pub removed: usize,
     /// Files or folders skipped, with the reason.
     pub failed: Vec<(PathBuf, String)>,
+    /// Files indexed with a doubt (a JPEG cut short), with the reason.
+    pub warnings: Vec<(PathBuf, String)>,
     pub seconds: f64,
 }
 
@@ -51,8 +54,18 @@ pub fn label_of(path: &Path) -> String {
 
 /// sha256 of a file, hex.
 pub fn content_hash(path: &Path) -> Result<String> {
+    Ok(inspect(path)?.0)
+}
+
+/// What indexing says of a file cut short.
+pub const CUT_SHORT: &str =
+    "the JPEG ends before its end marker (copied only in part?); indexed with the missing part grey";
+
+/// A file's content hash, and a warning when it is a JPEG cut short (read once).
+fn inspect(path: &Path) -> Result<(String, Option<&'static str>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    let warning = crate::backbone::jpeg_cut_short(&bytes).then_some(CUT_SHORT);
+    Ok((format!("{:x}", Sha256::digest(&bytes)), warning))
 }
 
 /// A file's modification time as the store records it (nanoseconds since the epoch).
@@ -199,7 +212,7 @@ pub fn index_folders(
     }
     let stored = waiting(|| store.all())?;
     let by_path: HashMap<&str, &ImageRecord> = stored.iter().map(|r| (r.path.as_str(), r)).collect();
-    let seen: HashSet<String> = found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
+    let seen: HashSet<String> = found.iter().map(|f| path_to_text(&f.path)).collect();
 
     // Files whose content must be identified.
     let mut to_embed: Vec<(Found, String)> = Vec::new();
@@ -207,15 +220,20 @@ pub fn index_folders(
     let mut moved_from: HashSet<String> = HashSet::new();
     let mut first_of_hash: HashSet<String> = HashSet::new();
     for f in found {
-        let path = f.path.to_string_lossy().into_owned();
+        let path = path_to_text(&f.path);
         if let Some(r) = by_path.get(path.as_str()) {
             if r.size == f.size && r.mtime == f.mtime {
                 report.unchanged += 1;
                 continue;
             }
         }
-        let hash = match content_hash(&f.path) {
-            Ok(h) => h,
+        let hash = match inspect(&f.path) {
+            Ok((h, warning)) => {
+                if let Some(w) = warning {
+                    report.warnings.push((f.path.clone(), w.into()));
+                }
+                h
+            }
             Err(e) => {
                 report.failed.push((f.path, format!("disappeared or unreadable while indexing: {e}")));
                 continue;
@@ -223,7 +241,10 @@ pub fn index_folders(
         };
         let same_content = waiting(|| store.by_hash(&hash))?;
         let gone = same_content.iter().find(|r| {
-            r.path != path && !seen.contains(&r.path) && !Path::new(&r.path).exists() && !moved_from.contains(&r.path)
+            r.path != path
+                && !seen.contains(&r.path)
+                && !text_to_path(&r.path).exists()
+                && !moved_from.contains(&r.path)
         });
         if let (Some(old), None) = (gone, by_path.get(path.as_str())) {
             waiting(|| store.update_location(old.key, &path, f.size, f.mtime, &label_of(&f.path)))?;
@@ -250,7 +271,7 @@ pub fn index_folders(
         let (f, hash) = &to_embed[i];
         match result {
             Ok(e) => pending.push(NewImage {
-                path: f.path.to_string_lossy().into_owned(),
+                path: path_to_text(&f.path),
                 hash: hash.clone(),
                 size: f.size,
                 mtime: f.mtime,
@@ -279,7 +300,7 @@ pub fn index_folders(
     for (f, hash) in copies {
         match waiting(|| store.by_hash(&hash))?.into_iter().next() {
             Some(original) => copy_batch.push(NewImage {
-                path: f.path.to_string_lossy().into_owned(),
+                path: path_to_text(&f.path),
                 hash,
                 size: f.size,
                 mtime: f.mtime,
@@ -298,7 +319,7 @@ pub fn index_folders(
     let removed: Vec<i64> = stored
         .iter()
         .filter(|r| !seen.contains(&r.path) && !moved_from.contains(&r.path))
-        .filter(|r| walked_roots.iter().any(|root| Path::new(&r.path).starts_with(root)))
+        .filter(|r| walked_roots.iter().any(|root| text_to_path(&r.path).starts_with(root)))
         .map(|r| r.key)
         .collect();
     report.removed = removed.len();
@@ -317,7 +338,7 @@ pub fn add_file(
     let path = path.canonicalize().map_err(|e| Error::io(path, e))?;
     let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
     let (size, mtime) = (meta.len(), mtime_nanos(&meta));
-    let path_str = path.to_string_lossy().into_owned();
+    let path_str = path_to_text(&path);
     if let Some(r) = store.by_path(&path_str)? {
         if r.size == size && r.mtime == mtime {
             return Ok(r);

@@ -12,4 +12,4 @@ mod preprocess;
 pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
 pub use efficientnet::{BlockSpec, Config, EfficientNet, Features};
 pub use embedder::{softmax, top_k, Embedded, Embedder};
-pub use preprocess::{decode_rgb, Preprocess, DEFAULT_MAX_PIXELS};
+pub use preprocess::{decode_rgb, jpeg_cut_short, Preprocess, DEFAULT_MAX_PIXELS};

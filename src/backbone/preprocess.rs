@@ -113,6 +113,53 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
     Ok(to_rgb_on_white(image))
 }
 
+/// Whether a JPEG ends before its end-of-image marker: a file copied only
+/// in part. The decoder fills what is missing with grey and reports no
+/// error, so the indexer warns instead. Walks the marker segments and
+/// skips each scan's entropy-coded data (`FF00` stuffing, `RSTn`), so bytes
+/// after the end marker (a motion photo's video) are no reason to warn.
+/// Not a JPEG: `false`.
+pub fn jpeg_cut_short(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        while bytes.get(i).is_some_and(|&b| b != 0xFF) {
+            i += 1;
+        }
+        while bytes.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return true };
+        i += 1;
+        match marker {
+            0xD9 => return false,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else {
+            return true;
+        };
+        i += len;
+        if i > bytes.len() {
+            return true;
+        }
+        if marker == 0xDA {
+            loop {
+                let Some(p) = bytes[i..].iter().position(|&b| b == 0xFF) else { return true };
+                i += p;
+                match bytes.get(i + 1) {
+                    None => return true,
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
 /// Converts any colour type to RGB8, compositing transparency onto white.
 fn to_rgb_on_white(image: DynamicImage) -> RgbImage {
     if !image.color().has_alpha() {
@@ -133,6 +180,21 @@ fn to_rgb_on_white(image: DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jpeg_cut_short_is_told_from_a_whole_one() {
+        let img = RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x ^ y) * 5) as u8]));
+        let mut jpeg = Vec::new();
+        img.write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        assert!(!jpeg_cut_short(&jpeg), "a whole JPEG");
+        for cut in [jpeg.len() - 2, jpeg.len() * 9 / 10, jpeg.len() / 2, 3] {
+            assert!(jpeg_cut_short(&jpeg[..cut]), "cut at {cut} of {}", jpeg.len());
+        }
+        let mut motion = jpeg.clone();
+        motion.extend_from_slice(b"\x00\x00\x00\x18ftypmp42 then a video \xFF\xDA\x00");
+        assert!(!jpeg_cut_short(&motion), "bytes after the end marker are not a cut");
+        assert!(!jpeg_cut_short(b"\x89PNG\r\n"), "not a JPEG");
+    }
 
     #[test]
     fn resize_then_centre_crop_gives_the_square_size() {

@@ -24,11 +24,17 @@ const HEADER: usize = 64;
 /// Rows projected per batch (bounds memory on large stores).
 const BATCH: usize = 4096;
 
-/// The joint embeddings of a store, memory-mapped, unit length.
+/// The joint embeddings of a store, unit length: memory-mapped from their
+/// file, or (for a store opened read-only) computed in memory.
 pub struct JointVectors {
-    mmap: Mmap,
+    rows_data: Rows,
     dim: usize,
     rows: usize,
+}
+
+enum Rows {
+    Mapped(Mmap),
+    Owned(Vec<f32>),
 }
 
 impl JointVectors {
@@ -52,6 +58,15 @@ impl JointVectors {
     /// and maps them: rows made by another projection are recomputed,
     /// missing rows added.
     pub fn update(store: &Store, model: &dyn Projection, path: &Path) -> Result<Self> {
+        if let Some(current) = Self::map_current(store, model, path)? {
+            return Ok(current);
+        }
+        if store.is_read_only() {
+            // A reader never writes: the rows are projected in memory
+            // (milliseconds per thousand images).
+            let vectors = project_rows(store, model, 0, store.rows(), &store.row_norms(0)?)?;
+            return Ok(Self { rows_data: Rows::Owned(vectors), dim: model.out_dim(), rows: store.rows() as usize });
+        }
         // Derived files are written by one process at a time too.
         let _lock = store.write_lock()?;
         let path = path.to_path_buf();
@@ -73,6 +88,36 @@ impl JointVectors {
         if covered < store.rows() {
             append(store, model, &path, covered)?;
         }
+        Self::map(store, dim, path)
+    }
+
+    /// Checks the file at `path` by recomputing it (it is derived data):
+    /// the rows that differ from a fresh projection (a flipped bit), or
+    /// `None` when there is no current file for `model` to check.
+    pub fn damaged_rows(store: &Store, model: &dyn Projection, path: &Path) -> Result<Option<Vec<u64>>> {
+        let Some(file) = Self::map_current(store, model, path)? else { return Ok(None) };
+        let fresh = project_rows(store, model, 0, store.rows(), &store.row_norms(0)?)?;
+        let dim = model.out_dim();
+        let differs = |a: &[f32], b: &[f32]| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-4 || x.is_nan());
+        Ok(Some(
+            (0..store.rows())
+                .filter(|&r| differs(file.vector(r), &fresh[r as usize * dim..(r as usize + 1) * dim]))
+                .collect(),
+        ))
+    }
+
+    /// The file at `path` mapped, if it was made by `model` and covers
+    /// every committed row (nothing to write).
+    fn map_current(store: &Store, model: &dyn Projection, path: &Path) -> Result<Option<Self>> {
+        match read_header(path) {
+            Some(h) if h.dim == model.out_dim() && h.fingerprint == model.fingerprint() && h.rows >= store.rows() => {
+                Self::map(store, h.dim, path.to_path_buf()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn map(store: &Store, dim: usize, path: PathBuf) -> Result<Self> {
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: only `update` writes this file, appending past the mapped length.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
@@ -83,7 +128,7 @@ impl JointVectors {
                 reason: "joint vectors shorter than their header says; delete the file to recompute it".into(),
             });
         }
-        Ok(Self { mmap, dim, rows })
+        Ok(Self { rows_data: Rows::Mapped(mmap), dim, rows })
     }
 
     pub fn dim(&self) -> usize {
@@ -100,9 +145,14 @@ impl JointVectors {
 
     /// All rows, `[rows, dim]`, unit length (zero for rows no image uses).
     pub fn vectors(&self) -> &[f32] {
-        let body = &self.mmap[HEADER..HEADER + self.rows * self.dim * 4];
-        // SAFETY: the body starts 64 bytes into a page-aligned map.
-        unsafe { std::slice::from_raw_parts(body.as_ptr() as *const f32, self.rows * self.dim) }
+        match &self.rows_data {
+            Rows::Mapped(mmap) => {
+                let body = &mmap[HEADER..HEADER + self.rows * self.dim * 4];
+                // SAFETY: the body starts 64 bytes into a page-aligned map.
+                unsafe { std::slice::from_raw_parts(body.as_ptr() as *const f32, self.rows * self.dim) }
+            }
+            Rows::Owned(v) => &v[..self.rows * self.dim],
+        }
     }
 
     pub fn vector(&self, row: u64) -> &[f32] {
@@ -142,7 +192,6 @@ fn write_new(path: &Path, dim: usize, fingerprint: &[u8; 16]) -> Result<()> {
 /// Projects rows `covered..store.rows()` and appends them, then commits the count.
 fn append(store: &Store, model: &dyn Projection, path: &Path, covered: u64) -> Result<()> {
     let dim = model.out_dim();
-    let in_dim = store.dim();
     let total = store.rows();
     let norms = store.row_norms(covered)?;
     let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
@@ -150,34 +199,10 @@ fn append(store: &Store, model: &dyn Projection, path: &Path, covered: u64) -> R
     // Cut off rows an interrupted update left past the committed count.
     f.set_len(start).map_err(|e| Error::io(path, e))?;
     f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
-    let mut norm_at = norms.iter().peekable();
     let mut row = covered;
     while row < total {
         let end = (row + BATCH as u64).min(total);
-        // Raw embeddings of the rows in use; unused rows stay zero.
-        let mut used = Vec::new();
-        let mut features = Vec::new();
-        for r in row..end {
-            while norm_at.peek().is_some_and(|(nr, _)| *nr < r) {
-                norm_at.next();
-            }
-            if let Some(&&(nr, norm)) = norm_at.peek() {
-                if nr == r {
-                    used.push(r);
-                    features.extend(store.vector(r).iter().map(|v| v * norm));
-                }
-            }
-        }
-        debug_assert_eq!(features.len(), used.len() * in_dim);
-        let projected = model.project(&features)?;
-        let mut out = vec![0f32; (end - row) as usize * dim];
-        for (r, p) in used.iter().zip(projected.chunks_exact(dim)) {
-            let n = p.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let o = (r - row) as usize * dim;
-            if n > 0.0 {
-                out[o..o + dim].iter_mut().zip(p).for_each(|(o, v)| *o = v / n);
-            }
-        }
+        let out = project_rows(store, model, row, end, &norms)?;
         let bytes: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
         f.write_all(&bytes).map_err(|e| Error::io(path, e))?;
         row = end;
@@ -185,4 +210,27 @@ fn append(store: &Store, model: &dyn Projection, path: &Path, covered: u64) -> R
     f.sync_all().map_err(|e| Error::io(path, e))?;
     f.seek(SeekFrom::Start(32)).map_err(|e| Error::io(path, e))?;
     f.write_all(&total.to_le_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// The unit joint vectors of rows `from..to`, `[to - from, dim]` (zero for
+/// rows no image uses), projected [`BATCH`] rows at a time; `norms` are
+/// `(row, norm)` of the rows in use, sorted by row.
+fn project_rows(store: &Store, model: &dyn Projection, from: u64, to: u64, norms: &[(u64, f32)]) -> Result<Vec<f32>> {
+    let dim = model.out_dim();
+    let mut out = vec![0f32; (to - from) as usize * dim];
+    let first = norms.partition_point(|(r, _)| *r < from);
+    let last = norms.partition_point(|(r, _)| *r < to);
+    for batch in norms[first..last].chunks(BATCH) {
+        let features: Vec<f32> =
+            batch.iter().flat_map(|&(r, norm)| store.vector(r).iter().map(move |v| v * norm)).collect();
+        let projected = model.project(&features)?;
+        for (&(r, _), p) in batch.iter().zip(projected.chunks_exact(dim)) {
+            let n = p.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let o = (r - from) as usize * dim;
+            if n > 0.0 {
+                out[o..o + dim].iter_mut().zip(p).for_each(|(o, v)| *o = v / n);
+            }
+        }
+    }
+    Ok(out)
 }

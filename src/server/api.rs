@@ -117,6 +117,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/images/{key}/thumbnail", get(thumbnail))
         .route("/api/images/{key}/original", get(original))
         .merge(mutating)
+        .layer(middleware::from_fn_with_state(state.clone(), private_reads))
         .layer(DefaultBodyLimit::max(state.options.max_upload))
         .fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {method} {}", uri.path()))
@@ -221,9 +222,7 @@ async fn require_token(Shared(state): Shared<AppState>, headers: HeaderMap, req:
             .into_response();
     }
     if let Some(token) = &state.options.token {
-        let given =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+        if !has_token(&headers, token) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "this request changes the index: send Authorization: Bearer <token>",
@@ -232,6 +231,52 @@ async fn require_token(Shared(state): Shared<AppState>, headers: HeaderMap, req:
         }
     }
     next.run(req).await
+}
+
+/// The cookie that carries the token for the page's own requests (images
+/// cannot send an `Authorization` header).
+const TOKEN_COOKIE: &str = "imgsearch_token";
+
+/// Whether a request carries the token: `Authorization: Bearer`, or the cookie.
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
+    bearer.into_iter().chain(cookie).any(|given| same_secret(given.as_bytes(), token.as_bytes()))
+}
+
+/// With `--private`, every route but the probes needs the token. The page
+/// opened as `/?token=<token>` sets it as a same-site cookie and moves to `/`,
+/// so the token leaves the address bar.
+async fn private_reads(Shared(state): Shared<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let (true, Some(token)) = (state.options.private, state.options.token.as_deref()) else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/healthz" | "/readyz") || has_token(&headers, token) {
+        return next.run(req).await;
+    }
+    let given = req
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(|t| percent_encoding::percent_decode_str(t).decode_utf8_lossy().into_owned());
+    if req.uri().path() == "/" && given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+        let cookie = format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000");
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "/".to_owned()), (header::SET_COOKIE, cookie)])
+            .into_response();
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "this server is private: open the page as /?token=<token>, or send Authorization: Bearer <token>",
+    )
+    .into_response()
 }
 
 /// Runs `f` on the blocking pool, or answers 503 when the queue is full.
@@ -440,7 +485,10 @@ fn image_out(key: i64, label: &str, path: &str) -> ImageOut {
     ImageOut {
         key,
         label: label.to_owned(),
-        file: Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        file: crate::files::text_to_path(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         thumbnail: format!("/api/images/{key}/thumbnail"),
         original: format!("/api/images/{key}/original"),
     }
@@ -828,7 +876,7 @@ async fn add_image(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
             if let Some(known) = engine.store.by_hash(&hash)?.into_iter().next() {
                 let mut r = known;
                 let uploaded = r.path.starts_with(DB_UPLOADS)
-                    || st.uploads.as_ref().is_some_and(|u| r.path.starts_with(&*u.to_string_lossy()));
+                    || st.uploads.as_ref().is_some_and(|u| crate::files::text_to_path(&r.path).starts_with(u));
                 if let (true, Some(new_label)) = (uploaded, &given_label) {
                     if new_label != &r.label {
                         engine.store.update_location(r.key, &r.path, r.size, r.mtime, new_label)?;
@@ -945,8 +993,9 @@ async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64
         engine.store.delete(&[key])?;
         if let Some(uploads) = &st.uploads {
             let uploads = uploads.canonicalize().unwrap_or_else(|_| uploads.clone());
-            if Path::new(&r.path).starts_with(&uploads) {
-                let _ = std::fs::remove_file(&r.path);
+            let path = crate::files::text_to_path(&r.path);
+            if path.starts_with(&uploads) {
+                let _ = std::fs::remove_file(&path);
             }
         }
         Ok(StatusCode::NO_CONTENT)
@@ -999,8 +1048,8 @@ fn add_to_database(
 /// served folder (or the uploads) when the server was given folders. A file
 /// replaced since (by another picture, or a link to anything else) is not served.
 fn check_indexed_file(st: &State, r: &crate::store::ImageRecord) -> std::result::Result<(), String> {
-    let path = Path::new(&r.path);
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let path = crate::files::text_to_path(&r.path);
+    let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file any more".into());
     }
@@ -1020,7 +1069,10 @@ fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &str) -> ApiR
     let from_file = if r.path.starts_with(DB_UPLOADS) {
         None
     } else {
-        Some(check_indexed_file(st, r).and_then(|()| std::fs::read(&r.path).map_err(|e| e.to_string())))
+        Some(
+            check_indexed_file(st, r)
+                .and_then(|()| std::fs::read(crate::files::text_to_path(&r.path)).map_err(|e| e.to_string())),
+        )
     };
     let error = match from_file {
         Some(Ok(bytes)) => return Ok(bytes),
@@ -1056,7 +1108,11 @@ async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) 
             return Ok(bytes);
         }
         let original = original_bytes(st, &r, "; re-run `imgsearch index`")?;
-        let rgb = crate::backbone::decode_rgb(&original, Path::new(&r.path), crate::backbone::DEFAULT_MAX_PIXELS)?;
+        let rgb = crate::backbone::decode_rgb(
+            &original,
+            &crate::files::text_to_path(&r.path),
+            crate::backbone::DEFAULT_MAX_PIXELS,
+        )?;
         let (w, h) = rgb.dimensions();
         let scale = (THUMB_SIZE as f64 / w.max(h) as f64).min(1.0);
         let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));

@@ -54,6 +54,10 @@ pub struct Options {
     /// A request's headers must arrive within this; also how long an idle
     /// keep-alive connection is kept.
     pub header_timeout: std::time::Duration,
+    /// Reads need the token too (every route but `/healthz` and `/readyz`):
+    /// the `Authorization` header, or the cookie the page gets from
+    /// `/?token=<token>`. For a server others can reach.
+    pub private: bool,
 }
 
 /// The names of this machine a loopback server answers to.
@@ -71,6 +75,7 @@ impl Default for Options {
             words_file: None,
             allowed_hosts: Some(LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect()),
             header_timeout: HEADER_TIMEOUT,
+            private: false,
         }
     }
 }
@@ -356,7 +361,12 @@ pub async fn serve(addr: std::net::SocketAddr, state: State) -> anyhow::Result<(
             Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response(),
         }
     }));
-    eprintln!("serving on http://{}/", listener.local_addr()?);
+    match (state.options.private, &state.options.token) {
+        (true, Some(_)) => {
+            eprintln!("serving on http://{}/ (private: open it as /?token=<token>)", listener.local_addr()?)
+        }
+        _ => eprintln!("serving on http://{}/", listener.local_addr()?),
+    }
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(state.options.header_timeout).keep_alive(true);
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));

@@ -227,6 +227,20 @@ pub struct Store {
     dim: usize,
     rows: u64,
     mmap: Option<Mmap>,
+    /// Opened by [`Store::open_read_only`]: nothing is created, cut or written.
+    read_only: bool,
+}
+
+/// A path in an SQLite `file:` URI (`%`, `?` and `#` escaped).
+fn uri_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn db_err(dir: &Path, e: rusqlite::Error) -> Error {
@@ -258,6 +272,41 @@ impl Store {
     pub fn open(dir: &Path, backbone: &str, dim: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let conn = Connection::open(dir.join("meta.sqlite")).map_err(|e| db_err(dir, e))?;
+        Self::open_conn(dir, conn, backbone, dim, false)
+    }
+
+    /// Opens an existing store for reading only (search, tag, status):
+    /// nothing is created, migrated or cut, so a reader never changes a store
+    /// and works on one it may not write (a read-only mount, a backup).
+    pub fn open_read_only(dir: &Path, backbone: &str, dim: usize) -> Result<Self> {
+        use rusqlite::OpenFlags;
+        let meta = dir.join("meta.sqlite");
+        if !meta.is_file() {
+            return Err(Error::Store {
+                path: dir.to_path_buf(),
+                reason: "no index here: run `imgsearch index <folder>` first (or pass --db)".into(),
+            });
+        }
+        let conn =
+            Connection::open_with_flags(&meta, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| db_err(dir, e))?;
+        // A WAL database needs its shared-memory file; where that cannot be
+        // made (a read-only folder), read it as immutable.
+        let conn = match conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0)) {
+            Ok(_) => conn,
+            Err(_) => {
+                let uri = format!("file:{}?immutable=1", uri_escape(&meta));
+                Connection::open_with_flags(
+                    uri,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(|e| db_err(dir, e))?
+            }
+        };
+        Self::open_conn(dir, conn, backbone, dim, true)
+    }
+
+    fn open_conn(dir: &Path, conn: Connection, backbone: &str, dim: usize, read_only: bool) -> Result<Self> {
         let corrupt = |reason: String| Error::Store {
             path: dir.join("meta.sqlite"),
             reason: format!("{reason}; the store is damaged: move it aside and re-run `imgsearch index`"),
@@ -273,8 +322,9 @@ impl Store {
         if check != "ok" {
             return Err(corrupt(format!("SQLite integrity check: {check}")));
         }
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
+        if !read_only {
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
              CREATE TABLE IF NOT EXISTS settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS images(
@@ -292,8 +342,9 @@ impl Store {
                  first_row INTEGER PRIMARY KEY,
                  rows INTEGER NOT NULL,
                  sha256 TEXT NOT NULL);",
-        )
-        .map_err(trouble)?;
+            )
+            .map_err(trouble)?;
+        }
         let setting = |name: &str| -> Result<Option<String>> {
             conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
                 .optional()
@@ -315,7 +366,7 @@ impl Store {
                     "it records no store, but vectors.f32 holds {vector_bytes} bytes of vectors"
                 )));
             }
-            (b, d) if b.is_some() != d.is_some() => {
+            (b, d) if b.is_some() != d.is_some() || read_only => {
                 return Err(corrupt("the backbone or dimension setting is missing".into()));
             }
             _ => {
@@ -337,7 +388,12 @@ impl Store {
             )));
         }
         conn.busy_timeout(std::time::Duration::from_secs(60)).map_err(|e| db_err(dir, e))?;
-        let mut store = Self { dir: dir.to_path_buf(), conn: std::sync::Mutex::new(conn), dim, rows, mmap: None };
+        let mut store =
+            Self { dir: dir.to_path_buf(), conn: std::sync::Mutex::new(conn), dim, rows, mmap: None, read_only };
+        if read_only {
+            store.open_vectors(false)?;
+            return Ok(store);
+        }
         // An uncommitted tail is cut off only when no other process is writing.
         let lock = WriteLock::try_acquire(dir)?;
         store.open_vectors(lock.is_some())?;
@@ -355,14 +411,18 @@ impl Store {
     fn open_vectors(&mut self, cut_tail: bool) -> Result<()> {
         let path = self.vectors_path();
         let row_bytes = (self.dim * 4) as u64;
-        if !path.exists() {
+        if !path.exists() && !self.read_only {
             let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
             let mut header = [0u8; VECTORS_HEADER];
             header[..8].copy_from_slice(VECTORS_MAGIC);
             header[8..12].copy_from_slice(&(self.dim as u32).to_le_bytes());
             f.write_all(&header).and_then(|_| f.sync_all()).map_err(|e| Error::io(&path, e))?;
         }
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(cut_tail && !self.read_only)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let want = VECTORS_HEADER as u64 + self.rows * row_bytes;
         let bad = |reason: String| Error::Store {
@@ -372,7 +432,7 @@ impl Store {
         if len < want {
             return Err(bad(format!("holds {} bytes but {} committed rows need {want}", len, self.rows)));
         }
-        if len > want && cut_tail {
+        if len > want && cut_tail && !self.read_only {
             // Rows appended by a batch that never committed.
             file.set_len(want).map_err(|e| Error::io(&path, e))?;
         }
@@ -395,6 +455,13 @@ impl Store {
         use sha2::Digest;
         let batches: Vec<(u64, u64, String)> = {
             let conn = self.conn();
+            // A store from before checksums were kept (opened read-only, so not migrated).
+            let kept: bool = conn
+                .query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'vector_batches'", [], |r| r.get(0))
+                .map_err(|e| db_err(&self.dir, e))?;
+            if !kept {
+                return Ok(VerifyReport { checked: 0, unchecked: self.rows, damaged: Vec::new() });
+            }
             let mut stmt = conn
                 .prepare("SELECT first_row, rows, sha256 FROM vector_batches WHERE first_row < ?1 ORDER BY first_row")
                 .map_err(|e| db_err(&self.dir, e))?;
@@ -421,7 +488,18 @@ impl Store {
 
     /// The write lock of this store (also for the files derived beside it).
     pub fn write_lock(&self) -> Result<WriteLock> {
+        if self.read_only {
+            return Err(Error::Store {
+                path: self.dir.clone(),
+                reason: "opened for reading only; this command cannot change the store".into(),
+            });
+        }
         WriteLock::acquire(&self.dir)
+    }
+
+    /// Whether this handle was opened by [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The row count other processes have committed.

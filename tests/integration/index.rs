@@ -261,6 +261,49 @@ fn the_walk_skips_pipes_devices_loops_outside_links_hidden_and_the_store() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 new, 2 unchanged"), "{:?}", out);
 }
 
+/// Regression: `bad\xff.png` and `bad\xfe.png` collapsed into one record
+/// (the lossy name of both) and were embedded again on every run; a JPEG
+/// cut short was indexed, grey where it was missing, without a word. Now
+/// each name is kept byte for byte and the cut JPEG is indexed with a warning.
+#[test]
+fn non_utf8_names_stay_apart_and_a_jpeg_cut_short_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let made = generated_photos(&photos.join("trip"), 3);
+    let odd = |name: &[u8]| photos.join("trip").join(std::ffi::OsStr::from_bytes(name));
+    std::fs::rename(&made[0], odd(b"bad\xff.png")).unwrap();
+    std::fs::rename(&made[1], odd(b"bad\xfe.png")).unwrap();
+    let mut jpeg = Vec::new();
+    image::open(&made[2]).unwrap().write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    std::fs::remove_file(&made[2]).unwrap();
+    std::fs::write(photos.join("trip/cut.jpg"), &jpeg[..jpeg.len() * 4 / 5]).unwrap();
+    let db = tmp.path().join("db");
+    let index = || {
+        Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap()
+    };
+    let out = index();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "a warning is not a failure: {stdout}{stderr}");
+    assert!(stdout.contains("indexed 3 new"), "{stdout}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("warning:") && l.contains("cut.jpg") && l.contains("end marker")),
+        "{stderr}"
+    );
+    let out = index();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 new, 3 unchanged"), "{out:?}");
+    let store = open(&db);
+    let mut paths: Vec<PathBuf> =
+        store.all().unwrap().iter().map(|r| imgsearch::files::text_to_path(&r.path)).collect();
+    paths.sort();
+    assert_eq!(paths.len(), 3);
+    for path in &paths {
+        assert!(path.is_file(), "{} is found again from its stored text", path.display());
+    }
+    assert!(paths.contains(&odd(b"bad\xff.png").canonicalize().unwrap()));
+    assert!(paths.contains(&odd(b"bad\xfe.png").canonicalize().unwrap()));
+}
+
 /// The files of the saved HNSW graph(s) in a store folder.
 fn hnsw_files(db: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(db)
@@ -395,4 +438,18 @@ fn verify_finds_a_flipped_bit_in_the_vectors() {
     let err = String::from_utf8_lossy(&damaged.stderr);
     assert!(!damaged.status.success());
     assert!(err.contains("vectors.f32") && err.contains("rows 0..3"), "{err}");
+    // The text side's vectors are derived: verify recomputes and compares them.
+    bytes[64 + 1280 * 4 + 7] ^= 0x10;
+    std::fs::write(&vectors, &bytes).unwrap();
+    let text = db.join("joint/zero-shot.f32");
+    let clean = run(&["verify"]);
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("zero-shot text vectors: 3 rows recomputed, all match"));
+    let mut bytes = std::fs::read(&text).unwrap();
+    let dim = (bytes.len() - 64) / 4 / 3;
+    bytes[64 + dim * 4 + 3] ^= 0x40; // row 1's first value, in its exponent
+    std::fs::write(&text, &bytes).unwrap();
+    let damaged = run(&["verify"]);
+    let err = String::from_utf8_lossy(&damaged.stderr);
+    assert!(!damaged.status.success());
+    assert!(err.contains("zero-shot.f32") && err.contains("1 rows differ") && err.contains("row 1"), "{err}");
 }

@@ -79,6 +79,7 @@ fn indexed_copy(labels: &[&str], per_label: usize) -> (tempfile::TempDir, PathBu
 struct Answer {
     status: StatusCode,
     content_type: String,
+    headers: axum::http::HeaderMap,
     body: Vec<u8>,
 }
 
@@ -96,8 +97,9 @@ async fn send(state: Arc<State>, req: Request<Body>) -> Answer {
     let status = resp.status();
     let content_type =
         resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    Answer { status, content_type, body }
+    Answer { status, content_type, headers, body }
 }
 
 async fn get(uri: &str) -> Answer {
@@ -555,6 +557,46 @@ async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert!(answer.error().contains("at most 4096 bytes"), "{}", answer.error());
     assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+/// `serve --private`: reads need the token too (header or the page's
+/// cookie), the probes do not, and `/?token=` trades the token for a
+/// same-site cookie.
+#[tokio::test]
+async fn a_private_server_needs_the_token_for_reads_and_the_page_keeps_it_in_a_cookie() {
+    let g = generated(1);
+    let words = imgsearch::words::open(&imgsearch::models::models_dir(None), None).unwrap();
+    let options =
+        Options { roots: vec![g.photos.clone()], token: Some(TOKEN.into()), private: true, ..Default::default() };
+    let state = Arc::new(State::load(&g.db, lite0(), words, options).unwrap());
+    let get = |uri: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        send(state.clone(), req.body(Body::empty()).unwrap())
+    };
+    for uri in ["/", "/api/status", "/api/search?q=dog", "/api/images/1/thumbnail", "/metrics"] {
+        let refused = get(uri, &[]).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert!(refused.error().contains("?token="), "{}", refused.error());
+    }
+    assert_eq!(get("/api/status", &[("authorization", "Bearer wrong")]).await.status, StatusCode::UNAUTHORIZED);
+    for uri in ["/healthz", "/readyz"] {
+        assert_eq!(get(uri, &[]).await.status, StatusCode::OK, "{uri}");
+    }
+    let bearer = format!("Bearer {TOKEN}");
+    assert_eq!(get("/api/status", &[("authorization", &bearer)]).await.status, StatusCode::OK);
+    assert_eq!(get("/?token=wrong", &[]).await.status, StatusCode::UNAUTHORIZED);
+    let entry = get(&format!("/?token={TOKEN}"), &[]).await;
+    assert_eq!(entry.status, StatusCode::SEE_OTHER);
+    assert_eq!(entry.headers["location"], "/");
+    let cookie = entry.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    for uri in ["/", "/api/status", "/api/images/1/thumbnail"] {
+        assert_eq!(get(uri, &[("cookie", &pair)]).await.status, StatusCode::OK, "{uri} with the cookie");
+    }
 }
 
 /// Regression: a half-sent request held its connection forever (1100 of

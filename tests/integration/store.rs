@@ -590,6 +590,42 @@ fn a_reader_picks_up_another_writer_s_rows_on_refresh() {
     assert_eq!(reader.embedding(&a).unwrap(), vec![1.0, 0.0, 0.0]);
 }
 
+/// A reader (search, tag, verify) opens the store read-only: a missing store
+/// is not created, an uncommitted tail is not cut, nothing is migrated or
+/// written, and it still follows what a writer commits.
+#[test]
+fn a_read_only_open_changes_nothing_and_follows_the_writer() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let err = Store::open_read_only(&db, "lite0", 3).err().unwrap().to_string();
+    assert!(err.contains("no index") && err.contains("imgsearch index"), "{err}");
+    assert!(!db.exists(), "a reader created the store");
+    let mut writer = Store::open(&db, "lite0", 3).unwrap();
+    writer.add_batch(&[image("/a.jpg", "ha", vec![1.0, 0.0, 0.0])]).unwrap();
+    drop(writer);
+    // A batch that appended its rows but never committed.
+    let vectors = db.join("vectors.f32");
+    let committed = std::fs::metadata(&vectors).unwrap().len();
+    std::fs::OpenOptions::new().append(true).open(&vectors).unwrap().write_all(&[7u8; 12]).unwrap();
+    let before: Vec<(String, Vec<u8>)> =
+        ["meta.sqlite", "vectors.f32"].iter().map(|f| (f.to_string(), std::fs::read(db.join(f)).unwrap())).collect();
+    let mut reader = Store::open_read_only(&db, "lite0", 3).unwrap();
+    let a = reader.by_path("/a.jpg").unwrap().unwrap();
+    assert_eq!(reader.embedding(&a), vec![1.0, 0.0, 0.0]);
+    let err = reader.delete(&[a.key]).err().unwrap().to_string();
+    assert!(err.contains("reading only"), "{err}");
+    for (f, bytes) in &before {
+        assert_eq!(&std::fs::read(db.join(f)).unwrap(), bytes, "{f} changed under a reader");
+    }
+    assert_eq!(std::fs::metadata(&vectors).unwrap().len(), committed + 12, "the tail is cut only by a writer");
+    let mut writer = Store::open(&db, "lite0", 3).unwrap();
+    writer.add_batch(&[image("/b.jpg", "hb", vec![0.0, 1.0, 0.0])]).unwrap();
+    assert!(ImageStore::refresh(&mut reader).unwrap());
+    let b = reader.by_path("/b.jpg").unwrap().unwrap();
+    assert_eq!(reader.embedding(&b), vec![0.0, 1.0, 0.0]);
+}
+
 /// A TCP forwarder to the test server that can be cut and restored: a
 /// database outage without stopping the shared server.
 struct Proxy {

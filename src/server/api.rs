@@ -44,6 +44,7 @@ const MAX_K: usize = 1000;
         add_image,
         add_image_by_path,
         image_info,
+        list_images,
         delete_image,
         thumbnail,
         original,
@@ -62,6 +63,7 @@ const MAX_K: usize = 1000;
         ClassOut,
         StatusOut,
         ImageOut,
+        ImagePage,
         AddByPath,
         SearchForm,
         TagForm,
@@ -98,7 +100,7 @@ impl utoipa::Modify for BearerScheme {
 /// The router over `state`, without a socket (tests call it directly).
 pub fn app(state: AppState) -> Router {
     let mutating = Router::new()
-        .route("/api/images", post(add_image))
+        .route("/api/images", get(list_images).post(add_image))
         .route("/api/images/by-path", post(add_image_by_path))
         .route("/api/images/{key}", axum::routing::delete(delete_image))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -123,6 +125,7 @@ pub fn app(state: AppState) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, format!("no such route: {method} {}", uri.path()))
         })
         .layer(middleware::from_fn(json_errors))
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -207,6 +210,9 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// `Origin`, no `Sec-Fetch-Site: cross-site`), and need
 /// `Authorization: Bearer <token>` when a token is set.
 async fn require_token(Shared(state): Shared<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
+        return next.run(req).await; // reading the list beside the writes
+    }
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let cross_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site");
     let foreign_origin = origin.is_some_and(|o| {
@@ -382,6 +388,28 @@ pub struct ImageOut {
     pub file: String,
     pub thumbnail: String,
     pub original: String,
+    /// Where the file is on the server (only from `GET /api/images/{key}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// A page of the collection, most recently added first.
+#[derive(Serialize, ToSchema)]
+pub struct ImagePage {
+    pub images: Vec<ImageOut>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<i64>,
+    /// Images in the collection.
+    pub total: usize,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Images per page, 1-1000 (default 60).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<i64>,
 }
 
 /// Search parameters (query string, or the fields of a multipart form).
@@ -491,6 +519,7 @@ fn image_out(key: i64, label: &str, path: &str) -> ImageOut {
             .unwrap_or_default(),
         thumbnail: format!("/api/images/{key}/thumbnail"),
         original: format!("/api/images/{key}/original"),
+        path: None,
     }
 }
 
@@ -975,7 +1004,29 @@ async fn image_info(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>)
             .store
             .by_key(key)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
-        Ok(Json(image_out(r.key, &r.label, &r.path)))
+        let uploaded = r.path.starts_with(DB_UPLOADS);
+        let path = if uploaded { r.path.clone() } else { crate::files::display_path(&r.path) };
+        Ok(Json(ImageOut { path: Some(path), ..image_out(r.key, &r.label, &r.path) }))
+    })
+    .await
+}
+
+/// The collection a page at a time, most recently added first (the page's
+/// browse grid).
+#[utoipa::path(get, path = "/api/images", params(PageParams), responses((status = 200, body = ImagePage), (status = 400, body = ErrorOut)))]
+async fn list_images(Shared(state): Shared<AppState>, Query(p): Query<PageParams>) -> ApiResult<Json<ImagePage>> {
+    let limit = p.limit.unwrap_or(60);
+    if limit == 0 || limit > MAX_K {
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_K}, got {limit}")));
+    }
+    blocking(&state, move |st| {
+        let engine = read(&st.engine);
+        let mut records = engine.store.recent(p.cursor, limit + 1)?;
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next_cursor = if more { records.last().map(|r| r.key) } else { None };
+        let images = records.iter().map(|r| image_out(r.key, &r.label, &r.path)).collect();
+        Ok(Json(ImagePage { images, next_cursor, total: engine.store.len()? }))
     })
     .await
 }
@@ -1093,19 +1144,74 @@ fn content_type(bytes: &[u8]) -> &'static str {
     }
 }
 
-/// A JPEG thumbnail (longest side 256), made once and cached.
-#[utoipa::path(get, path = "/api/images/{key}/thumbnail", params(("key" = i64, Path)), responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 404, body = ErrorOut)))]
-async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Response> {
-    let bytes = blocking(&state, move |st| {
-        let r = read(&st.engine)
-            .store
-            .by_key(key)?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
-        let cached = st.thumbs.join(format!("{}-{THUMB_SIZE}.jpg", r.hash));
+/// Thumbnail sizes (longest side, pixels): 256 for the grid, 512 for HiDPI screens.
+const THUMB_SIZES: [u32; 2] = [THUMB_SIZE, 2 * THUMB_SIZE];
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ThumbParams {
+    /// Longest side in pixels: 256 (default) or 512.
+    pub size: Option<u32>,
+}
+
+/// The entity tag of an image's bytes: its content hash (and thumbnail size).
+fn etag(hash: &str, size: Option<u32>) -> String {
+    match size {
+        Some(s) => format!("\"{hash}-{s}\""),
+        None => format!("\"{hash}\""),
+    }
+}
+
+/// Whether the client's copy (`If-None-Match`) is current.
+fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag)
+}
+
+/// `304 Not Modified` with the validators.
+fn unchanged(tag: String, cache: &'static str) -> Response {
+    (StatusCode::NOT_MODIFIED, [(header::ETAG, tag), (header::CACHE_CONTROL, cache.to_owned())]).into_response()
+}
+
+/// The record for `key`, and whether its bytes are still what was indexed
+/// (an upload's always are).
+fn record(st: &State, key: i64) -> ApiResult<(crate::store::ImageRecord, bool)> {
+    let r = read(&st.engine)
+        .store
+        .by_key(key)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
+    let current = r.path.starts_with(DB_UPLOADS) || check_indexed_file(st, &r).is_ok();
+    Ok((r, current))
+}
+
+/// A JPEG thumbnail (longest side 256, or 512 with `size=512`), made once and
+/// cached; `ETag` is the content hash, so a browser revalidates for free.
+#[utoipa::path(get, path = "/api/images/{key}/thumbnail", params(("key" = i64, Path), ThumbParams), responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 304), (status = 400, body = ErrorOut), (status = 404, body = ErrorOut)))]
+async fn thumbnail(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+    Query(p): Query<ThumbParams>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    const CACHE: &str = "max-age=86400";
+    let size = p.size.unwrap_or(THUMB_SIZE);
+    if !THUMB_SIZES.contains(&size) {
+        return Err(ApiError::bad_request(format!("size must be one of {THUMB_SIZES:?}, got {size}")));
+    }
+    let answer = blocking(&state, move |st| {
+        let (r, current) = record(st, key)?;
+        let tag = etag(&r.hash, Some(size));
+        if current && not_modified(&headers, &tag) {
+            return Ok(Err(tag));
+        }
+        let cached = st.thumbs.join(format!("{}-{size}.jpg", r.hash));
         // The cache is served only while the indexed file is still what was indexed.
-        let unchanged = r.path.starts_with(DB_UPLOADS) || check_indexed_file(st, &r).is_ok();
-        if let (true, Ok(bytes)) = (unchanged, std::fs::read(&cached)) {
-            return Ok(bytes);
+        if let (true, Ok(bytes)) = (current, std::fs::read(&cached)) {
+            return Ok(Ok((tag, bytes)));
         }
         let original = original_bytes(st, &r, "; re-run `imgsearch index`")?;
         let rgb = crate::backbone::decode_rgb(
@@ -1114,7 +1220,7 @@ async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) 
             crate::backbone::DEFAULT_MAX_PIXELS,
         )?;
         let (w, h) = rgb.dimensions();
-        let scale = (THUMB_SIZE as f64 / w.max(h) as f64).min(1.0);
+        let scale = (size as f64 / w.max(h) as f64).min(1.0);
         let (tw, th) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
         let thumb = image::imageops::thumbnail(&rgb, tw, th);
         let mut out = Vec::new();
@@ -1122,22 +1228,94 @@ async fn thumbnail(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) 
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the thumbnail of {key}: {e}"))
         })?;
         crate::files::write_atomic(&cached, &out)?;
-        Ok(out)
+        Ok(Ok((tag, out)))
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "max-age=86400")], bytes).into_response())
+    Ok(match answer {
+        Err(tag) => unchanged(tag, CACHE),
+        Ok((tag, bytes)) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg".to_owned()),
+                (header::CACHE_CONTROL, CACHE.to_owned()),
+                (header::ETAG, tag),
+            ],
+            bytes,
+        )
+            .into_response(),
+    })
 }
 
-/// The original file.
-#[utoipa::path(get, path = "/api/images/{key}/original", params(("key" = i64, Path)), responses((status = 200, body = Vec<u8>), (status = 404, body = ErrorOut)))]
-async fn original(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<Response> {
-    let bytes = blocking(&state, move |st| {
-        let r = read(&st.engine)
-            .store
-            .by_key(key)?
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
-        original_bytes(st, &r, "")
+/// A byte range asked for in `Range`: one `bytes=a-b`, `a-` or `-n` range.
+/// `None`: the whole file (no header, or several ranges, which may be
+/// answered whole); `Some(Err(()))`: nothing of the file is in the range.
+fn byte_range(headers: &HeaderMap, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = headers.get(header::RANGE)?.to_str().ok()?.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let number = |t: &str| if t.trim().is_empty() { Some(None) } else { t.trim().parse::<u64>().ok().map(Some) };
+    let range = match (number(a)?, number(b)?) {
+        (Some(start), Some(end)) if end < start => return None, // not a valid range: ignored
+        (Some(start), end) => (start, end.unwrap_or(u64::MAX).min(len.saturating_sub(1))),
+        (None, Some(n)) if n > 0 => (len.saturating_sub(n), len.saturating_sub(1)),
+        _ => return None,
+    };
+    Some(if range.0 <= range.1 && range.0 < len { Ok(range) } else { Err(()) })
+}
+
+/// The original file, with `ETag` (its content hash), `Last-Modified` and
+/// byte ranges (`Range`: 206, or 416 beyond the end).
+#[utoipa::path(get, path = "/api/images/{key}/original", params(("key" = i64, Path)), responses((status = 200, body = Vec<u8>), (status = 206, body = Vec<u8>), (status = 304), (status = 404, body = ErrorOut), (status = 416, body = ErrorOut)))]
+async fn original(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    const CACHE: &str = "no-cache";
+    let (r, bytes) = blocking(&state, move |st| {
+        let (r, current) = record(st, key)?;
+        if current && not_modified(&headers, &etag(&r.hash, None)) {
+            return Ok((r, None));
+        }
+        let bytes = original_bytes(st, &r, "")?;
+        Ok((r, Some((bytes, headers))))
     })
     .await?;
-    Ok(([(header::CONTENT_TYPE, content_type(&bytes))], bytes).into_response())
+    let tag = etag(&r.hash, None);
+    let Some((bytes, headers)) = bytes else { return Ok(unchanged(tag, CACHE)) };
+    let modified = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(r.mtime.max(0) as u64);
+    let mut response_headers = HeaderMap::new();
+    let mut put = |name: header::HeaderName, value: String| {
+        if let Ok(v) = value.parse() {
+            response_headers.insert(name, v);
+        }
+    };
+    put(header::CONTENT_TYPE, content_type(&bytes).to_owned());
+    put(header::ETAG, tag);
+    put(header::CACHE_CONTROL, CACHE.to_owned());
+    put(header::ACCEPT_RANGES, "bytes".to_owned());
+    if !r.path.starts_with(DB_UPLOADS) {
+        put(header::LAST_MODIFIED, httpdate::fmt_http_date(modified));
+    }
+    let len = bytes.len() as u64;
+    match byte_range(&headers, len) {
+        None => Ok((response_headers, bytes).into_response()),
+        Some(Ok((start, end))) => {
+            put(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            Ok((StatusCode::PARTIAL_CONTENT, response_headers, bytes[start as usize..=end as usize].to_vec())
+                .into_response())
+        }
+        Some(Err(())) => {
+            let mut answer = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("image {key} has {len} bytes; the range asked for is outside them"),
+            )
+            .into_response();
+            if let Ok(v) = format!("bytes */{len}").parse() {
+                answer.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            Ok(answer)
+        }
+    }
 }

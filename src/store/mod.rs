@@ -43,6 +43,9 @@ pub trait ImageStore: Send + Sync {
     /// Every image, by key.
     fn all(&self) -> Result<Vec<ImageRecord>>;
     fn by_key(&self, key: i64) -> Result<Option<ImageRecord>>;
+    /// Up to `limit` images, most recently added first, with keys below
+    /// `before` when given (the key of the last one seen: a page cursor).
+    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>>;
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>>;
     /// Images with this content, by key.
     fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>>;
@@ -585,6 +588,13 @@ impl Store {
         Ok(self.records(&format!("{} WHERE path = ?1", Self::COLUMNS), [path])?.pop())
     }
 
+    pub fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
+        self.records(
+            &format!("{} WHERE key < ?1 ORDER BY key DESC LIMIT ?2", Self::COLUMNS),
+            [before.unwrap_or(i64::MAX), limit.min(i64::MAX as usize) as i64],
+        )
+    }
+
     pub fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
         self.records(&format!("{} WHERE hash = ?1 ORDER BY key", Self::COLUMNS), [hash])
     }
@@ -759,6 +769,10 @@ impl ImageStore for Store {
 
     fn by_key(&self, key: i64) -> Result<Option<ImageRecord>> {
         Store::by_key(self, key)
+    }
+
+    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
+        Store::recent(self, before, limit)
     }
 
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {

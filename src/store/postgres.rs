@@ -771,6 +771,11 @@ impl ImageStore for PgStore {
         Ok(self.records(&format!("{COLUMNS} WHERE i.key = $1"), &[&key])?.pop())
     }
 
+    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
+        let (before, limit) = (before.unwrap_or(i64::MAX), limit.min(i64::MAX as usize) as i64);
+        self.records(&format!("{COLUMNS} WHERE i.key < $1 ORDER BY i.key DESC LIMIT $2"), &[&before, &limit])
+    }
+
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
         Ok(self.records(&format!("{COLUMNS} WHERE i.path = $1"), &[&path])?.pop())
     }

@@ -559,6 +559,72 @@ async fn cross_site_writes_foreign_hosts_and_huge_texts_are_refused() {
     assert!(start.elapsed() < std::time::Duration::from_secs(2), "{:?}", start.elapsed());
 }
 
+/// HTTP as browsers and tools expect it: pages of the collection, `ETag`
+/// revalidation (304) on thumbnails and originals, `Last-Modified`, byte
+/// ranges on originals, HiDPI thumbnails, and gzip.
+#[tokio::test]
+async fn browsing_caching_ranges_and_compression() {
+    let g = generated(3);
+    let get = |uri: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::get(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        send(g.state.clone(), req.body(Body::empty()).unwrap())
+    };
+    // Newest first, a cursor to the next page.
+    let first = get("/api/images?limit=2", &[]).await.json();
+    assert_eq!(first["total"], 3);
+    let keys: Vec<i64> = first["images"].as_array().unwrap().iter().map(|i| i["key"].as_i64().unwrap()).collect();
+    assert_eq!(keys, [3, 2]);
+    let cursor = first["next_cursor"].as_i64().unwrap();
+    let rest = get(&format!("/api/images?limit=2&cursor={cursor}"), &[]).await.json();
+    assert_eq!(rest["images"][0]["key"], 1);
+    assert!(rest["next_cursor"].is_null());
+    assert_eq!(get("/api/images?limit=0", &[]).await.status, StatusCode::BAD_REQUEST);
+    let info = get("/api/images/1", &[]).await.json();
+    assert_eq!(info["path"].as_str().unwrap(), g.files[0].canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(info["file"], "photo0.png");
+
+    // Thumbnails: two sizes, each with its own tag; a current copy is a 304.
+    let thumb = get("/api/images/1/thumbnail", &[]).await;
+    let tag = thumb.headers["etag"].to_str().unwrap().to_owned();
+    let again = get("/api/images/1/thumbnail", &[("if-none-match", &tag)]).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert!(again.body.is_empty());
+    let big = get("/api/images/1/thumbnail?size=512", &[]).await;
+    assert_eq!(big.status, StatusCode::OK);
+    assert_ne!(big.headers["etag"], tag);
+    let bad = get("/api/images/1/thumbnail?size=100", &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.error().contains("256"), "{}", bad.error());
+
+    // Originals: validators, ranges, and 416 past the end.
+    let file = std::fs::read(&g.files[0]).unwrap();
+    let whole = get("/api/images/1/original", &[]).await;
+    assert_eq!(whole.body, file);
+    assert_eq!(whole.headers["accept-ranges"], "bytes");
+    assert!(whole.headers.contains_key("last-modified"));
+    let tag = whole.headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(get("/api/images/1/original", &[("if-none-match", &tag)]).await.status, StatusCode::NOT_MODIFIED);
+    let part = get("/api/images/1/original", &[("range", "bytes=0-9")]).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.body, file[..10]);
+    assert_eq!(part.headers["content-range"].to_str().unwrap(), format!("bytes 0-9/{}", file.len()));
+    let tail = get("/api/images/1/original", &[("range", "bytes=-5")]).await;
+    assert_eq!(tail.body, file[file.len() - 5..]);
+    let past = get("/api/images/1/original", &[("range", &format!("bytes={}-", file.len()))]).await;
+    assert_eq!(past.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(past.headers["content-range"].to_str().unwrap(), format!("bytes */{}", file.len()));
+
+    // JSON and the page are compressed for a client that accepts it.
+    let doc = get("/api/openapi.json", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(doc.headers["content-encoding"], "gzip");
+    let mut plain = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&doc.body[..]), &mut plain).unwrap();
+    assert!(plain.contains("/api/images/{key}/original"));
+}
+
 /// `serve --private`: reads need the token too (header or the page's
 /// cookie), the probes do not, and `/?token=` trades the token for a
 /// same-site cookie.

@@ -103,6 +103,12 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
         s.all().unwrap().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
         ["/moved/b.jpg", "/c.jpg", "/copy.jpg"]
     );
+    // Browsing pages newest first, the last key seen as the cursor.
+    let paths = |v: Vec<imgsearch::store::ImageRecord>| v.into_iter().map(|r| r.path).collect::<Vec<_>>();
+    let first = s.recent(None, 2).unwrap();
+    assert_eq!(paths(first.clone()), ["/copy.jpg", "/c.jpg"]);
+    assert_eq!(paths(s.recent(Some(first[1].key), 2).unwrap()), ["/moved/b.jpg"]);
+    assert!(s.recent(Some(b.key), 2).unwrap().is_empty());
     drop(s);
     let err = open("lite2").err().expect("another backbone is refused").to_string();
     assert!(err.contains("--backbone lite0"), "{err}");

@@ -1,9 +1,11 @@
 // End-to-end: the search page in headless Chromium (Debian's, driven by
 // playwright-core). Serves a small collection of shared Pascal images never
 // trained and expects text search to answer zero-shot; then trains the
-// joint model, starts `imgsearch serve` on a loopback port again, types
-// `dog` and expects dog thumbnails, uploads a cat photo and expects cats,
-// clicks a result and expects images like it, and saves screenshots under
+// joint model, starts `imgsearch serve` on a loopback port again: browses
+// the collection, types `dog` and expects dog thumbnails (URL state, reload,
+// Back, more results), uploads a cat photo and expects cats, opens a result
+// full size and asks for more like it, walks every control by keyboard,
+// runs axe-core (WCAG 2.1 AA) and checks a phone layout; screenshots under
 // target/e2e/. Run from the project root: `node e2e/search.mjs`
 // (IMGSEARCH_BIN: the binary, default target/release/imgsearch under
 // $CARGO_TARGET_DIR or ./target; IMGSEARCH_E2E_DB: a store to use instead
@@ -98,15 +100,39 @@ try {
   const status = await page.textContent("#status");
   if (!status.includes("50 images") || !status.includes("joint model")) fail("status line: " + status);
 
-  // Words -> images.
+  // An empty query browses the collection, newest first.
+  await page.waitForSelector(".hit");
+  const browsed = await page.locator(".hit").count();
+  if (browsed !== 50) fail("the browse grid shows " + browsed + " of 50 images");
+  if (!(await page.textContent("#query")).includes("most recently added")) fail("browse heading: " + (await page.textContent("#query")));
+  await page.screenshot({ path: path.join(shots, "browse.png") });
+
+  // Words -> images; the URL keeps the search.
   await page.fill("#text", "dog");
   await page.click("#textform button");
-  await page.waitForSelector(".hit");
+  await page.waitForFunction(() => document.getElementById("query").textContent.includes("dog"));
   const labels = await page.$$eval(".hit .label", (els) => els.slice(0, 8).map((e) => e.textContent));
   const dogs = labels.filter((l) => l === "dog").length;
   if (dogs < 6) fail("typing dog showed " + labels.join(", "));
+  if (!page.url().includes("q=dog")) fail("the URL does not keep the search: " + page.url());
+  const files = await page.$$eval(".hit .file", (els) => els.slice(0, 3).map((e) => e.textContent));
+  if (!files.every((f) => f.endsWith(".jpg"))) fail("cards are not labelled with file names: " + files.join(", "));
+  const sims = await page.$$eval(".hit .similarity", (els) => els.map((e) => e.textContent));
+  if (!sims.length || !sims.every((s) => /^-?\d+%$/.test(s))) fail("similarities: " + sims.slice(0, 3).join(", "));
   await page.waitForFunction(() => [...document.querySelectorAll(".hit img")].slice(0, 8).every((i) => i.complete && i.naturalWidth > 0));
   await page.screenshot({ path: path.join(shots, "dog.png") });
+
+  // More results, then reload and Back/Forward restore what was shown.
+  if (await page.locator("#more").isHidden()) fail("no 'More results' after 30 of 50 results");
+  await page.click("#more");
+  await page.waitForFunction(() => document.querySelectorAll(".hit").length > 30);
+  await page.reload();
+  await page.waitForFunction(() => document.getElementById("query").textContent.includes("dog"));
+  if ((await page.inputValue("#text")) !== "dog") fail("a reload lost the query");
+  await page.goBack();
+  await page.waitForFunction(() => document.getElementById("query").textContent.includes("most recently added"));
+  await page.goForward();
+  await page.waitForFunction(() => document.getElementById("query").textContent.includes("dog"));
 
   // Upload an image -> similar images, and its tags.
   const catPhoto = path.join(pascal, "cat", fs.readdirSync(path.join(pascal, "cat")).sort()[20]);
@@ -119,21 +145,77 @@ try {
   if (!tags.includes("tags:")) fail("no tags for the uploaded image");
   await page.screenshot({ path: path.join(shots, "upload.png") });
 
-  // Click a result -> images like it (the clicked one first).
+  // Click a result -> full size with its tags and path; "More like this" -> images like it (it first).
   const second = page.locator(".hit").nth(1);
   const key = await second.getAttribute("data-key");
   await second.click();
+  await page.waitForSelector("#viewer[open]");
+  await page.waitForFunction(() => { const i = document.getElementById("v-img"); return i.complete && i.naturalWidth > 0; });
+  await page.waitForFunction(() => document.getElementById("v-tags").textContent.includes("seen as"));
+  await page.waitForFunction(() => document.getElementById("v-path").textContent.includes("/"));
+  await page.screenshot({ path: path.join(shots, "viewer.png") });
+  await page.click("#v-like");
   await page.waitForFunction((k) => document.getElementById("query").textContent.includes("#" + k), key);
   const firstKey = await page.locator(".hit").first().getAttribute("data-key");
-  if (firstKey !== key) fail(`clicking result ${key} showed ${firstKey} first`);
+  if (firstKey !== key) fail(`more like ${key} showed ${firstKey} first`);
+  if (!page.url().includes("key=" + key)) fail("the URL does not keep the image search: " + page.url());
   await page.screenshot({ path: path.join(shots, "click.png"), fullPage: true });
+
+  // Every control by keyboard: Tab reaches the inputs and the results; Enter opens one, Escape closes it.
+  await page.goto(base + "/?q=dog");
+  await page.waitForSelector(".hit");
+  const reached = new Set();
+  for (let i = 0; i < 10; i++) {
+    await page.keyboard.press("Tab");
+    reached.add(await page.evaluate(() => document.activeElement.id || document.activeElement.className));
+  }
+  for (const want of ["text", "go", "file", "class", "hit"]) {
+    if (!reached.has(want)) fail("Tab never reaches " + want + ": " + [...reached].join(", "));
+  }
+  while ((await page.evaluate(() => document.activeElement.className)) !== "hit") await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForSelector("#viewer[open]");
+  await page.keyboard.press("Escape");
+  await page.waitForFunction(() => !document.getElementById("viewer").open);
+
+  // No accessibility violations (axe-core, WCAG 2.1 A and AA), results and viewer.
+  const axeSource = path.join(root, "e2e", "node_modules", "axe-core", "axe.min.js");
+  async function axe(p, what) {
+    await p.addScriptTag({ path: axeSource });
+    const found = await p.evaluate(async () => {
+      const r = await window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+      return r.violations.map((v) => v.id + " (" + v.nodes.length + "): " + v.nodes[0].target.join(" "));
+    });
+    if (found.length) fail("axe, " + what + ": " + found.join("; "));
+  }
+  await axe(page, "results");
+  await page.locator(".hit").first().click();
+  await page.waitForSelector("#viewer[open]");
+  await axe(page, "viewer");
+  await page.keyboard.press("Escape");
 
   // A bad request shows the server's message: an unknown class name.
   await page.fill("#class", "siamse kat");
   await page.locator(".hit").first().click();
+  await page.waitForSelector("#viewer[open]");
+  await page.click("#v-like");
   await page.waitForFunction(() => document.getElementById("error").textContent.includes("Siamese cat"));
+
+  // A phone: two columns filling the width, sharp thumbnails, no footer over the results.
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 3, isMobile: true, hasTouch: true });
+  await phone.goto(base + "/?q=dog");
+  await phone.waitForSelector(".hit");
+  const boxes = await phone.$$eval(".hit", (els) => els.slice(0, 2).map((e) => { const b = e.getBoundingClientRect(); return [b.x, b.y, b.width]; }));
+  if (Math.abs(boxes[0][1] - boxes[1][1]) > 1 || boxes[0][2] < 150) fail("phone grid: " + JSON.stringify(boxes));
+  await phone.waitForFunction(() => { const i = document.querySelector(".hit img"); return i.complete && i.currentSrc.includes("size=512"); });
+  const footerPos = await phone.$eval("footer", (f) => getComputedStyle(f).position);
+  if (footerPos === "fixed" || footerPos === "sticky") fail("the footer stays over the results on a phone");
+  await axe(phone, "phone");
+  await phone.screenshot({ path: path.join(shots, "phone.png") });
+  await phone.close();
+
   if (consoleErrors.length) fail("page errors: " + consoleErrors.join("; "));
-  console.log(`e2e ok: dog -> ${labels.join(",")}; upload -> ${catLabels.join(",")}; screenshots in ${shots}`);
+  console.log(`e2e ok: dog -> ${labels.join(",")}; upload -> ${catLabels.join(",")}; keyboard, axe, phone; screenshots in ${shots}`);
 } finally {
   await browser.close();
   if (server) server.kill("SIGINT");

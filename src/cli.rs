@@ -249,15 +249,6 @@ pub struct TagArgs {
     pub json: bool,
 }
 
-/// The space image search compares in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Space {
-    /// The CNN's embeddings.
-    Cnn,
-    /// The joint image-word space of the trained model.
-    Joint,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
     /// Folders to index.
@@ -274,14 +265,16 @@ pub struct IndexArgs {
 #[derive(Debug, clap::Args)]
 pub struct SearchArgs {
     /// Query image: a file (embedded on the fly if not indexed) or an indexed key.
-    #[arg(long, value_name = "FILE|KEY", required_unless_present = "text", conflicts_with = "text")]
+    #[arg(long, value_name = "FILE|KEY", required_unless_present = "text")]
     pub image: Option<String>,
-    /// Query words, in the joint space: `dog`, `cat sofa` (averaged), `cat -sofa` (subtracted).
+    /// Query text, in the text space: a sentence, `dog`, `cat sofa`, `cat -sofa`
+    /// (subtracted). With `--image`, both add up in the text space.
     #[arg(long, allow_hyphen_values = true)]
     pub text: Option<String>,
-    /// Where `--image` compares: the CNN's embeddings or the text space.
-    #[arg(long, value_enum, default_value_t = Space::Cnn)]
-    pub space: Space,
+    /// Where the query compares: the CNN's embeddings or the text space;
+    /// default: the text space with `--text`, else the CNN's.
+    #[arg(long, value_enum)]
+    pub space: Option<crate::query::Space>,
     /// How images are put into the text space (`--text`, `--space joint`):
     /// zero-shot (no training), trained (the joint model) or fused; default
     /// fused once a model is trained, else zero-shot.
@@ -294,7 +287,7 @@ pub struct SearchArgs {
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
     /// Reweight embeddings by one ImageNet class's classifier weights: an index (284) or a name ("Siamese cat").
-    #[arg(long, conflicts_with = "text")]
+    #[arg(long)]
     pub class: Option<String>,
     /// Drop results farther than this angular distance (0..2).
     #[arg(long)]
@@ -319,7 +312,7 @@ pub struct WordsArgs {
     /// How many neighbours.
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
-    /// Print JSON (`[[word, distance], ...]`) instead of text.
+    /// Print JSON (`[{"word": ..., "distance": ...}, ...]`) instead of text.
     #[arg(long)]
     pub json: bool,
     /// A word-vector file (GloVe text, word2vec text/binary, or .wv), converted
@@ -739,19 +732,17 @@ fn load_sentence_encoder(
 }
 
 fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
+    use crate::query::{Parts, SearchAnswer, Space};
     anyhow::ensure!(a.k >= 1, "-k must be at least 1 (how many results to show)");
     if let Some(m) = a.max_distance {
         anyhow::ensure!((0.0..=2.0).contains(&m), "--max-distance must be between 0 and 2 (angular distance), got {m}");
     }
-    let joint_space = a.text.is_some() || a.space == Space::Joint;
+    let parts = Parts { image: a.image.is_some(), text: a.text.is_some(), class: a.class.is_some(), space: a.space };
+    let space = parts.space()?;
     let store = open_any_index(db, &a.backbone)?;
     if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
         pg.set_exact(true);
     }
-    anyhow::ensure!(
-        !(joint_space && a.class.is_some()),
-        "--class reweights CNN embeddings; it does not combine with --space joint or --text"
-    );
     // The network is loaded only for a new query file or class weights.
     let embedder = std::cell::OnceCell::new();
     let embedder = || -> anyhow::Result<&Embedder> {
@@ -762,32 +753,28 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     };
     let embed_new =
         |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
-    let (mut joint_vectors, mut joint_model, mut text_fingerprint) = (None, None, None);
-    let query: Vec<f32> = if joint_space {
-        let space = text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?;
-        let side = space.side(a.text_side)?;
-        (joint_model, text_fingerprint) = space.database_target(side)?;
-        // Every image gets its vector on this side first (new ones only: a few ms).
-        joint_vectors = space.sync(side, store.as_ref(), None)?;
-        match (&a.text, &a.image) {
-            (Some(text), _) => {
-                let (v, truncated) = space.encoder.query(text)?;
-                if truncated {
-                    eprintln!(
-                        "note: the text is longer than the model's {} tokens; the rest was ignored",
-                        crate::text::MAX_TOKENS
-                    );
-                }
-                v
-            }
-            (_, Some(image)) => space.project(side, &image_embedding(store.as_ref(), image, embed_new)?)?,
-            _ => unreachable!("clap requires --image or --text"),
-        }
-    } else {
-        image_embedding(store.as_ref(), a.image.as_deref().expect("clap requires --image or --text"), embed_new)?
+    let image = a.image.as_deref().map(|spec| image_embedding(store.as_ref(), spec, embed_new)).transpose()?;
+    let class_weights = match &a.class {
+        Some(spec) => Some(embedder()?.model().class_weights().get(resolve_class(spec)?)?.to_vec1::<f32>()?),
+        None => None,
     };
-    let hnsw = match store.as_embedded() {
-        Some(e) if !a.exact && !joint_space && a.class.is_none() && crate::index::HnswIndex::exists(e.dir()) => {
+    let text_space = match space {
+        Space::Joint => Some(text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?),
+        Space::Cnn => None,
+    };
+    let assembled =
+        crate::query::assemble(space, image, a.text.as_deref(), class_weights, a.text_side, text_space.as_ref())?;
+    if let Some(note) = &assembled.note {
+        eprintln!("note: {note}");
+    }
+    let (mut joint_vectors, mut joint_model, mut text_fingerprint) = (None, None, None);
+    if let (Some(ts), Some(side)) = (&text_space, assembled.side) {
+        (joint_model, text_fingerprint) = ts.database_target(side)?;
+        // Every image gets its vector on this side first (new ones only: a few ms).
+        joint_vectors = ts.sync(side, store.as_ref(), None)?;
+    }
+    let hnsw = match (store.as_embedded(), &assembled.query) {
+        (Some(e), crate::query::Query::Cnn(_)) if !a.exact && crate::index::HnswIndex::exists(e.dir()) => {
             match crate::index::HnswIndex::load(e.dir(), crate::index::HnswParams::default()) {
                 Ok(index) => Some(index),
                 Err(err) => {
@@ -798,15 +785,6 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         }
         _ => None,
     };
-    let query = match (&a.class, joint_space) {
-        (Some(spec), _) => {
-            let c = resolve_class(spec)?;
-            let weights = embedder()?.model().class_weights().get(c)?.to_vec1::<f32>()?;
-            crate::query::Query::Weighted { embedding: query, weights }
-        }
-        (None, true) => crate::query::Query::Joint(query),
-        (None, false) => crate::query::Query::Cnn(query),
-    };
     let indexes = crate::query::Indexes {
         store: store.as_ref(),
         hnsw: hnsw.as_ref(),
@@ -814,19 +792,14 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         joint_model,
         text_fingerprint,
     };
-    let results = crate::query::search(&indexes, &query, a.k, a.max_distance)?;
+    let found = crate::query::search(&indexes, &assembled.query, a.k, a.max_distance)?;
+    let answer = SearchAnswer::new(&assembled, found, crate::query::Found::hit_with_path);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        for r in &results {
-            println!(
-                "{:>3}  {:.4}  {:>6}  {:<14} {}",
-                r.rank,
-                r.distance,
-                r.key,
-                r.label,
-                crate::files::display_path(&r.path)
-            );
+        for r in &answer.results {
+            let path = r.path.as_deref().unwrap_or_default();
+            println!("{:>3}  {:.4}  {:>6}  {:<14} {path}", r.rank, r.distance, r.key, r.label);
         }
     }
     Ok(())
@@ -1115,8 +1088,7 @@ fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {
     let vectors = crate::words::open(models_dir, a.vectors.as_deref())?;
     let neighbours = vectors.nearest_to_text(&a.query.join(" "), a.k)?;
     if a.json {
-        let pairs: Vec<(&str, f32)> = neighbours.iter().map(|n| (n.word.as_str(), n.distance)).collect();
-        println!("{}", serde_json::to_string(&pairs)?);
+        println!("{}", serde_json::to_string(&neighbours)?);
     } else {
         for n in &neighbours {
             println!("{:<20} {:.4}", n.word, n.distance);

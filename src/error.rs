@@ -53,6 +53,11 @@ pub enum Error {
     #[error("unknown ImageNet class \"{spec}\"; {suggestions}")]
     UnknownClass { spec: String, suggestions: String },
 
+    /// A search whose parts do not go together (text in the CNN space, a
+    /// class with text, nothing to search with).
+    #[error("{0}")]
+    BadQuery(String),
+
     /// A query with no words in it.
     #[error("empty query: give at least one word (e.g. `dog` or `cat sofa`)")]
     EmptyQuery,

@@ -104,8 +104,7 @@ pub fn word_precision_at_k(rows: &[&[f32]], truth: &[usize], labels: &[&[f32]], 
 /// Cosine similarity (0 when either side is zero).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let (na, nb) = (crate::vector::norm(a), crate::vector::norm(b));
     if na == 0.0 || nb == 0.0 {
         0.0
     } else {

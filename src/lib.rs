@@ -21,6 +21,7 @@ pub mod server;
 mod simd;
 pub mod store;
 pub mod text;
+pub mod vector;
 pub mod words;
 
 pub use error::{Error, Result};

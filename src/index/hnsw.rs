@@ -285,11 +285,10 @@ impl VectorIndex for Reranked<'_> {
     }
 
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
-        let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm == 0.0 || k == 0 || self.index.len == 0 {
+        let q = crate::vector::unit(query);
+        if crate::vector::norm(&q) == 0.0 || k == 0 || self.index.len == 0 {
             return Vec::new();
         }
-        let q: Vec<f32> = query.iter().map(|v| v / norm).collect();
         let ef = self.index.ef_search.max(k);
         // Every candidate the walk ends with is re-scored in f32.
         let candidates = self.index.hnsw.search(&self.index.quantize(&q), ef, ef);

@@ -34,14 +34,8 @@ pub struct Hit {
     pub distance: f32,
 }
 
-/// Angular distance from a cosine similarity.
-pub fn angular(cos: f32) -> f32 {
-    // A damaged vector (NaN) is as far as can be, never "identical".
-    if cos.is_nan() {
-        return f32::INFINITY;
-    }
-    (2.0 - 2.0 * cos).max(0.0).sqrt()
-}
+/// Angular distance from a cosine similarity (the one definition: [`crate::vector::distance`]).
+pub use crate::vector::distance as angular;
 
 /// Nearest-neighbour search over a fixed set of unit vectors.
 pub trait VectorIndex: Send + Sync {
@@ -139,11 +133,10 @@ impl VectorIndex for ExactIndex<'_> {
 
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
         assert_eq!(query.len(), self.dim, "query dimension");
-        let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm == 0.0 {
+        let q = crate::vector::unit(query);
+        if crate::vector::norm(&q) == 0.0 {
             return Vec::new();
         }
-        let q: Vec<f32> = query.iter().map(|v| v / norm).collect();
         self.top_k(k, |rows, out| {
             simd(
                 #[inline(always)]
@@ -209,10 +202,7 @@ fn dot_and_weighted_norm(v: &[f32], qw2: &[f32], w2: &[f32]) -> (f32, f32) {
 mod tests {
     use super::*;
 
-    fn unit(v: &[f32]) -> Vec<f32> {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter().map(|x| x / n).collect()
-    }
+    use crate::vector::unit;
 
     #[test]
     fn exact_search_orders_by_angular_distance() {

@@ -215,10 +215,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Each row of `v` (`dim` wide) scaled to unit length, in place (zero stays zero).
 fn unit_rows(v: &mut [f32], dim: usize) {
     for row in v.chunks_exact_mut(dim) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if n > 0.0 {
-            row.iter_mut().for_each(|x| *x /= n);
-        }
+        crate::vector::normalize(row);
     }
 }
 
@@ -278,7 +275,7 @@ pub struct TagWord {
     /// The word's index in the tag vocabulary.
     pub index: usize,
     pub word: String,
-    /// `1 - cos` between the word and the image in the text space.
+    /// Distance between the word and the image in the text space, `sqrt(2 - 2 cos)`.
     pub distance: f32,
 }
 

@@ -225,11 +225,9 @@ fn project_rows(store: &Store, model: &dyn Projection, from: u64, to: u64, norms
             batch.iter().flat_map(|&(r, norm)| store.vector(r).iter().map(move |v| v * norm)).collect();
         let projected = model.project(&features)?;
         for (&(r, _), p) in batch.iter().zip(projected.chunks_exact(dim)) {
-            let n = p.iter().map(|v| v * v).sum::<f32>().sqrt();
             let o = (r - from) as usize * dim;
-            if n > 0.0 {
-                out[o..o + dim].iter_mut().zip(p).for_each(|(o, v)| *o = v / n);
-            }
+            out[o..o + dim].copy_from_slice(p);
+            crate::vector::normalize(&mut out[o..o + dim]);
         }
     }
     Ok(out)

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::{ApiError, Engine, State};
 use crate::joint::space::{Side, TagClass, TagWord, Tags};
-use crate::query::{self, Query as SearchQuery};
+use crate::query::{self, Hit, SearchAnswer, Space};
 
 type AppState = Arc<State>;
 type ApiResult<T> = Result<T, ApiError>;
@@ -53,13 +53,14 @@ const MAX_K: usize = 1000;
         metrics_text
     ),
     components(schemas(
-        SearchResponse,
-        ResultOut,
+        SearchAnswer,
+        Hit,
+        Space,
         Tags,
         TagWord,
         TagClass,
         Side,
-        WordOut,
+        crate::words::Neighbour,
         ClassOut,
         StatusOut,
         ImageOut,
@@ -327,42 +328,6 @@ pub struct ErrorOut {
     pub error: String,
 }
 
-/// One search result.
-#[derive(Serialize, ToSchema)]
-pub struct ResultOut {
-    pub rank: usize,
-    pub key: i64,
-    pub label: String,
-    /// The file's name (the path stays on the server).
-    pub file: String,
-    /// Angular distance `sqrt(2 - 2 cos)`.
-    pub distance: f32,
-    pub thumbnail: String,
-    pub original: String,
-}
-
-/// A word near an image or a word.
-#[derive(Serialize, ToSchema)]
-pub struct SearchResponse {
-    /// `cnn` or `joint` (the text space).
-    pub space: String,
-    /// In the text space: how images were put into it (`zero-shot`, `trained`, `fused`).
-    pub text_side: Option<Side>,
-    /// On the fused side: the weight of the zero-shot side (the trained one has the rest).
-    pub fusion_weight: Option<f32>,
-    pub results: Vec<ResultOut>,
-    /// Set when the text was longer than the sentence encoder's limit and was cut.
-    pub note: Option<String>,
-    /// The query image's tags, when asked for (`tags=true`).
-    pub tags: Option<Tags>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WordOut {
-    pub word: String,
-    pub distance: f32,
-}
-
 #[derive(Serialize, ToSchema)]
 pub struct ClassOut {
     pub index: usize,
@@ -590,7 +555,7 @@ fn tags_of(engine: &Engine, raw: &[f32], k: usize, side: Option<Side>) -> ApiRes
     Ok(joint.space.tags(side, raw, k)?)
 }
 
-fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>) -> ApiResult<SearchResponse> {
+fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>) -> ApiResult<SearchAnswer> {
     let k = check_k(p.k, 20)?;
     if let Some(m) = p.max_distance {
         if !(0.0..=2.0).contains(&m) {
@@ -601,28 +566,19 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
     if p.key.is_some() && upload.is_some() {
         return Err(ApiError::bad_request("give either key or an uploaded image, not both"));
     }
-    if p.key.is_none() && upload.is_none() && text.is_none() {
-        return Err(ApiError::bad_request("empty query: give text, an image key, or upload an image"));
-    }
-    let space = match p.space.as_deref() {
-        None | Some("") => {
-            if text.is_some() {
-                "joint"
-            } else {
-                "cnn"
-            }
-        }
-        Some("cnn") if text.is_some() => {
-            return Err(ApiError::bad_request("text is searched in the joint space; drop space=cnn"))
-        }
-        Some(s @ ("cnn" | "joint")) => s,
+    let asked = match p.space.as_deref() {
+        None | Some("") => None,
+        Some("cnn") => Some(Space::Cnn),
+        Some("joint") => Some(Space::Joint),
         Some(other) => return Err(ApiError::bad_request(format!("space must be cnn or joint, got \"{other}\""))),
     };
-    if p.class.is_some() && space == "joint" {
-        return Err(ApiError::bad_request(
-            "class reweights CNN embeddings: it does not combine with text or space=joint",
-        ));
-    }
+    let parts = query::Parts {
+        image: p.key.is_some() || upload.is_some(),
+        text: text.is_some(),
+        class: p.class.is_some(),
+        space: asked,
+    };
+    let space = parts.space()?;
     let class_weights = match &p.class {
         Some(spec) => {
             let c = crate::backbone::resolve_class(spec)?;
@@ -644,80 +600,49 @@ fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>)
     let requested_side = text_side(p.text_side.as_deref())?;
     // Another process (`index`, `train`) may have added images meanwhile.
     state.refresh_store()?;
-    if space == "joint" || p.tags == Some(true) {
+    if space == Space::Joint || p.tags == Some(true) {
         // Another process may have trained a newer model meanwhile.
         state.refresh_model()?;
     }
-    let mut truncated = false;
-    let text_vector = match text {
-        Some(t) => {
-            let space = state
-                .text()
-                .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the text space is not loaded"))?;
-            let (v, cut) = space.encoder.query(t)?;
-            truncated = cut;
-            Some(v)
-        }
-        None => None,
-    };
     let engine = read(&state.engine);
     let image = match (uploaded, p.key) {
         (Some(e), _) => Some(e),
         (None, Some(key)) => Some(stored_embedding(&engine, key)?),
         (None, None) => None,
     };
-    let mut side = None;
-    let (mut joint_model, mut text_fingerprint) = (None, None);
-    let query = match (space, &image, class_weights) {
-        ("cnn", Some(img), Some(weights)) => SearchQuery::Weighted { embedding: img.clone(), weights },
-        ("cnn", Some(img), None) => SearchQuery::Cnn(img.clone()),
-        (_, img, _) => {
-            let joint = space_of(&engine)?;
-            let s = joint.space.side(requested_side)?;
-            side = Some(s);
-            (joint_model, text_fingerprint) = joint.space.database_target(s)?;
-            let mut q = vec![0f32; joint.space.encoder.dim()];
-            if let Some(img) = img {
-                q.iter_mut().zip(joint.space.project(s, img)?).for_each(|(a, b)| *a += b);
-            }
-            if let Some(t) = &text_vector {
-                q.iter_mut().zip(query::unit(t)).for_each(|(a, b)| *a += b);
-            }
-            SearchQuery::Joint(q)
-        }
+    let joint = if space == Space::Joint { Some(space_of(&engine)?) } else { None };
+    let assembled =
+        query::assemble(space, image.clone(), text, class_weights, requested_side, joint.map(|j| &*j.space))?;
+    let (joint_model, text_fingerprint) = match (joint, assembled.side) {
+        (Some(j), Some(side)) => j.space.database_target(side)?,
+        _ => (None, None),
     };
     let indexes = query::Indexes {
         store: engine.store.as_ref(),
         hnsw: engine.hnsw.as_ref(),
-        joint: engine.joint.as_ref().zip(side).and_then(|(j, s)| j.vectors(s)),
+        joint: joint.zip(assembled.side).and_then(|(j, s)| j.vectors(s)),
         joint_model,
         text_fingerprint,
     };
-    let found = query::search(&indexes, &query, k, p.max_distance)?;
-    let tags = match &image {
+    let found = query::search(&indexes, &assembled.query, k, p.max_distance)?;
+    let mut answer = SearchAnswer::new(&assembled, found, |f| {
+        let o = image_out(f.key, &f.label, &f.path);
+        Hit {
+            rank: f.rank,
+            key: f.key,
+            label: o.label,
+            file: o.file,
+            path: None,
+            distance: f.distance,
+            thumbnail: Some(o.thumbnail),
+            original: Some(o.original),
+        }
+    });
+    answer.tags = match &image {
         Some(img) if p.tags == Some(true) => Some(tags_of(&engine, img, 8, requested_side)?),
         _ => None,
     };
-    let results = found
-        .into_iter()
-        .map(|f| {
-            let o = image_out(f.key, &f.label, &f.path);
-            ResultOut {
-                rank: f.rank,
-                key: f.key,
-                label: o.label,
-                file: o.file,
-                distance: f.distance,
-                thumbnail: o.thumbnail,
-                original: o.original,
-            }
-        })
-        .collect();
-    let note = truncated.then(|| {
-        format!("the text is longer than the model's {} tokens; the rest was ignored", crate::text::MAX_TOKENS)
-    });
-    let fusion_weight = (side == Some(Side::Fused)).then_some(crate::joint::space::FUSION_WEIGHT);
-    Ok(SearchResponse { space: space.to_owned(), text_side: side, fusion_weight, results, note, tags })
+    Ok(answer)
 }
 
 /// After an image is added: extend the HNSW graph and the joint vectors
@@ -804,15 +729,15 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
 
 /// Search by an indexed image (`key`), by words (`text`), or both; class-weighted with `class`.
 #[utoipa::path(get, path = "/api/search", params(SearchParams), responses(
-    (status = 200, body = SearchResponse), (status = 400, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, description = "needs a trained joint model", body = ErrorOut)))]
-async fn search_get(Shared(state): Shared<AppState>, Query(p): Query<SearchParams>) -> ApiResult<Json<SearchResponse>> {
+    (status = 200, body = SearchAnswer), (status = 400, body = ErrorOut), (status = 404, body = ErrorOut), (status = 409, description = "needs a trained joint model", body = ErrorOut)))]
+async fn search_get(Shared(state): Shared<AppState>, Query(p): Query<SearchParams>) -> ApiResult<Json<SearchAnswer>> {
     blocking(&state, move |st| run_search(st, p, None).map(Json)).await
 }
 
 /// Search by an uploaded image (multipart field `image`), optionally with text, class, k, max_distance, space.
 #[utoipa::path(post, path = "/api/search", request_body(content = SearchForm, content_type = "multipart/form-data"), responses(
-    (status = 200, body = SearchResponse), (status = 400, body = ErrorOut), (status = 413, body = ErrorOut)))]
-async fn search_post(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Json<SearchResponse>> {
+    (status = 200, body = SearchAnswer), (status = 400, body = ErrorOut), (status = 413, body = ErrorOut)))]
+async fn search_post(Shared(state): Shared<AppState>, multipart: Multipart) -> ApiResult<Json<SearchAnswer>> {
     let form = read_form(multipart).await?;
     let p = SearchParams {
         key: field(&form, "key")?,
@@ -862,12 +787,15 @@ async fn tags_post(Shared(state): Shared<AppState>, multipart: Multipart) -> Api
 }
 
 /// Nearest words to a word or words (`king -man woman`).
-#[utoipa::path(get, path = "/api/words", params(WordParams), responses((status = 200, body = [WordOut]), (status = 400, body = ErrorOut)))]
-async fn words(Shared(state): Shared<AppState>, Query(p): Query<WordParams>) -> ApiResult<Json<Vec<WordOut>>> {
+#[utoipa::path(get, path = "/api/words", params(WordParams), responses((status = 200, body = [crate::words::Neighbour]), (status = 400, body = ErrorOut)))]
+async fn words(
+    Shared(state): Shared<AppState>,
+    Query(p): Query<WordParams>,
+) -> ApiResult<Json<Vec<crate::words::Neighbour>>> {
     let k = check_k(p.k, 10)?;
     blocking(&state, move |st| {
         let found = st.words.nearest_to_text(&p.q, k)?;
-        Ok(Json(found.into_iter().map(|n| WordOut { word: n.word, distance: n.distance }).collect()))
+        Ok(Json(found))
     })
     .await
 }

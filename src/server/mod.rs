@@ -301,6 +301,7 @@ impl From<Error> for ApiError {
             | Error::TooLarge { .. }
             | Error::UnknownWord { .. }
             | Error::EmptyQuery
+            | Error::BadQuery(_)
             | Error::QueryTooLong { .. }
             | Error::UnknownClass { .. } => StatusCode::BAD_REQUEST,
             Error::NoModel { .. } | Error::SideNeedsModel { .. } | Error::ModelMismatch { .. } => StatusCode::CONFLICT,

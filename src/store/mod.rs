@@ -146,9 +146,9 @@ impl NewImage {
         if e.len() != dim {
             return Err(Error::Msg(format!("{}: embedding has {} dims, the store {dim}", self.path, e.len())));
         }
-        let norm = e.iter().map(|v| v * v).sum::<f32>().sqrt();
-        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-        Ok(Some((e.iter().map(|v| v * inv).collect(), norm)))
+        let mut unit = e.clone();
+        let norm = crate::vector::normalize(&mut unit);
+        Ok(Some((unit, norm)))
     }
 }
 

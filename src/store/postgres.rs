@@ -682,8 +682,8 @@ fn text_index(fingerprint: &str) -> String {
 }
 
 fn unit_vector(v: &[f32]) -> Option<Vector> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    (norm > 0.0).then(|| Vector::from(v.iter().map(|x| x / norm).collect::<Vec<_>>()))
+    let mut unit = v.to_vec();
+    (crate::vector::normalize(&mut unit) > 0.0).then(|| Vector::from(unit))
 }
 
 /// The server's message for a database error (with its detail), else the error itself.

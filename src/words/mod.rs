@@ -1,8 +1,9 @@
 //! Word vectors: readers for the common formats, the memory-mapped compact
 //! form, vocabulary lookup, query parsing and nearest-word search.
 //!
-//! Distance is cosine distance, `1 - cos(query, word)`: 0 for the same
-//! direction, 1 for orthogonal, up to 2 for opposite.
+//! Distance is the one every answer reports ([`crate::vector::distance`]):
+//! `sqrt(2 - 2 cos(query, word))`, 0 for the same direction, 1.414 for
+//! orthogonal, 2 for opposite.
 
 mod formats;
 mod search;

@@ -20,13 +20,14 @@ use crate::simd::simd;
 /// Candidates kept from the int8 scan per result asked for (and at least 64).
 const OVERSAMPLE: usize = 8;
 
-/// One search result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One search result, as the CLI (`words --json`) and the API both give it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Neighbour {
     /// Index in the vocabulary (GloVe: frequency rank).
+    #[serde(skip)]
     pub id: usize,
     pub word: String,
-    /// Cosine distance, `1 - cos`.
+    /// Distance, `sqrt(2 - 2 cos)` ([`crate::vector::distance`]).
     pub distance: f32,
 }
 
@@ -63,11 +64,10 @@ impl WordVectors {
     /// The `k` words nearest to `query` (any scale), nearest first.
     pub fn nearest(&self, query: &[f32], k: usize) -> Vec<Neighbour> {
         assert_eq!(query.len(), self.dim(), "query dimension");
-        let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if k == 0 || norm == 0.0 || self.is_empty() {
+        let q = crate::vector::unit(query);
+        if k == 0 || crate::vector::norm(&q) == 0.0 || self.is_empty() {
             return Vec::new();
         }
-        let q: Vec<f32> = query.iter().map(|v| v / norm).collect();
         let dim = self.dim();
         let quantized = self.quantized();
         // 1. Candidates from the int8 copy.
@@ -94,7 +94,7 @@ impl WordVectors {
         let mut best = best.into_vec();
         best.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         best.into_iter()
-            .map(|Scored(s, id)| Neighbour { id, word: self.word(id).to_owned(), distance: (1.0 - s).max(0.0) })
+            .map(|Scored(s, id)| Neighbour { id, word: self.word(id).to_owned(), distance: crate::vector::distance(s) })
             .collect()
     }
 }

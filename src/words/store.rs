@@ -64,10 +64,9 @@ pub fn write_compact(raw: &RawVectors, path: &Path) -> Result<()> {
     out.resize(unit_at, 0);
     let mut norms = Vec::with_capacity(count);
     for row in raw.data.chunks_exact(dim) {
-        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-        norms.push(norm);
-        let inv = if norm > 0.0 { 1.0 / norm } else { 0.0 };
-        row.iter().for_each(|v| out.extend_from_slice(&(v * inv).to_le_bytes()));
+        let mut unit = row.to_vec();
+        norms.push(crate::vector::normalize(&mut unit));
+        unit.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     }
     out.resize(norms_at, 0);
     norms.iter().for_each(|n| out.extend_from_slice(&n.to_le_bytes()));

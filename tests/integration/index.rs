@@ -95,7 +95,7 @@ fn search_cli_by_key_with_class_weights_and_max_distance() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["results"].clone()
     };
     let plain = run(&["-k", "8"]);
     // sqrt(2 - 2cos) turns float rounding of cos = 1 into ~3e-4.
@@ -111,7 +111,7 @@ fn search_cli_by_key_with_class_weights_and_max_distance() {
     let by_key =
         Command::new(bin).arg("--db").arg(&db).args(["search", "--json", "-k", "1", "--image", &key]).output().unwrap();
     let by_key: serde_json::Value = serde_json::from_slice(&by_key.stdout).unwrap();
-    assert_eq!(by_key[0]["key"].to_string(), key);
+    assert_eq!(by_key["results"][0]["key"].to_string(), key);
     let bad = Command::new(bin)
         .arg("--db")
         .arg(&db)
@@ -201,7 +201,7 @@ fn hnsw_path_is_built_updated_and_agrees_with_exact() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array().unwrap().iter().map(|r| r["key"].as_i64().unwrap()).collect::<Vec<_>>()
+        v["results"].as_array().unwrap().iter().map(|r| r["key"].as_i64().unwrap()).collect::<Vec<_>>()
     };
     assert_eq!(search(&[]), search(&["--exact"]));
 }
@@ -408,9 +408,9 @@ fn two_index_runs_at_once_keep_every_image_s_own_vector() {
                 .output()
                 .unwrap();
             let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(hits[0]["path"], file.to_str().unwrap());
+            assert_eq!(hits["results"][0]["path"], file.to_str().unwrap());
             // sqrt(2 - 2 cos) turns f32 rounding of a self-match into up to ~1e-3.
-            assert!(hits[0]["distance"].as_f64().unwrap() < 2e-3, "{hits}");
+            assert!(hits["results"][0]["distance"].as_f64().unwrap() < 2e-3, "{hits}");
         }
     }
 }

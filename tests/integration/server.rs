@@ -625,6 +625,67 @@ async fn browsing_caching_ranges_and_compression() {
     assert!(plain.contains("/api/images/{key}/original"));
 }
 
+/// One query assembly for both: the CLI's `search --json` and the API's
+/// `/api/search` give the same answer, in the same shape, for every kind of
+/// query, image + text included; the same combinations are refused.
+#[tokio::test]
+async fn the_cli_and_the_api_answer_every_query_alike() {
+    let g = generated(4);
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&g.db).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, query) in [
+        (vec!["--image", "2", "-k", "3"], "key=2&k=3"),
+        (vec!["--image", "2", "--class", "284", "-k", "3"], "key=2&class=284&k=3"),
+        (vec!["--text", "a red photo", "-k", "3"], "text=a%20red%20photo&k=3"),
+        (vec!["--image", "2", "--text", "a red photo", "-k", "3"], "key=2&text=a%20red%20photo&k=3"),
+        (vec!["--image", "2", "--space", "joint", "-k", "3"], "key=2&space=joint&k=3"),
+    ] {
+        let mut full = vec!["search", "--json"];
+        full.extend(&args);
+        let (ok, stdout, stderr) = cli(&full);
+        assert!(ok, "{args:?}: {stderr}");
+        let from_cli: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let from_api = send(g.state.clone(), Request::get(format!("/api/search?{query}")).body(Body::empty()).unwrap())
+            .await
+            .json();
+        for field in ["space", "text_side", "fusion_weight"] {
+            assert_eq!(from_cli[field], from_api[field], "{args:?}: {field}");
+        }
+        let (c, a) = (from_cli["results"].as_array().unwrap(), from_api["results"].as_array().unwrap());
+        assert_eq!(c.len(), a.len(), "{args:?}");
+        for (c, a) in c.iter().zip(a) {
+            for field in ["rank", "key", "label", "file"] {
+                assert_eq!(c[field], a[field], "{args:?}: {field}");
+            }
+            assert!((c["distance"].as_f64().unwrap() - a["distance"].as_f64().unwrap()).abs() < 1e-4, "{args:?}");
+            assert!(c["path"].is_string() && a.get("path").is_none(), "paths in the CLI only");
+        }
+    }
+    let joint =
+        serde_json::from_str::<serde_json::Value>(&cli(&["search", "--json", "--image", "2", "--text", "red"]).1)
+            .unwrap();
+    assert_eq!(joint["space"], "joint", "image + text add up in the text space");
+    for (args, query, says) in [
+        (vec!["--text", "red", "--space", "cnn"], "text=red&space=cnn", "text space"),
+        (vec!["--text", "red", "--class", "284"], "text=red&class=284", "class"),
+    ] {
+        let mut full = vec!["search"];
+        full.extend(&args);
+        let (ok, _, stderr) = cli(&full);
+        assert!(!ok && stderr.contains(says), "{args:?}: {stderr}");
+        let api =
+            send(g.state.clone(), Request::get(format!("/api/search?{query}")).body(Body::empty()).unwrap()).await;
+        assert_eq!(api.status, StatusCode::BAD_REQUEST);
+        assert_eq!(stderr.trim().trim_start_matches("error: "), api.error(), "{args:?}: one message");
+    }
+}
+
 /// `serve --private`: reads need the token too (header or the page's
 /// cookie), the probes do not, and `/?token=` trades the token for a
 /// same-site cookie.

@@ -314,7 +314,7 @@ fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
     // The same answers from both stores, for every kind of search.
     let same = |args: &[&str]| {
         let (pg, emb) = (json(run(&url, args)), json(run(local, args)));
-        let (pg, emb) = (pg.as_array().unwrap(), emb.as_array().unwrap());
+        let (pg, emb) = (pg["results"].as_array().unwrap(), emb["results"].as_array().unwrap());
         assert_eq!(pg.len(), emb.len(), "{args:?}");
         for (p, e) in pg.iter().zip(emb) {
             assert!(

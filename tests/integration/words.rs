@@ -25,7 +25,7 @@ fn said_is_nearest_to_itself_then_told() {
     let wv = glove();
     let n = wv.nearest_to_text("said", 10).unwrap();
     assert_eq!(n[0].word, "said");
-    assert!(n[0].distance.abs() < 1e-5);
+    assert!(n[0].distance.abs() < 1e-3);
     assert!(n[..3].iter().any(|x| x.word == "told"), "{n:?}");
     assert!(n.windows(2).all(|w| w[0].distance <= w[1].distance), "nearest first");
 }

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use imgsearch::backbone::{Config, Embedder};
+use imgsearch::backbone::Embedder;
 use imgsearch::models;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -24,9 +24,10 @@ fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::var("IMGSEARCH_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let batch: usize = std::env::var("IMGSEARCH_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
     let phase = std::env::var("IMGSEARCH_BENCH_PHASE").unwrap_or_else(|_| "both".into());
-    let config = Config::by_name(&backbone).expect("backbone is lite0 or lite2");
+    let kind: imgsearch::backbone::Backbone = backbone.parse()?;
+    let config = kind.config();
     let size = config.image_size;
-    let weights = models::backbone_weights(&models::models_dir(None), &config);
+    let weights = models::backbone_weights(&models::models_dir(None), kind);
     let mut embedder = Embedder::load(&weights, config)?.with_batch_size(batch);
     if let Some(t) = std::env::var("IMGSEARCH_BENCH_DECODERS").ok().and_then(|s| s.parse().ok()) {
         embedder = embedder.with_decode_threads(t);

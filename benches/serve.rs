@@ -91,7 +91,8 @@ fn main() {
     let models = imgsearch::models::models_dir(None);
     let config = imgsearch::backbone::Config::lite0();
     let embedder =
-        imgsearch::backbone::Embedder::load(&imgsearch::models::backbone_weights(&models, &config), config).unwrap();
+        imgsearch::backbone::Embedder::load(&imgsearch::models::backbone_weights(&models, config.kind), config)
+            .unwrap();
     let words = imgsearch::words::open(&models, None).unwrap();
     let options = imgsearch::server::Options { queue: 256, ..Default::default() };
     let state = Arc::new(imgsearch::server::State::load(&db, embedder, words, options).unwrap());

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::backbone::{imagenet_classes, softmax, top_k, Config, Embedder, DEFAULT_MAX_PIXELS};
+use crate::backbone::{imagenet_classes, softmax, top_k, Backbone, Embedder, DEFAULT_MAX_PIXELS};
 use crate::joint::{JointModel, OptimizerKind, TrainOptions};
 use crate::models;
 use crate::store::{ImageStore, Store};
@@ -91,8 +91,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     pub header_timeout: u64,
     /// Backbone network of the index.
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// Word-vector file (default: GloVe 6B 50d).
     #[arg(long = "words", value_name = "FILE")]
     pub vectors: Option<PathBuf>,
@@ -115,8 +115,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub split: Option<PathBuf>,
     /// Backbone network (the index's).
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// Word-vector file for the targets (default: GloVe 6B 50d).
     #[arg(long = "words", value_name = "FILE")]
     pub vectors: Option<PathBuf>,
@@ -234,8 +234,8 @@ pub struct TagArgs {
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
     /// Backbone network of the index.
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// Word-vector file the model was trained with (default: GloVe 6B 50d).
     #[arg(long = "words", value_name = "FILE")]
     pub vectors: Option<PathBuf>,
@@ -255,8 +255,8 @@ pub struct IndexArgs {
     #[arg(required = true)]
     pub folders: Vec<PathBuf>,
     /// Backbone network (an index holds one backbone's embeddings).
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -293,8 +293,8 @@ pub struct SearchArgs {
     #[arg(long)]
     pub max_distance: Option<f32>,
     /// Backbone network of the index.
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// Scan every vector instead of using an HNSW index (the local one, used above 20k images, or the database's).
     #[arg(long)]
     pub exact: bool,
@@ -327,8 +327,8 @@ pub struct EvalArgs {
     #[arg(long, default_value = "../shared/datasets/pascal-sentences/images")]
     pub data: PathBuf,
     /// Backbone network.
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// The train/test split for the joint-model figures (default:
     /// `split.json` beside --data if there is one, else a seeded 80/20 split).
     #[arg(long, value_name = "FILE")]
@@ -379,8 +379,8 @@ pub struct EmbedArgs {
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Backbone network.
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -460,8 +460,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// Backbone network of the index.
-    #[arg(long, default_value = "lite0", value_parser = ["lite0", "lite2"])]
-    pub backbone: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
 }
 
 fn verify(models_dir: &std::path::Path, db: &std::path::Path, a: VerifyArgs) -> anyhow::Result<()> {
@@ -470,7 +470,7 @@ fn verify(models_dir: &std::path::Path, db: &std::path::Path, a: VerifyArgs) -> 
         "verify checks a folder store; PostgreSQL checks its own pages (its data checksums, amcheck)"
     );
     // Opening checks SQLite's integrity, the vector file's header and length, and the row counts.
-    let store = open_index(db, &a.backbone)?;
+    let store = open_index(db, a.backbone)?;
     let crate::store::VerifyReport { checked, unchecked, damaged } = store.verify()?;
     let mut problems: Vec<String> = damaged
         .iter()
@@ -495,7 +495,7 @@ fn verify(models_dir: &std::path::Path, db: &std::path::Path, a: VerifyArgs) -> 
         }
     }
     // Each text side's image vectors are derived: checked by recomputing them.
-    match text_space(models_dir, &store, db, &a.backbone, None) {
+    match text_space(models_dir, &store, db, a.backbone, None) {
         Ok(space) => {
             for side in space.sides() {
                 let path = crate::joint::vectors::JointVectors::path_for(db, side);
@@ -527,9 +527,8 @@ fn verify(models_dir: &std::path::Path, db: &std::path::Path, a: VerifyArgs) -> 
     Ok(())
 }
 
-fn load_embedder(models_dir: &std::path::Path, backbone: &str) -> anyhow::Result<Embedder> {
-    let config = Config::by_name(backbone).context("unknown backbone")?;
-    Ok(Embedder::load(&models::backbone_weights(models_dir, &config), config)?)
+fn load_embedder(models_dir: &std::path::Path, backbone: Backbone) -> anyhow::Result<Embedder> {
+    Ok(Embedder::load(&models::backbone_weights(models_dir, backbone), backbone.config())?)
 }
 
 /// Indexes `folders` into `store` with a progress bar, then brings the
@@ -568,8 +567,8 @@ fn check_folders(folders: &[PathBuf]) -> anyhow::Result<()> {
 
 fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
     check_folders(&a.folders)?;
-    let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let embedder = load_embedder(models_dir, a.backbone)?;
+    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
     let report = index_into(store.as_mut(), &embedder, &a.folders)?;
     // The embedded store keeps its own graph; a database indexes its vectors itself.
     let (mut hnsw_rows, mut joint_rows) = (None, None);
@@ -577,7 +576,7 @@ fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> an
         hnsw_rows = update_hnsw(store)?;
     }
     // Every text side's vectors for the new images, so text search starts at once.
-    match text_space(models_dir, store.as_ref(), db, &a.backbone, None) {
+    match text_space(models_dir, store.as_ref(), db, a.backbone, None) {
         Ok(space) => {
             for side in space.sides() {
                 let local = space.sync(side, store.as_ref(), None)?;
@@ -686,21 +685,19 @@ fn image_embedding(
 }
 
 /// Opens the index in `db` for reading; a missing one says how to make it.
-fn open_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Store> {
+fn open_index(db: &std::path::Path, backbone: Backbone) -> anyhow::Result<Store> {
     anyhow::ensure!(
         db.join("meta.sqlite").exists(),
         "no index at {}: run `imgsearch index <folder>` first (or pass --db)",
         db.display()
     );
-    let config = Config::by_name(backbone).context("unknown backbone")?;
-    Ok(Store::open_read_only(db, backbone, config.embedding_dim())?)
+    Ok(Store::open_read_only(db, backbone.name(), backbone.config().embedding_dim())?)
 }
 
 /// Opens the index `db` names, a folder or a PostgreSQL database, for reading.
-fn open_any_index(db: &std::path::Path, backbone: &str) -> anyhow::Result<Box<dyn crate::store::ImageStore>> {
+fn open_any_index(db: &std::path::Path, backbone: Backbone) -> anyhow::Result<Box<dyn crate::store::ImageStore>> {
     if crate::store::is_database(db) {
-        let config = Config::by_name(backbone).context("unknown backbone")?;
-        return Ok(crate::store::open(db, backbone, config.embedding_dim())?);
+        return Ok(crate::store::open(db, backbone.name(), backbone.config().embedding_dim())?);
     }
     Ok(Box::new(open_index(db, backbone)?))
 }
@@ -712,7 +709,7 @@ fn text_space(
     models_dir: &std::path::Path,
     store: &dyn crate::store::ImageStore,
     db: &std::path::Path,
-    backbone: &str,
+    backbone: Backbone,
     words: Option<&std::path::Path>,
 ) -> anyhow::Result<crate::joint::TextSpace> {
     Ok(crate::joint::TextSpace::of_store(models_dir, store, db, backbone, words)?)
@@ -739,7 +736,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     }
     let parts = Parts { image: a.image.is_some(), text: a.text.is_some(), class: a.class.is_some(), space: a.space };
     let space = parts.space()?;
-    let store = open_any_index(db, &a.backbone)?;
+    let store = open_any_index(db, a.backbone)?;
     if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
         pg.set_exact(true);
     }
@@ -747,7 +744,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
     let embedder = std::cell::OnceCell::new();
     let embedder = || -> anyhow::Result<&Embedder> {
         if embedder.get().is_none() {
-            let _ = embedder.set(load_embedder(models_dir, &a.backbone)?);
+            let _ = embedder.set(load_embedder(models_dir, a.backbone)?);
         }
         Ok(embedder.get().expect("set above"))
     };
@@ -759,7 +756,7 @@ fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> 
         None => None,
     };
     let text_space = match space {
-        Space::Joint => Some(text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?),
+        Space::Joint => Some(text_space(models_dir, store.as_ref(), db, a.backbone, a.vectors.as_deref())?),
         Space::Cnn => None,
     };
     let assembled =
@@ -855,8 +852,8 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
     let data = LabelledImagesRoot::read(&a.data)?;
     // Load the word vectors first: a bad --words file fails before any embedding.
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
-    let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let embedder = load_embedder(models_dir, a.backbone)?;
+    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
     let indexed = index_into(store.as_mut(), &embedder, std::slice::from_ref(&data.root))?;
     drop(embedder);
     if let Some(embedded) = store.as_embedded() {
@@ -897,7 +894,7 @@ fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> an
     };
     let bar = epoch_bar(options.epochs);
     let fitted = fit(
-        &a.backbone,
+        a.backbone,
         &side,
         &train_set,
         captions.as_ref(),
@@ -1006,11 +1003,11 @@ impl LabelledImagesRoot {
 }
 
 fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
-    let store = open_any_index(db, &a.backbone)?;
-    let space = text_space(models_dir, store.as_ref(), db, &a.backbone, a.vectors.as_deref())?;
+    let store = open_any_index(db, a.backbone)?;
+    let space = text_space(models_dir, store.as_ref(), db, a.backbone, a.vectors.as_deref())?;
     let side = space.side(a.text_side)?;
     let embedding = image_embedding(store.as_ref(), &a.image, |path| {
-        Ok(load_embedder(models_dir, &a.backbone)?.embed_file(path)?.embedding)
+        Ok(load_embedder(models_dir, a.backbone)?.embed_file(path)?.embedding)
     })?;
     let tags = space.tags(side, &embedding, a.k)?;
     if a.json {
@@ -1041,10 +1038,10 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
     );
     // The main job: fetch what is missing (a no-op when present), index, serve.
     let mut pins = vec![models::GLOVE_50D, models::MINILM];
-    pins.push(if a.backbone == "lite2" { models::LITE2 } else { models::LITE0 });
+    pins.push(models::backbone_pin(a.backbone));
     models::fetch(models_dir, &pins, &mut |line| eprintln!("{line}"))?;
-    let embedder = load_embedder(models_dir, &a.backbone)?;
-    let mut store = crate::store::open(db, &a.backbone, embedder.model().config().embedding_dim())?;
+    let embedder = load_embedder(models_dir, a.backbone)?;
+    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
     if !a.folders.is_empty() {
         let r = index_into(store.as_mut(), &embedder, &a.folders)?;
         eprintln!(
@@ -1065,7 +1062,7 @@ fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: ServeArgs) -> an
         token: a.token.clone(),
         max_upload: a.max_upload_mb << 20,
         queue: a.queue,
-        backbone: a.backbone.clone(),
+        backbone: a.backbone,
         models: models_dir.to_path_buf(),
         words_file: a.vectors.clone(),
         header_timeout: std::time::Duration::from_secs(a.header_timeout.max(1)),
@@ -1103,8 +1100,7 @@ fn words(models_dir: &std::path::Path, a: WordsArgs) -> anyhow::Result<()> {
 /// the split's train images and measured on its test images.
 fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyhow::Result<()> {
     use crate::eval::top_k_hit_rate;
-    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
-    let embedder = Embedder::load(&models::backbone_weights(models_dir, &config), config)?;
+    let embedder = load_embedder(models_dir, a.backbone)?;
     let data = LabelledImagesRoot::read(&a.data)
         .with_context(|| format!("reading labelled images from {}", a.data.display()))?;
     let paths = &data.paths;
@@ -1120,7 +1116,7 @@ fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyh
         Err(e) => failed.push(e.to_string()),
     });
     let seconds = start.elapsed().as_secs_f64();
-    let through_store = if a.store { Some(eval_store(db, &a.backbone, &embedder, &data, &embeddings)?) } else { None };
+    let through_store = if a.store { Some(eval_store(db, a.backbone, &embedder, &data, &embeddings)?) } else { None };
     drop(embedder);
     let labelled: Vec<(&str, Vec<f32>)> = data
         .items
@@ -1270,13 +1266,13 @@ fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalArgs) -> anyh
 /// label, recall@10 against exact search over the data set, latency.
 fn eval_store(
     db: &std::path::Path,
-    backbone: &str,
+    backbone: Backbone,
     embedder: &Embedder,
     data: &LabelledImagesRoot,
     embeddings: &[Option<Vec<f32>>],
 ) -> anyhow::Result<serde_json::Value> {
     use crate::index::{ExactIndex, VectorIndex};
-    let mut store = crate::store::open(db, backbone, embedder.model().config().embedding_dim())?;
+    let mut store = crate::store::open(db, backbone.name(), embedder.model().config().embedding_dim())?;
     index_into(store.as_mut(), embedder, std::slice::from_ref(&data.root))?;
     let hnsw = match store.as_embedded() {
         Some(e) => update_hnsw(e)?.map(|_| crate::index::HnswIndex::load(e.dir(), Default::default())).transpose()?,
@@ -1399,7 +1395,7 @@ fn eval_joint(
     };
     let bar = epoch_bar(options.epochs);
     let fitted = fit(
-        &a.backbone,
+        a.backbone,
         &side,
         &train_set,
         caption_targets.as_ref(),
@@ -1530,11 +1526,11 @@ fn eval_joint(
     let examples = trained_figures["examples"].clone();
     let caption_recall = trained_figures["caption_to_image"].clone();
     // The zero-shot side (no training) and its fusion with the trained one.
-    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
+    let config = a.backbone.config();
     let trained_model = JointModel::from_tensors(fitted.info.clone(), &fitted.tensors)?;
     let space = crate::joint::TextSpace::load(models_dir, &config, Some((0, trained_model)), a.vectors.as_deref())?;
     let query_encoder = &space.encoder;
-    let (weights, bias) = crate::joint::zeroshot::classifier(&models::backbone_weights(models_dir, &config))?;
+    let (weights, bias) = crate::joint::zeroshot::classifier(&models::backbone_weights(models_dir, a.backbone))?;
     let mut zero_shot_variants = Vec::new();
     let prompts: &[crate::joint::zeroshot::ClassPrompt] = match query_encoder {
         crate::text::QueryEncoder::Sentences { .. } => {
@@ -1605,9 +1601,7 @@ fn eval_joint(
 }
 
 fn embed(models_dir: &std::path::Path, a: EmbedArgs) -> anyhow::Result<()> {
-    let config = Config::by_name(&a.backbone).context("unknown backbone")?;
-    let weights = models::backbone_weights(models_dir, &config);
-    let embedder = Embedder::load(&weights, config)?.with_max_pixels(a.max_pixels);
+    let embedder = load_embedder(models_dir, a.backbone)?.with_max_pixels(a.max_pixels);
     let classes = imagenet_classes();
     let mut reports: Vec<Option<EmbedReport>> = (0..a.images.len()).map(|_| None).collect();
     embedder.embed_files(&a.images, |i, result| {

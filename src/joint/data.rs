@@ -259,7 +259,7 @@ pub struct Fitted {
 /// Trains a model on `train` with `words` as targets.
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
-    backbone: &str,
+    backbone: crate::backbone::Backbone,
     side: &TextSide<'_>,
     train: &Examples,
     caption_targets: Option<&HashMap<String, Vec<f32>>>,
@@ -286,7 +286,7 @@ pub fn fit(
     }
     let (tensors, report) = super::train(&x, &y, in_dim, targets.dim, options, on_epoch)?;
     let info = ModelInfo {
-        backbone: backbone.to_owned(),
+        backbone: backbone.name().to_owned(),
         words: side.id.clone(),
         in_dim,
         hidden: options.hidden,

@@ -92,15 +92,14 @@ impl TextSpace {
         models: &Path,
         store: &dyn crate::store::ImageStore,
         db: &Path,
-        backbone: &str,
+        backbone: crate::backbone::Backbone,
         words_file: Option<&Path>,
     ) -> Result<Self> {
         let trained = JointModel::load_current(store, db)?;
         if let Some((_, model)) = &trained {
-            model.check_compatible(backbone, &model.info.words.clone())?;
+            model.check_compatible(backbone.name(), &model.info.words.clone())?;
         }
-        let config = Config::by_name(backbone).ok_or_else(|| Error::Msg(format!("unknown backbone {backbone}")))?;
-        Self::load(models, &config, trained, words_file)
+        Self::load(models, &backbone.config(), trained, words_file)
     }
 
     /// The side used when none is asked for: fused once a model is trained.

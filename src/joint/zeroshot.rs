@@ -124,7 +124,7 @@ impl ZeroShot {
     /// from the converted checkpoint, the class texts from the cache (made
     /// on first use: a second or two with the sentence encoder).
     pub fn load(models: &Path, backbone: &Config, encoder: &QueryEncoder) -> Result<Self> {
-        let (weights, bias) = classifier(&crate::models::backbone_weights(models, backbone))?;
+        let (weights, bias) = classifier(&crate::models::backbone_weights(models, backbone.kind))?;
         let prompt = ClassPrompt::DEFAULT;
         let texts = class_texts(models, encoder, prompt)?;
         Self::new(&weights, &bias, &texts, encoder.dim())

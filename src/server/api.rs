@@ -713,7 +713,7 @@ async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
         let engine = read(&st.engine);
         Ok(Json(StatusOut {
             images: engine.store.len()?,
-            backbone: st.options.backbone.clone(),
+            backbone: st.options.backbone.name().to_owned(),
             words: crate::joint::WordsId::of(&st.words).to_string(),
             joint_labels: engine
                 .joint

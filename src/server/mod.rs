@@ -41,7 +41,7 @@ pub struct Options {
     pub max_upload: usize,
     /// Requests that may wait for or hold the blocking pool at once.
     pub queue: usize,
-    pub backbone: String,
+    pub backbone: crate::backbone::Backbone,
     /// The model directory (the sentence encoder and its tag vocabulary, if the model uses them).
     pub models: PathBuf,
     /// The word-vector file the joint model was trained with (default GloVe 50d).
@@ -70,7 +70,7 @@ impl Default for Options {
             token: None,
             max_upload: 20 << 20,
             queue: 64,
-            backbone: "lite0".into(),
+            backbone: crate::backbone::Backbone::Lite0,
             models: crate::models::models_dir(None),
             words_file: None,
             allowed_hosts: Some(LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect()),
@@ -166,7 +166,7 @@ impl State {
     /// cached in the user's cache folder.
     pub fn load(db: &Path, embedder: Embedder, words: WordVectors, options: Options) -> crate::Result<Self> {
         let dim = embedder.model().config().embedding_dim();
-        let store = crate::store::open(db, &options.backbone, dim)?;
+        let store = crate::store::open(db, options.backbone.name(), dim)?;
         let name: PathBuf = match store.as_postgres() {
             Some(pg) => pg.describe().into(),
             None => db.to_path_buf(),
@@ -233,7 +233,7 @@ impl State {
             &self.options.models,
             engine.store.as_ref(),
             db,
-            &self.options.backbone,
+            self.options.backbone,
             self.options.words_file.as_deref(),
         )?);
         // Every side's vectors, including images another process added

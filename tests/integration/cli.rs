@@ -131,6 +131,9 @@ fn nonsense_search_limits_and_an_empty_token_are_errors() {
         (vec!["search", "--image", q, "--max-distance", "3"], "between 0 and 2"),
         (vec!["serve", "--addr", "0.0.0.0:0", "--token", ""], "--token"),
         (vec!["index", "/no/such/folder"], "/no/such/folder: no such folder"),
+        // An unknown backbone is an error listing the real ones (it once fell back to Lite0).
+        (vec!["search", "--image", q, "--backbone", "lite9"], "[possible values: lite0, lite2]"),
+        (vec!["search", "--image", q, "--backbone", "lite2"], "built with backbone lite0"),
     ] {
         let out = run(&args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -42,7 +42,7 @@ pub fn test_data(name: &str) -> PathBuf {
 /// The Lite0 embedder (needs models).
 pub fn lite0() -> Embedder {
     let config = Config::lite0();
-    let weights = imgsearch::models::backbone_weights(&imgsearch::models::models_dir(None), &config);
+    let weights = imgsearch::models::backbone_weights(&imgsearch::models::models_dir(None), config.kind);
     assert!(
         weights.exists(),
         "{} missing: run `imgsearch models fetch` (or set IMGSEARCH_MODELS) before the tests",

@@ -49,7 +49,7 @@ pub(crate) fn state_for(db: &Path, roots: Vec<PathBuf>, max_upload: usize) -> Ar
         token: Some(TOKEN.into()),
         max_upload,
         queue: 8,
-        backbone: "lite0".into(),
+        backbone: imgsearch::backbone::Backbone::Lite0,
         ..Default::default()
     };
     Arc::new(State::load(db, lite0(), words, options).unwrap())

@@ -50,7 +50,7 @@ fn zero_shot_mixing_matches_the_numpy_reference() {
     };
     let (reference, embeddings) = (read("reference_zeroshot.json"), read("reference_lite0.json"));
     let models = imgsearch::models::models_dir(None);
-    let weights = imgsearch::models::backbone_weights(&models, &imgsearch::backbone::Config::lite0());
+    let weights = imgsearch::models::backbone_weights(&models, imgsearch::backbone::Backbone::Lite0);
     assert!(weights.exists(), "{} missing: run `imgsearch models fetch` first", weights.display());
     let (w, b) = classifier(&weights).unwrap();
     assert_eq!((w.len(), b.len()), (1000 * 1280, 1000));

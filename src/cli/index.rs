@@ -1,0 +1,140 @@
+//! `imgsearch index`: walk folders into the store, then keep the HNSW graph and text vectors current.
+
+use super::*;
+
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// Folders to index.
+    #[arg(required = true)]
+    pub folders: Vec<PathBuf>,
+    /// Backbone network (an index holds one backbone's embeddings).
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Indexes `folders` into `store` with a progress bar, then brings the
+/// HNSW graph and (when a model exists) the joint vectors up to date.
+pub(super) fn index_into(
+    store: &mut dyn crate::store::ImageStore,
+    embedder: &Embedder,
+    folders: &[PathBuf],
+) -> anyhow::Result<crate::indexer::IndexReport> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = crate::indexer::index_folders(store, embedder, folders, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    for (path, reason) in &report.failed {
+        eprintln!("skipped: {}: {reason}", path.display());
+    }
+    for (path, reason) in &report.warnings {
+        eprintln!("warning: {}: {reason}", path.display());
+    }
+    Ok(report)
+}
+
+/// Refuses a folder that is not there before anything is opened or created.
+pub(super) fn check_folders(folders: &[PathBuf]) -> anyhow::Result<()> {
+    for f in folders {
+        anyhow::ensure!(f.is_dir(), "{}: no such folder (pass a folder of images)", f.display());
+    }
+    Ok(())
+}
+
+pub(super) fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
+    check_folders(&a.folders)?;
+    let embedder = load_embedder(models_dir, a.backbone)?;
+    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
+    let report = index_into(store.as_mut(), &embedder, &a.folders)?;
+    // The embedded store keeps its own graph; a database indexes its vectors itself.
+    let (mut hnsw_rows, mut joint_rows) = (None, None);
+    if let Some(store) = store.as_embedded() {
+        hnsw_rows = update_hnsw(store)?;
+    }
+    // Every text side's vectors for the new images, so text search starts at once.
+    match text_space(models_dir, store.as_ref(), db, a.backbone, None) {
+        Ok(space) => {
+            for side in space.sides() {
+                let local = space.sync(side, store.as_ref(), None)?;
+                if side == crate::joint::Side::Trained {
+                    joint_rows = match (local, store.as_postgres()) {
+                        (Some(v), _) => Some(v.len()),
+                        (None, Some(pg)) => Some(pg.joint_len()?),
+                        (None, None) => None,
+                    };
+                }
+            }
+        }
+        Err(e) => eprintln!("note: text-search vectors not updated ({e:#}); they are made at the first text search"),
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "indexed {} new, {} unchanged, {} moved, {} copies, {} removed, {} failed in {:.1} s ({} images in {})",
+            report.embedded,
+            report.unchanged,
+            report.moved,
+            report.copies,
+            report.removed,
+            report.failed.len(),
+            report.seconds,
+            store.len()?,
+            store.describe()
+        );
+        if let Some(rows) = hnsw_rows {
+            println!("HNSW index: {rows} vectors");
+        }
+        if let Some(rows) = joint_rows {
+            println!("joint embeddings: {rows} vectors");
+        }
+    }
+    // Everything else is indexed and kept; the status says something was skipped.
+    if !report.failed.is_empty() {
+        bail!("{} files could not be indexed (listed above as skipped)", report.failed.len());
+    }
+    Ok(())
+}
+
+/// Keeps the HNSW graph in step with the store once it is large enough:
+/// new rows are inserted into the saved graph (or it is built the first time).
+pub(super) fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
+    use crate::index::{hnsw_min_rows, HnswIndex, HnswParams};
+    let dim = store.dim();
+    let rows = store.vectors().len() / dim;
+    if rows < hnsw_min_rows() {
+        return Ok(None);
+    }
+    let saved = if HnswIndex::exists(store.dir()) {
+        match HnswIndex::load(store.dir(), HnswParams::default()) {
+            Ok(index) => Some(index),
+            // Derived data: rebuilt from the vectors.
+            Err(e) => {
+                eprintln!("{e}: rebuilding it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let index = match saved {
+        Some(index) if index.len() == rows => return Ok(Some(rows)),
+        Some(mut index) if index.len() < rows => {
+            let covered = index.len();
+            index.insert_rows(store.vectors(), dim, covered);
+            index
+        }
+        _ => HnswIndex::build(store.vectors(), dim, HnswParams::default()),
+    };
+    let _lock = store.write_lock()?;
+    index.save(store.dir())?;
+    Ok(Some(rows))
+}

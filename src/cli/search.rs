@@ -1,0 +1,141 @@
+//! `imgsearch search`: by image, text, both, or class-weighted.
+
+use super::*;
+
+#[derive(Debug, clap::Args)]
+pub struct SearchArgs {
+    /// Query image: a file (embedded on the fly if not indexed) or an indexed key.
+    #[arg(long, value_name = "FILE|KEY", required_unless_present = "text")]
+    pub image: Option<String>,
+    /// Query text, in the text space: a sentence, `dog`, `cat sofa`, `cat -sofa`
+    /// (subtracted). With `--image`, both add up in the text space.
+    #[arg(long, allow_hyphen_values = true)]
+    pub text: Option<String>,
+    /// Where the query compares: the CNN's embeddings or the text space;
+    /// default: the text space with `--text`, else the CNN's.
+    #[arg(long, value_enum)]
+    pub space: Option<crate::query::Space>,
+    /// How images are put into the text space (`--text`, `--space joint`):
+    /// zero-shot (no training), trained (the joint model) or fused; default
+    /// fused once a model is trained, else zero-shot.
+    #[arg(long, value_enum)]
+    pub text_side: Option<crate::joint::Side>,
+    /// Word-vector file the joint model was trained with (default: GloVe 6B 50d).
+    #[arg(long = "words", value_name = "FILE")]
+    pub vectors: Option<PathBuf>,
+    /// How many results.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Reweight embeddings by one ImageNet class's classifier weights: an index (284) or a name ("Siamese cat").
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Drop results farther than this angular distance (0..2).
+    #[arg(long)]
+    pub max_distance: Option<f32>,
+    /// Backbone network of the index.
+    #[arg(long, value_enum, default_value_t)]
+    pub backbone: Backbone,
+    /// Scan every vector instead of using an HNSW index (the local one, used above 20k images, or the database's).
+    #[arg(long)]
+    pub exact: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The raw CNN embedding of `spec`: an indexed key, an indexed file (by
+/// path or content), or a new file embedded with `embed`.
+pub(super) fn image_embedding(
+    store: &dyn crate::store::ImageStore,
+    spec: &str,
+    embed: impl FnOnce(&std::path::Path) -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<Vec<f32>> {
+    if let Some(r) = spec.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten() {
+        return Ok(store.embedding(&r)?);
+    }
+    let path = PathBuf::from(spec);
+    anyhow::ensure!(path.exists(), "{spec}: no such file, and not an indexed key");
+    let canonical = crate::files::path_to_text(&path.canonicalize()?);
+    let known = match store.by_path(&canonical)? {
+        Some(r) => Some(r),
+        None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
+    };
+    match known {
+        Some(r) => Ok(store.embedding(&r)?),
+        None => embed(&path),
+    }
+}
+
+pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
+    use crate::query::{Parts, SearchAnswer, Space};
+    anyhow::ensure!(a.k >= 1, "-k must be at least 1 (how many results to show)");
+    if let Some(m) = a.max_distance {
+        anyhow::ensure!((0.0..=2.0).contains(&m), "--max-distance must be between 0 and 2 (angular distance), got {m}");
+    }
+    let parts = Parts { image: a.image.is_some(), text: a.text.is_some(), class: a.class.is_some(), space: a.space };
+    let space = parts.space()?;
+    let store = open_any_index(db, a.backbone)?;
+    if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
+        pg.set_exact(true);
+    }
+    // The network is loaded only for a new query file or class weights.
+    let embedder = std::cell::OnceCell::new();
+    let embedder = || -> anyhow::Result<&Embedder> {
+        if embedder.get().is_none() {
+            let _ = embedder.set(load_embedder(models_dir, a.backbone)?);
+        }
+        Ok(embedder.get().expect("set above"))
+    };
+    let embed_new =
+        |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
+    let image = a.image.as_deref().map(|spec| image_embedding(store.as_ref(), spec, embed_new)).transpose()?;
+    let class_weights = match &a.class {
+        Some(spec) => Some(embedder()?.model().class_weights().get(resolve_class(spec)?)?.to_vec1::<f32>()?),
+        None => None,
+    };
+    let text_space = match space {
+        Space::Joint => Some(text_space(models_dir, store.as_ref(), db, a.backbone, a.vectors.as_deref())?),
+        Space::Cnn => None,
+    };
+    let assembled =
+        crate::query::assemble(space, image, a.text.as_deref(), class_weights, a.text_side, text_space.as_ref())?;
+    if let Some(note) = &assembled.note {
+        eprintln!("note: {note}");
+    }
+    let (mut joint_vectors, mut joint_model, mut text_fingerprint) = (None, None, None);
+    if let (Some(ts), Some(side)) = (&text_space, assembled.side) {
+        (joint_model, text_fingerprint) = ts.database_target(side)?;
+        // Every image gets its vector on this side first (new ones only: a few ms).
+        joint_vectors = ts.sync(side, store.as_ref(), None)?;
+    }
+    let hnsw = match (store.as_embedded(), &assembled.query) {
+        (Some(e), crate::query::Query::Cnn(_)) if !a.exact && crate::index::HnswIndex::exists(e.dir()) => {
+            match crate::index::HnswIndex::load(e.dir(), crate::index::HnswParams::default()) {
+                Ok(index) => Some(index),
+                Err(err) => {
+                    eprintln!("note: {err}; searching exactly meanwhile");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let indexes = crate::query::Indexes {
+        store: store.as_ref(),
+        hnsw: hnsw.as_ref(),
+        joint: joint_vectors.as_ref(),
+        joint_model,
+        text_fingerprint,
+    };
+    let found = crate::query::search(&indexes, &assembled.query, a.k, a.max_distance)?;
+    let answer = SearchAnswer::new(&assembled, found, crate::query::Found::hit_with_path);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        for r in &answer.results {
+            let path = r.path.as_deref().unwrap_or_default();
+            println!("{:>3}  {:.4}  {:>6}  {:<14} {path}", r.rank, r.distance, r.key, r.label);
+        }
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{Error, Result};
 
+pub mod memory;
 pub mod postgres;
 
 /// What every store does: the indexer, search and the shared test suite

@@ -115,6 +115,12 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
 }
 
 #[test]
+fn memory_store_passes_the_shared_suite() {
+    let place = imgsearch::store::memory::MemoryPlace::default();
+    shared_suite(&|backbone| Ok(Box::new(imgsearch::store::memory::MemoryStore::open(&place, backbone, 3)?)));
+}
+
+#[test]
 fn embedded_store_passes_the_shared_suite() {
     let dir = tempfile::tempdir().unwrap();
     shared_suite(&|backbone| Ok(Box::new(Store::open(dir.path(), backbone, 3)?)));

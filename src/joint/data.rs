@@ -10,7 +10,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{HeadTensors, JointModel, ModelInfo, TrainOptions, TrainReport, WordsId};
+use super::{HeadTensors, JointModel, ModelInfo, TrainOptions, TrainReport};
+use crate::text::EncoderId;
 use crate::words::WordVectors;
 use crate::{Error, Result};
 
@@ -84,14 +85,14 @@ pub struct LabelTargets {
 /// model records of it, and (for word vectors) the vocabulary labels must be in.
 pub struct TextSide<'a> {
     pub encoder: &'a dyn crate::text::TextEncoder,
-    pub id: WordsId,
+    pub id: EncoderId,
     pub vocabulary: Option<&'a WordVectors>,
 }
 
 impl<'a> TextSide<'a> {
     /// GloVe-style word vectors, averaged.
     pub fn words(encoder: &'a crate::text::GloveAverage<'a>) -> Self {
-        Self { encoder, id: WordsId::of(encoder.0), vocabulary: Some(encoder.0) }
+        Self { encoder, id: EncoderId::of(encoder.0), vocabulary: Some(encoder.0) }
     }
 
     /// The sentence encoder when there is one, else the word vectors.
@@ -104,8 +105,7 @@ impl<'a> TextSide<'a> {
 
     /// A sentence encoder.
     pub fn sentences(encoder: &'a crate::text::SentenceEncoder) -> Self {
-        use crate::text::TextEncoder;
-        Self { encoder, id: WordsId { name: encoder.name(), dim: encoder.dim(), words: 0 }, vocabulary: None }
+        Self { encoder, id: EncoderId::sentences(encoder), vocabulary: None }
     }
 
     /// A caption's text as this encoder takes it: word vectors keep the

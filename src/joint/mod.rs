@@ -28,39 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use train::{train, EpochLoss, HeadTensors, OptimizerKind, TrainOptions, TrainReport};
 
-use crate::words::WordVectors;
+use crate::text::EncoderId;
 use crate::{Error, Result};
-
-/// Which word vectors a model was trained with: enough to refuse others.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WordsId {
-    /// The vectors' name (the file's stem, e.g. `glove.6B.50d`).
-    pub name: String,
-    pub dim: usize,
-    pub words: usize,
-}
-
-impl WordsId {
-    pub fn of(vectors: &WordVectors) -> Self {
-        let stem = vectors.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        // Cached conversions are `<stem>-<hash>.wv`; the name is the stem.
-        let name = match stem.rsplit_once('-') {
-            Some((s, h)) if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => s.to_owned(),
-            _ => stem,
-        };
-        Self { name, dim: vectors.dim(), words: vectors.len() }
-    }
-}
-
-impl std::fmt::Display for WordsId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.words == 0 {
-            write!(f, "{} ({}-d sentence encoder)", self.name, self.dim)
-        } else {
-            write!(f, "{} ({} words x {})", self.name, self.words, self.dim)
-        }
-    }
-}
 
 /// Raw CNN embeddings into a text space: the trained head, the zero-shot
 /// side, or their fusion. Derived vectors record the fingerprint of the
@@ -96,7 +65,7 @@ impl Projection for JointModel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub backbone: String,
-    pub words: WordsId,
+    pub words: EncoderId,
     pub in_dim: usize,
     pub hidden: usize,
     pub out_dim: usize,
@@ -276,7 +245,7 @@ impl JointModel {
     }
 
     /// Refuses a model trained with another backbone or other word vectors.
-    pub fn check_compatible(&self, backbone: &str, words: &WordsId) -> Result<()> {
+    pub fn check_compatible(&self, backbone: &str, words: &EncoderId) -> Result<()> {
         if self.info.backbone != backbone {
             return Err(Error::ModelMismatch {
                 what: "backbone".into(),
@@ -336,7 +305,7 @@ mod tests {
         let (t, _) = train(&x, &y, 4, 2, &options, |_, _| {}).unwrap();
         let info = ModelInfo {
             backbone: "lite0".into(),
-            words: WordsId { name: "toy".into(), dim: 2, words: 2 },
+            words: EncoderId::Words { name: "toy".into(), words: 2, dim: 2 },
             in_dim: 4,
             hidden: 6,
             out_dim: 2,

@@ -10,8 +10,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::zeroshot::ZeroShot;
-use super::{JointModel, Projection, WordsId};
+use super::{JointModel, Projection};
 use crate::backbone::Config;
+use crate::text::EncoderId;
 use crate::text::QueryEncoder;
 use crate::{Error, Result};
 
@@ -174,7 +175,7 @@ impl TextSpace {
     }
 
     /// What the encoder is (recorded with results).
-    pub fn encoder_id(&self) -> WordsId {
+    pub fn encoder_id(&self) -> EncoderId {
         self.encoder.id()
     }
 

@@ -255,7 +255,7 @@ pub fn class_texts(models: &Path, encoder: &QueryEncoder, prompt: ClassPrompt) -
 fn cache_path(models: &Path, encoder: &QueryEncoder, prompt: ClassPrompt) -> PathBuf {
     let (name, prompt) = match encoder {
         QueryEncoder::Sentences { encoder, .. } => (encoder.name(), prompt.tag()),
-        QueryEncoder::Words(words) => (super::WordsId::of(words).name, "name"),
+        QueryEncoder::Words(words) => (crate::text::EncoderId::of(words).name().to_owned(), "name"),
     };
     models.join("words-cache").join(format!("imagenet-classes-{name}-{}-{prompt}.f32", encoder.dim()))
 }

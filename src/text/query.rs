@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::EncoderId;
 use super::{SentenceEncoder, TextEncoder};
-use crate::joint::WordsId;
 use crate::words::{write_compact, RawVectors, WordQuery, WordVectors};
 use crate::{Error, Result};
 
@@ -43,11 +43,11 @@ impl QueryEncoder {
 
     /// The encoder a model trained with `trained` needs. `words_file` is the
     /// user's word-vector file (default GloVe 50d); a mismatch is refused with both names.
-    pub fn for_model(models: &Path, trained: &WordsId, words_file: Option<&Path>) -> Result<Self> {
-        if trained.words == 0 {
+    pub fn for_model(models: &Path, trained: &EncoderId, words_file: Option<&Path>) -> Result<Self> {
+        if let EncoderId::Sentences { .. } = trained {
             let encoder = Self::sentences(models, words_file)?;
             let loaded = encoder.id();
-            if loaded.name != trained.name || loaded.dim != trained.dim {
+            if &loaded != trained {
                 return Err(Error::ModelMismatch {
                     what: "text encoder".into(),
                     trained: trained.to_string(),
@@ -58,7 +58,7 @@ impl QueryEncoder {
             return Ok(encoder);
         }
         let words = crate::words::open(models, words_file)?;
-        let loaded = WordsId::of(&words);
+        let loaded = EncoderId::of(&words);
         if &loaded != trained {
             return Err(Error::ModelMismatch {
                 what: "word vectors".into(),
@@ -71,10 +71,10 @@ impl QueryEncoder {
     }
 
     /// What the encoder is, as a model records it.
-    pub fn id(&self) -> WordsId {
+    pub fn id(&self) -> EncoderId {
         match self {
-            Self::Words(w) => WordsId::of(w),
-            Self::Sentences { encoder, .. } => WordsId { name: encoder.name(), dim: encoder.dim(), words: 0 },
+            Self::Words(w) => EncoderId::of(w),
+            Self::Sentences { encoder, .. } => EncoderId::sentences(encoder.as_ref()),
         }
     }
 
@@ -141,7 +141,7 @@ fn tag_vocabulary_path(models: &Path, words: &WordVectors) -> PathBuf {
     models.join("words-cache").join(format!(
         "{}-tags-{}-{TAG_VOCABULARY}.wv",
         "all-MiniLM-L6-v2",
-        WordsId::of(words).name
+        EncoderId::of(words).name().to_owned()
     ))
 }
 

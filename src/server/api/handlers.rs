@@ -172,7 +172,7 @@ pub(super) async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<St
         Ok(Json(StatusOut {
             images: engine.store.len()?,
             backbone: st.options.backbone.name().to_owned(),
-            words: crate::joint::WordsId::of(&st.words).to_string(),
+            words: crate::text::EncoderId::of(&st.words).to_string(),
             joint_labels: engine
                 .joint
                 .as_ref()

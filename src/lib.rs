@@ -19,6 +19,7 @@ pub mod models;
 pub mod query;
 pub mod server;
 mod simd;
+pub mod spelling;
 pub mod store;
 pub mod text;
 pub mod vector;

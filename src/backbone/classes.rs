@@ -82,7 +82,7 @@ pub fn suggest_classes(text: &str, n: usize) -> Vec<usize> {
                     } else if name.contains(&want) {
                         1
                     } else {
-                        2 + crate::words::edit_distance(&want, &name)
+                        2 + crate::spelling::edit_distance(&want, &name)
                     }
                 })
                 .min()

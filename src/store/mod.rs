@@ -805,16 +805,23 @@ impl ImageStore for Store {
     }
 
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
-        let ix =
-            crate::query::Indexes { store: self, hnsw: None, joint: None, joint_model: None, text_fingerprint: None };
-        let found = crate::query::search(&ix, &crate::query::Query::Cnn(query.to_vec()), k, None)?;
-        found
-            .into_iter()
-            .map(|f| {
-                let rec = Store::by_key(self, f.key)?.ok_or_else(|| Error::Msg(format!("key {} vanished", f.key)))?;
-                Ok((rec, f.distance))
-            })
-            .collect()
+        use crate::index::{ExactIndex, VectorIndex};
+        let index = ExactIndex::new(self.vectors(), self.dim);
+        // Widen until k images or the end (deleted images leave unused rows).
+        let mut want = k + 8;
+        loop {
+            let hits = index.search(query, want);
+            let distance: std::collections::HashMap<u64, f32> =
+                hits.iter().map(|h| (h.id as u64, h.distance)).collect();
+            let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
+            let mut out: Vec<(ImageRecord, f32)> =
+                self.by_rows(&rows)?.into_iter().map(|r| (distance[&r.row], r)).map(|(d, r)| (r, d)).collect();
+            if out.len() >= k || hits.len() < want {
+                out.truncate(k);
+                return Ok(out);
+            }
+            want *= 4;
+        }
     }
 
     fn as_embedded(&self) -> Option<&Store> {

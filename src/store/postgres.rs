@@ -388,7 +388,7 @@ impl PgStore {
                 rows.len()
             )));
         }
-        Ok((hashes, out.chunks_exact(out_dim).map(|v| Vector::from(crate::query::unit(v))).collect()))
+        Ok((hashes, out.chunks_exact(out_dim).map(|v| Vector::from(crate::vector::unit(v))).collect()))
     }
 
     /// Gives stored contents without a joint embedding one under model
@@ -635,7 +635,7 @@ impl PgStore {
             .map(|r| {
                 let d: f64 = r.get(0);
                 // pgvector's cosine distance is 1 - cos.
-                (record_at(r, 1), crate::index::angular(1.0 - d as f32))
+                (record_at(r, 1), crate::vector::distance(1.0 - d as f32))
             })
             .take(k)
             .collect())

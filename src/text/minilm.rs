@@ -58,7 +58,7 @@ impl SentenceEncoder {
         let mut out: Vec<Option<Encoded>> = vec![None; texts.len()];
         for (&i, v) in order.iter().zip(pooled) {
             let truncated = !encodings[i].get_overflowing().is_empty();
-            out[i] = Some(Encoded { vector: crate::query::unit(&v), truncated });
+            out[i] = Some(Encoded { vector: crate::vector::unit(&v), truncated });
         }
         Ok(out.into_iter().map(|e| e.expect("every text encoded")).collect())
     }

@@ -11,9 +11,10 @@ mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::spelling::edit_distance;
 pub use formats::{read_any, read_npy_f32, read_npy_parquet, read_parquet_strings, RawVectors};
 pub use search::Neighbour;
-pub use store::{edit_distance, write_compact, WordVectors};
+pub use store::{write_compact, WordVectors};
 
 use crate::{Error, Result};
 

@@ -9,6 +9,7 @@
 
 pub mod backbone;
 pub mod cli;
+pub mod duplicates;
 pub mod error;
 pub mod eval;
 pub mod files;

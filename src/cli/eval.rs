@@ -57,6 +57,10 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
     });
     let seconds = start.elapsed().as_secs_f64();
     let through_store = if a.store { Some(eval_store(db, a.backbone, &embedder, &data, &embeddings)?) } else { None };
+    // Near-duplicates: copies of every 20th image, grouped at several distances.
+    let distances: Vec<f32> = (6..=16).map(|i| i as f32 * 0.05).collect();
+    let measured = crate::duplicates::measure(&embedder, paths, &embeddings, 20, &distances)?;
+    let copied = measured.originals;
     drop(embedder);
     let labelled: Vec<(&str, Vec<f32>)> = data
         .items
@@ -80,6 +84,16 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
         "image_to_image_precision_at_10": p_at_10,
         "embed_seconds": seconds,
         "embed_images_per_second": paths.len() as f64 / seconds,
+        "duplicates": {
+            "originals_copied": copied,
+            "copies": copied * 3,
+            "default_max_distance": crate::duplicates::DEFAULT_MAX_DISTANCE,
+            "pairs": measured
+                .scores
+                .iter()
+                .map(|s| serde_json::json!({"max_distance": s.max_distance, "precision": s.precision, "recall": s.recall}))
+                .collect::<Vec<_>>(),
+        },
     });
     if let Some(s) = &through_store {
         report["store"] = s.clone();
@@ -98,6 +112,17 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
         println!("dog: top-5 has a dog class (151-268)   {:.3} of {}", f(&report["dog_top5_dog_class"]), dogs.len());
         println!("image->image mean precision@10         {p_at_10:.3} (all images, label match, query excluded)");
         println!("embedding, end to end                  {:.1} s, {:.1} img/s", seconds, paths.len() as f64 / seconds);
+        println!(
+            "near-duplicates: {copied} originals with a re-encoded, a half-size and a 90% crop copy; pair precision / recall:"
+        );
+        for s in &measured.scores {
+            let default = if (s.max_distance - crate::duplicates::DEFAULT_MAX_DISTANCE).abs() < 1e-6 {
+                "  (default)"
+            } else {
+                ""
+            };
+            println!("  max distance {:.2}: {:.3} / {:.3}{default}", s.max_distance, s.precision, s.recall);
+        }
         if let Some(s) = &through_store {
             println!("through the store ({}, {} images)", s["store"].as_str().unwrap_or(""), s["images"]);
             println!("  image->image precision@10            {:.3}", f(&s["image_to_image_precision_at_10"]));

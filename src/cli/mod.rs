@@ -11,6 +11,7 @@ use crate::joint::{JointModel, OptimizerKind, TrainOptions};
 use crate::models;
 use crate::store::{ImageStore, Store};
 
+mod duplicates;
 mod embed;
 mod eval;
 mod fetch;
@@ -22,6 +23,7 @@ mod train;
 mod verify;
 mod words;
 
+pub use self::duplicates::*;
 pub use self::embed::*;
 pub use self::eval::*;
 pub use self::fetch::*;
@@ -74,6 +76,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Tag an image with the nearest words of the vocabulary and its top ImageNet classes.
     Tag(TagArgs),
+    /// Groups of near-duplicate images (re-encoded, resized or cropped
+    /// copies), largest first, with the space their copies take. Never deletes.
+    Duplicates(DuplicatesArgs),
     /// Check a folder store against its checksums: vector rows, the HNSW
     /// graph, the trained model. Exits non-zero naming what is damaged.
     Verify(VerifyArgs),
@@ -122,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Search(a) => search(&models_dir, db, a),
         Command::Train(a) => train(&models_dir, db, a),
         Command::Tag(a) => tag(&models_dir, db, a),
+        Command::Duplicates(a) => duplicates(db, a),
         Command::Serve(a) => serve(&models_dir, db, a),
         Command::Verify(a) => verify(&models_dir, db, a),
         Command::Completions { shell } => {

@@ -261,6 +261,52 @@ fn the_walk_skips_pipes_devices_loops_outside_links_hidden_and_the_store() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 new, 2 unchanged"), "{:?}", out);
 }
 
+/// `imgsearch duplicates`: a half-size and a 90% crop copy of a photo land
+/// in its group; no group holds two different photos.
+#[test]
+#[ignore = "needs the Pascal photos (../shared/datasets or IMGSEARCH_TEST_DATA); CI runs it with --ignored"]
+fn near_duplicates_group_copies_with_their_original_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let originals = copy_images(&photos, &["cat", "dog", "boat", "car"], 5);
+    let mut family = std::collections::HashMap::new();
+    for original in originals.iter().step_by(4) {
+        let img = image::open(original).unwrap().to_rgb8();
+        let (w, h) = img.dimensions();
+        let half = image::imageops::resize(&img, w / 2, h / 2, image::imageops::FilterType::Triangle);
+        let crop = image::imageops::crop_imm(&img, 0, h / 10, w * 9 / 10, h - h / 10).to_image();
+        let stem = original.file_stem().unwrap().to_str().unwrap().to_owned();
+        for (name, copy) in [("half", half), ("crop", crop)] {
+            let path = original.with_file_name(format!("{stem}-{name}.jpg"));
+            copy.save(&path).unwrap();
+            family.insert(path.canonicalize().unwrap(), original.canonicalize().unwrap());
+        }
+    }
+    let db = tmp.path().join("db");
+    let bin = env!("CARGO_BIN_EXE_imgsearch");
+    assert!(Command::new(bin).arg("--db").arg(&db).arg("index").arg(&photos).output().unwrap().status.success());
+    let out = Command::new(bin).arg("--db").arg(&db).args(["duplicates", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups: Vec<Vec<PathBuf>> = answer["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["images"].as_array().unwrap().iter().map(|m| PathBuf::from(m["path"].as_str().unwrap())).collect())
+        .collect();
+    let original_of = |p: &PathBuf| family.get(p).cloned().unwrap_or_else(|| p.clone());
+    // Recall is a measured figure (eval: 0.97 of pairs at the default); here
+    // most copies must find their original, and none may find another photo.
+    let found =
+        family.iter().filter(|(copy, original)| groups.iter().any(|g| g.contains(copy) && g.contains(original)));
+    assert!(found.count() >= family.len() - 2, "copies with their original: {answer}");
+    for g in &groups {
+        let distinct: std::collections::HashSet<PathBuf> = g.iter().map(original_of).collect();
+        assert_eq!(distinct.len(), 1, "a group mixes different photos: {g:?}");
+    }
+    assert!(answer["redundant_bytes"].as_u64().unwrap() > 0);
+}
+
 /// Regression: `bad\xff.png` and `bad\xfe.png` collapsed into one record
 /// (the lossy name of both) and were embedded again on every run; a JPEG
 /// cut short was indexed, grey where it was missing, without a word. Now

@@ -686,6 +686,35 @@ async fn the_cli_and_the_api_answer_every_query_alike() {
     }
 }
 
+/// `GET /api/duplicates`: an identical copy groups with its original, with
+/// the space it takes; a nonsense distance is a 400.
+#[tokio::test]
+async fn duplicates_are_grouped_with_the_space_they_take() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photos = tmp.path().join("photos");
+    let files = crate::index::generated_photos(&photos, 3);
+    std::fs::copy(&files[0], photos.join("copy of photo0.png")).unwrap();
+    let db = tmp.path().join("db");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(&photos).output();
+    assert!(out.unwrap().status.success());
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let get = |uri: &str| send(state.clone(), Request::get(uri).body(Body::empty()).unwrap());
+    let answer = get("/api/duplicates").await.json();
+    let group = answer["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["images"].as_array().unwrap().iter().any(|m| m["file"] == "copy of photo0.png"))
+        .unwrap_or_else(|| panic!("the copy is in no group: {answer}"))
+        .clone();
+    let files_in: Vec<&str> = group["images"].as_array().unwrap().iter().map(|m| m["file"].as_str().unwrap()).collect();
+    assert!(files_in.contains(&"photo0.png"), "{files_in:?}");
+    let size = std::fs::metadata(&files[0]).unwrap().len();
+    assert!(group["redundant_bytes"].as_u64().unwrap() >= size, "{group}");
+    assert!(group["images"][0]["thumbnail"].as_str().unwrap().ends_with("/thumbnail"));
+    assert_eq!(get("/api/duplicates?max_distance=3").await.status, StatusCode::BAD_REQUEST);
+}
+
 /// `serve --private`: reads need the token too (header or the page's
 /// cookie), the probes do not, and `/?token=` trades the token for a
 /// same-site cookie.

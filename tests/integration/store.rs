@@ -341,6 +341,12 @@ fn every_command_runs_on_postgres_with_the_embedded_store_s_answers() {
     assert_eq!(hits[0]["path"].as_str().unwrap(), q);
     same(&["search", "--image", q, "--class", "tabby", "-k", "8", "--json"]);
     same(&["search", "--image", q, "--exact", "-k", "8", "--json"]);
+    // Near-duplicates through each store's own nearest-neighbour search: the same groups.
+    let groups = |db: &str| {
+        let v = json(run(db, &["duplicates", "--max-distance", "0.9", "--json"]));
+        v["groups"].as_array().unwrap().iter().map(|g| g["images"].as_array().unwrap().len()).collect::<Vec<_>>()
+    };
+    assert_eq!(groups(&url), groups(local));
 
     // Before training, text search and tags answer zero-shot on both, alike.
     same(&["search", "--text", "a cat", "-k", "8", "--json"]);

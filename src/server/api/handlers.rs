@@ -277,6 +277,42 @@ pub(super) async fn classes(Query(p): Query<ClassParams>) -> ApiResult<Json<Vec<
     ))
 }
 
+/// Groups of near-duplicate images (re-encoded, resized or cropped copies),
+/// largest first. Keeping one is deleting the others from the index
+/// (`DELETE /api/images/{key}`); files in your folders are never touched.
+#[utoipa::path(get, path = "/api/duplicates", params(DuplicateParams), responses((status = 200, body = DuplicatesOut), (status = 400, body = ErrorOut)))]
+pub(super) async fn duplicates(
+    Shared(state): Shared<AppState>,
+    Query(p): Query<DuplicateParams>,
+) -> ApiResult<Json<DuplicatesOut>> {
+    let max_distance = p.max_distance.unwrap_or(crate::duplicates::DEFAULT_MAX_DISTANCE);
+    if !(0.0..=2.0).contains(&max_distance) {
+        return Err(ApiError::bad_request(format!("max_distance must be between 0 and 2, got {max_distance}")));
+    }
+    blocking(&state, move |st| {
+        st.refresh_store()?;
+        let engine = read(&st.engine);
+        let groups: Vec<DuplicateGroup> = crate::duplicates::groups(engine.store.as_ref(), max_distance)?
+            .iter()
+            .map(|g| DuplicateGroup {
+                redundant_bytes: g.redundant_bytes(),
+                images: g
+                    .members
+                    .iter()
+                    .map(|m| DuplicateOut {
+                        image: image_out(m.image.key, &m.image.label, &m.image.path),
+                        size: m.image.size,
+                        distance: m.distance,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let redundant_bytes = groups.iter().map(|g| g.redundant_bytes).sum();
+        Ok(Json(DuplicatesOut { max_distance, redundant_bytes, groups }))
+    })
+    .await
+}
+
 /// Upload an image into the index (multipart `image`, optional `label`).
 #[utoipa::path(post, path = "/api/images", request_body(content = AddForm, content_type = "multipart/form-data"), responses(
     (status = 201, description = "added", body = ImageOut), (status = 200, description = "the same bytes were there already: that image", body = ImageOut), (status = 400, body = ErrorOut), (status = 401, body = ErrorOut), (status = 413, body = ErrorOut)))]

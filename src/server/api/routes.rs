@@ -15,6 +15,7 @@ use super::*;
         tags_post,
         words,
         classes,
+        duplicates,
         status,
         add_image,
         add_image_by_path,
@@ -40,6 +41,9 @@ use super::*;
         StatusOut,
         ImageOut,
         ImagePage,
+        DuplicatesOut,
+        DuplicateGroup,
+        DuplicateOut,
         AddByPath,
         SearchForm,
         TagForm,
@@ -91,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/tags", get(tags_get).post(tags_post))
         .route("/api/words", get(words))
         .route("/api/classes", get(classes))
+        .route("/api/duplicates", get(duplicates))
         .route("/api/images/{key}", get(image_info))
         .route("/api/images/{key}/thumbnail", get(thumbnail))
         .route("/api/images/{key}/original", get(original))

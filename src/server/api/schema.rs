@@ -146,6 +146,41 @@ pub struct ClassParams {
     pub n: Option<usize>,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DuplicateParams {
+    /// Images within this distance of each other are copies (default: the measured one).
+    pub max_distance: Option<f32>,
+}
+
+/// An image of a group of near-duplicates.
+#[derive(Serialize, ToSchema)]
+pub struct DuplicateOut {
+    #[serde(flatten)]
+    pub image: ImageOut,
+    /// The file's size in bytes.
+    pub size: u64,
+    /// Distance to the nearest other image of the group.
+    pub distance: f32,
+}
+
+/// Images that are copies of one another, the earliest added first.
+#[derive(Serialize, ToSchema)]
+pub struct DuplicateGroup {
+    /// Bytes the copies take beyond the first image.
+    pub redundant_bytes: u64,
+    pub images: Vec<DuplicateOut>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DuplicatesOut {
+    pub max_distance: f32,
+    /// Bytes all copies take beyond each group's first image.
+    pub redundant_bytes: u64,
+    /// Largest first.
+    pub groups: Vec<DuplicateGroup>,
+}
+
 /// Thumbnail sizes (longest side, pixels): 256 for the grid, 512 for HiDPI screens.
 pub(super) const THUMB_SIZES: [u32; 2] = [THUMB_SIZE, 2 * THUMB_SIZE];
 

@@ -336,7 +336,7 @@ pub(super) fn eval_joint(
     data: &LabelledImagesRoot,
     embeddings: &[Option<Vec<f32>>],
 ) -> anyhow::Result<serde_json::Value> {
-    use crate::joint::data::{evaluate, fit};
+    use crate::joint::data::evaluate;
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let options = a.recipe.options();
     let split_file = a.split.clone().or_else(|| beside(&data.root, "split.json"));
@@ -358,8 +358,7 @@ pub(super) fn eval_joint(
         (Some(c), true) => Some(crate::joint::data::caption_targets(c, &train_set.keys, &side)?),
         _ => None,
     };
-    let bar = epoch_bar(options.epochs);
-    let fitted = fit(
+    let fitted = fit_with_bar(
         a.backbone,
         &side,
         &train_set,
@@ -368,12 +367,7 @@ pub(super) fn eval_joint(
         split.source.clone(),
         &options,
         false,
-        |e, loss| {
-            bar.set_position(e as u64);
-            bar.set_message(format!("{loss:.4}"));
-        },
     )?;
-    bar.finish_and_clear();
     let start = std::time::Instant::now();
     let figures = evaluate(&fitted.model, &fitted.targets, &test_set)?;
     let dim = fitted.model.in_dim();

@@ -168,8 +168,39 @@ pub(super) fn epoch_bar(epochs: usize) -> indicatif::ProgressBar {
     bar
 }
 
+/// Trains the joint model (`joint::data::fit`) with an epoch bar showing the loss.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fit_with_bar(
+    backbone: Backbone,
+    side: &crate::joint::data::TextSide<'_>,
+    train_set: &crate::joint::data::Examples,
+    captions: Option<&std::collections::HashMap<String, Vec<f32>>>,
+    test_keys: Vec<String>,
+    split_source: String,
+    options: &TrainOptions,
+    skip_unknown_labels: bool,
+) -> anyhow::Result<crate::joint::data::Fitted> {
+    let bar = epoch_bar(options.epochs);
+    let fitted = crate::joint::data::fit(
+        backbone,
+        side,
+        train_set,
+        captions,
+        test_keys,
+        split_source,
+        options,
+        skip_unknown_labels,
+        |e, loss| {
+            bar.set_position(e as u64);
+            bar.set_message(format!("{loss:.4}"));
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(fitted)
+}
+
 pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> anyhow::Result<()> {
-    use crate::joint::data::{evaluate, fit};
+    use crate::joint::data::evaluate;
     let data = LabelledImagesRoot::read(&a.data)?;
     // Load the word vectors first: a bad --words file fails before any embedding.
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
@@ -213,8 +244,7 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
         )?),
         None => None,
     };
-    let bar = epoch_bar(options.epochs);
-    let fitted = fit(
+    let fitted = fit_with_bar(
         a.backbone,
         &side,
         &train_set,
@@ -223,12 +253,7 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
         split.source.clone(),
         &options,
         a.skip_unknown_labels,
-        |e, loss| {
-            bar.set_position(e as u64);
-            bar.set_message(format!("{loss:.4}"));
-        },
     )?;
-    bar.finish_and_clear();
     let figures = if test_set.is_empty() { None } else { Some(evaluate(&fitted.model, &fitted.targets, &test_set)?) };
     let mut report = serde_json::json!({
         "data": data.root,

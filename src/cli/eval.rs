@@ -240,7 +240,7 @@ pub(super) fn eval_store(
     let mut store = crate::store::open(db, backbone.name(), embedder.model().config().embedding_dim())?;
     index_into(store.as_mut(), embedder, std::slice::from_ref(&data.root))?;
     let hnsw = match store.as_embedded() {
-        Some(e) => update_hnsw(e)?.map(|_| crate::index::HnswIndex::load(e.dir(), Default::default())).transpose()?,
+        Some(e) => e.updated_hnsw(None)?,
         None => None,
     };
     // Exact neighbours within the data set, by path.

@@ -104,37 +104,8 @@ pub(super) fn index(models_dir: &std::path::Path, db: &std::path::Path, a: Index
     Ok(())
 }
 
-/// Keeps the HNSW graph in step with the store once it is large enough:
-/// new rows are inserted into the saved graph (or it is built the first time).
+/// Keeps the HNSW graph in step with the store ([`Store::updated_hnsw`]);
+/// the rows it covers, or `None` below the threshold.
 pub(super) fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
-    use crate::index::{hnsw_min_rows, HnswIndex, HnswParams};
-    let dim = store.dim();
-    let rows = store.vectors().len() / dim;
-    if rows < hnsw_min_rows() {
-        return Ok(None);
-    }
-    let saved = if HnswIndex::exists(store.dir()) {
-        match HnswIndex::load(store.dir(), HnswParams::default()) {
-            Ok(index) => Some(index),
-            // Derived data: rebuilt from the vectors.
-            Err(e) => {
-                eprintln!("{e}: rebuilding it");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let index = match saved {
-        Some(index) if index.len() == rows => return Ok(Some(rows)),
-        Some(mut index) if index.len() < rows => {
-            let covered = index.len();
-            index.insert_rows(store.vectors(), dim, covered);
-            index
-        }
-        _ => HnswIndex::build(store.vectors(), dim, HnswParams::default()),
-    };
-    let _lock = store.write_lock()?;
-    index.save(store.dir())?;
-    Ok(Some(rows))
+    Ok(store.updated_hnsw(None)?.map(|h| h.len()))
 }

@@ -93,16 +93,7 @@ impl Engine {
     /// text side's vectors) up to its rows, after images were added.
     pub(crate) fn catch_up(&mut self) -> crate::Result<()> {
         let Some(store) = self.store.as_embedded() else { return Ok(()) };
-        let dim = store.dim();
-        let rows = store.vectors().len() / dim;
-        if let Some(h) = &mut self.hnsw {
-            if h.len() < rows {
-                let covered = h.len();
-                h.insert_rows(store.vectors(), dim, covered);
-                let _lock = store.write_lock()?;
-                h.save(store.dir())?;
-            }
-        }
+        self.hnsw = store.updated_hnsw(self.hnsw.take())?;
         if let Some(joint) = &mut self.joint {
             joint.update(self.store.as_ref(), None)?;
         }
@@ -171,15 +162,13 @@ impl State {
             Some(pg) => pg.describe().into(),
             None => db.to_path_buf(),
         };
-        let hnsw = match store.as_embedded() {
-            Some(_) if HnswIndex::exists(db) => match HnswIndex::load(db, Default::default()) {
-                Ok(index) => Some(index),
-                Err(e) => {
-                    eprintln!("note: {e}; searching exactly meanwhile");
-                    None
-                }
-            },
-            _ => None,
+        let hnsw = match store.as_embedded().map(|s| s.updated_hnsw(None)) {
+            Some(Ok(index)) => index,
+            Some(Err(e)) => {
+                eprintln!("note: {e}; searching exactly meanwhile");
+                None
+            }
+            None => None,
         };
         let (uploads, thumbs) = match store.as_embedded() {
             Some(_) => (Some(db.join("uploads")), db.join("thumbs")),

@@ -506,6 +506,46 @@ impl Store {
         self.read_only
     }
 
+    /// The store's HNSW graph kept in step with its rows, the one place
+    /// this upkeep is written (`index`, `train`, `eval` and `serve` call it):
+    /// `current` (a graph already in memory) or the saved one, extended
+    /// with the rows added since; built the first time the store reaches
+    /// [`crate::index::hnsw_min_rows`]; saved under the write lock when it
+    /// changed. A damaged saved graph is rebuilt (derived data). `None`
+    /// below the threshold.
+    pub fn updated_hnsw(&self, current: Option<crate::index::HnswIndex>) -> Result<Option<crate::index::HnswIndex>> {
+        use crate::index::{hnsw_min_rows, HnswIndex, HnswParams};
+        let rows = self.vectors().len() / self.dim;
+        if rows < hnsw_min_rows() {
+            return Ok(None);
+        }
+        let saved = match current {
+            Some(index) => Some(index),
+            None if HnswIndex::exists(&self.dir) => match HnswIndex::load(&self.dir, HnswParams::default()) {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    tracing::warn!("{e}: rebuilding it");
+                    None
+                }
+            },
+            None => None,
+        };
+        let index = match saved {
+            Some(index) if index.len() == rows => return Ok(Some(index)),
+            Some(mut index) if index.len() < rows => {
+                let covered = index.len();
+                index.insert_rows(self.vectors(), self.dim, covered);
+                index
+            }
+            _ => HnswIndex::build(self.vectors(), self.dim, HnswParams::default()),
+        };
+        if !self.read_only {
+            let _lock = self.write_lock()?;
+            index.save(&self.dir)?;
+        }
+        Ok(Some(index))
+    }
+
     /// The row count other processes have committed.
     fn committed_rows(&self) -> Result<u64> {
         let value: Option<String> = self

@@ -38,6 +38,9 @@ for (const label of ["cat", "dog", "boat", "car", "bottle"]) {
     fs.copyFileSync(path.join(pascal, label, f), path.join(photos, label, f));
   }
 }
+// One photo twice (another name): the duplicates view finds the pair.
+const firstCat = fs.readdirSync(path.join(photos, "cat")).sort()[0];
+fs.copyFileSync(path.join(photos, "cat", firstCat), path.join(photos, "cat", "copy of " + firstCat));
 const db = process.env.IMGSEARCH_E2E_DB || path.join(work, "db");
 
 let server = null;
@@ -98,12 +101,12 @@ try {
   await page.goto(base + "/");
   await page.waitForFunction(() => document.getElementById("status").textContent.includes("images"));
   const status = await page.textContent("#status");
-  if (!status.includes("50 images") || !status.includes("joint model")) fail("status line: " + status);
+  if (!status.includes("51 images") || !status.includes("joint model")) fail("status line: " + status);
 
   // An empty query browses the collection, newest first.
   await page.waitForSelector(".hit");
   const browsed = await page.locator(".hit").count();
-  if (browsed !== 50) fail("the browse grid shows " + browsed + " of 50 images");
+  if (browsed !== 51) fail("the browse grid shows " + browsed + " of 51 images");
   if (!(await page.textContent("#query")).includes("most recently added")) fail("browse heading: " + (await page.textContent("#query")));
   await page.screenshot({ path: path.join(shots, "browse.png") });
 
@@ -146,7 +149,8 @@ try {
   await page.screenshot({ path: path.join(shots, "upload.png") });
 
   // Click a result -> full size with its tags and path; "More like this" -> images like it (it first).
-  const second = page.locator(".hit").nth(1);
+  // (not the photo that is indexed twice: its copy ties with it at distance 0)
+  const second = page.locator(".hit").filter({ hasNotText: firstCat }).nth(1);
   const key = await second.getAttribute("data-key");
   await second.click();
   await page.waitForSelector("#viewer[open]");
@@ -200,6 +204,21 @@ try {
   await page.waitForSelector("#viewer[open]");
   await page.click("#v-like");
   await page.waitForFunction(() => document.getElementById("error").textContent.includes("Siamese cat"));
+
+  // Duplicates: the copied photo and its original in one group; keeping one removes the other from the index.
+  await page.click("#dups-link");
+  await page.waitForSelector(".group");
+  if (!page.url().includes("view=duplicates")) fail("the URL does not keep the duplicates view: " + page.url());
+  const pair = await page.$$eval(".group", (gs) => gs.map((g) => [...g.querySelectorAll(".hit .file")].map((f) => f.textContent)));
+  const copyGroup = pair.find((g) => g.includes("copy of " + firstCat));
+  if (!copyGroup || !copyGroup.includes(firstCat)) fail("duplicate groups: " + JSON.stringify(pair));
+  await axe(page, "duplicates");
+  await page.screenshot({ path: path.join(shots, "duplicates.png") });
+  await page.locator(".group", { hasText: "copy of " + firstCat }).locator("button.keep").click();
+  await page.waitForFunction((f) => ![...document.querySelectorAll(".group")].some((g) => g.textContent.includes(f)), "copy of " + firstCat);
+  const left = await (await fetch(base + "/api/status")).json();
+  if (left.images !== 50) fail("after keeping one, the index holds " + left.images + " images");
+  if (!fs.existsSync(path.join(photos, "cat", "copy of " + firstCat))) fail("a file on disk was deleted");
 
   // A phone: two columns filling the width, sharp thumbnails, no footer over the results.
   const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 3, isMobile: true, hasTouch: true });

@@ -75,9 +75,7 @@ pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: Sear
     let parts = Parts { image: a.image.is_some(), text: a.text.is_some(), class: a.class.is_some(), space: a.space };
     let space = parts.space()?;
     let store = open_any_index(db, a.backbone)?;
-    if let (true, Some(pg)) = (a.exact, store.as_postgres()) {
-        pg.set_exact(true);
-    }
+    store.set_exact(a.exact);
     // The network is loaded only for a new query file or class weights.
     let embedder = std::cell::OnceCell::new();
     let embedder = || -> anyhow::Result<&Embedder> {

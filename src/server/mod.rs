@@ -158,10 +158,7 @@ impl State {
     pub fn load(db: &Path, embedder: Embedder, words: WordVectors, options: Options) -> crate::Result<Self> {
         let dim = embedder.model().config().embedding_dim();
         let store = crate::store::open(db, options.backbone.name(), dim)?;
-        let name: PathBuf = match store.as_postgres() {
-            Some(pg) => pg.describe().into(),
-            None => db.to_path_buf(),
-        };
+        let name: PathBuf = store.describe().into();
         let hnsw = match store.as_embedded().map(|s| s.updated_hnsw(None)) {
             Some(Ok(index)) => index,
             Some(Err(e)) => {
@@ -170,8 +167,8 @@ impl State {
             }
             None => None,
         };
-        let (uploads, thumbs) = match store.as_embedded() {
-            Some(_) => (Some(db.join("uploads")), db.join("thumbs")),
+        let (uploads, thumbs) = match store.folder() {
+            Some(folder) => (Some(folder.join("uploads")), folder.join("thumbs")),
             None => (None, thumbnail_cache()),
         };
         for dir in uploads.iter().chain([&thumbs]) {

@@ -110,6 +110,10 @@ impl ImageStore for MemoryStore {
         Ok(self.with(|c| c.images.len()))
     }
 
+    fn vector_rows(&self) -> Result<u64> {
+        Ok(self.with(|c| c.rows.len() as u64))
+    }
+
     fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>> {
         // Checked first, so a bad image changes nothing (a batch is atomic).
         let mut units = Vec::with_capacity(images.len());

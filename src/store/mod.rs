@@ -69,6 +69,22 @@ pub trait ImageStore: Send + Sync {
     fn folder(&self) -> Option<&Path> {
         None
     }
+    /// Vector rows the store holds (identical files share one).
+    fn vector_rows(&self) -> Result<u64> {
+        Ok(self.len()? as u64)
+    }
+    /// Whether the store searches through an approximate index of its own
+    /// (a database's HNSW) rather than the graph kept beside a folder store.
+    fn indexes_itself(&self) -> bool {
+        false
+    }
+    /// Makes searches scan every vector instead of the store's own index.
+    fn set_exact(&self, _exact: bool) {}
+    /// An uploaded original's bytes kept in the store (a database keeps
+    /// them; a folder store keeps uploads as files).
+    fn blob(&self, _hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
     /// Whether the store answers now (`/readyz`): a database server may be down.
     fn ping(&self) -> Result<()> {
         Ok(())
@@ -862,6 +878,10 @@ impl ImageStore for Store {
             }
             want *= 4;
         }
+    }
+
+    fn vector_rows(&self) -> Result<u64> {
+        Ok(self.rows())
     }
 
     fn as_embedded(&self) -> Option<&Store> {

@@ -759,6 +759,18 @@ impl ImageStore for PgStore {
         format!("PostgreSQL {}", self.name)
     }
 
+    fn indexes_itself(&self) -> bool {
+        true
+    }
+
+    fn set_exact(&self, exact: bool) {
+        PgStore::set_exact(self, exact)
+    }
+
+    fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        PgStore::blob(self, hash)
+    }
+
     fn dim(&self) -> usize {
         self.dim
     }

@@ -70,6 +70,8 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
     s.add_batch(&[copy]).unwrap();
     assert_eq!(s.by_hash("ha").unwrap().len(), 2);
     assert_eq!(s.len().unwrap(), 4);
+    assert!(s.vector_rows().unwrap() >= 3, "one vector per content at least");
+    assert_eq!(s.blob("ha").unwrap(), None, "no upload was stored");
 
     // Nearest first, by angular distance; the copy ties with its original.
     let hits = s.nearest(&[1.0, 1.0, 0.0], 3).unwrap();

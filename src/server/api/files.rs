@@ -41,7 +41,7 @@ pub(super) fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &s
         None => "not stored".into(),
     };
     let engine = read(&st.engine);
-    if let Some(bytes) = engine.store.as_postgres().map(|pg| pg.blob(&r.hash)).transpose()?.flatten() {
+    if let Some(bytes) = engine.store.blob(&r.hash)? {
         return Ok(bytes);
     }
     Err(ApiError::new(StatusCode::NOT_FOUND, format!("image {}: its file cannot be read ({error}){hint}", r.key)))

@@ -157,7 +157,7 @@ pub(super) async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<R
         let engine = read(&st.engine);
         let images = engine.store.len()?;
         // A database keeps one vector per content; the embedded store counts its rows.
-        let rows = engine.store.as_embedded().map_or(images as u64, |s| s.rows());
+        let rows = engine.store.vector_rows()?;
         Ok(s.metrics.render(images, rows, engine.joint.as_ref().is_some_and(|j| j.space.trained.is_some())))
     })
     .await?;
@@ -179,7 +179,7 @@ pub(super) async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<St
                 .and_then(|j| j.space.trained.as_ref())
                 .map(|(_, m)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
             text_side: engine.joint.as_ref().and_then(|j| j.space.side(None).ok()),
-            hnsw: engine.hnsw.is_some() || engine.store.as_postgres().is_some(),
+            hnsw: engine.hnsw.is_some() || engine.store.indexes_itself(),
         }))
     })
     .await

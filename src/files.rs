@@ -83,6 +83,11 @@ pub fn text_to_path(text: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
+/// The file name of a stored path, for people to read.
+pub fn display_file_name(text: &str) -> String {
+    text_to_path(text).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 /// A stored path for people to read (non-UTF-8 bytes shown as U+FFFD).
 pub fn display_path(text: &str) -> String {
     text_to_path(text).to_string_lossy().into_owned()

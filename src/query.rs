@@ -205,7 +205,7 @@ impl SearchAnswer {
 impl Found {
     /// The file's name (of a stored path).
     pub fn file(&self) -> String {
-        crate::files::text_to_path(&self.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        crate::files::display_file_name(&self.path)
     }
 
     /// The result with its path, as the CLI shows it.
@@ -258,26 +258,13 @@ pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f3
         Some(h) => h,
         None => &exact,
     };
-    // Widen until k results or the end (deleted images leave unused rows).
-    let mut want = k + 8;
-    let results = loop {
-        let hits = match query {
-            Query::Weighted { embedding, weights } => exact.search_weighted(embedding, weights, want),
-            Query::Cnn(q) | Query::Joint(q) => index.search(q, want),
-        };
-        let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
-        let distance: std::collections::HashMap<u64, f32> = hits.iter().map(|h| (h.id as u64, h.distance)).collect();
-        let out: Vec<Found> = store
-            .by_rows(&rows)?
-            .into_iter()
-            .map(|r| Found { rank: 0, key: r.key, path: r.path, label: r.label, distance: distance[&r.row] })
-            .collect();
-        if out.len() >= k || hits.len() < want {
-            break out;
-        }
-        want *= 4;
-    };
-    Ok(ranked(results.into_iter(), k, max_distance))
+    let hits = store.images_for_hits(k, |want| match query {
+        Query::Weighted { embedding, weights } => exact.search_weighted(embedding, weights, want),
+        Query::Cnn(q) | Query::Joint(q) => index.search(q, want),
+    })?;
+    let results =
+        hits.into_iter().map(|(r, distance)| Found { rank: 0, key: r.key, path: r.path, label: r.label, distance });
+    Ok(ranked(results, k, max_distance))
 }
 
 /// A search where the vectors are: in PostgreSQL (pgvector's HNSW indexes

@@ -53,10 +53,7 @@ pub(super) fn duplicates(db: &std::path::Path, a: DuplicatesArgs) -> anyhow::Res
                 .iter()
                 .map(|m| {
                     let path = crate::files::display_path(&m.image.path);
-                    let file = std::path::Path::new(&path)
-                        .file_name()
-                        .map(|f| f.to_string_lossy().into_owned())
-                        .unwrap_or_default();
+                    let file = crate::files::display_file_name(&m.image.path);
                     MemberOut {
                         key: m.image.key,
                         label: m.image.label.clone(),

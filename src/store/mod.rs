@@ -656,6 +656,30 @@ impl Store {
         self.records(&format!("{} WHERE hash = ?1 ORDER BY key", Self::COLUMNS), [hash])
     }
 
+    /// The images behind an index's hits, nearest first, at least `k` when
+    /// there are: `search(want)` is asked for more hits until `k` images
+    /// come back or the index has no more (rows no image uses any more
+    /// give none; identical files share a row and give several).
+    pub fn images_for_hits(
+        &self,
+        k: usize,
+        search: impl Fn(usize) -> Vec<crate::index::Hit>,
+    ) -> Result<Vec<(ImageRecord, f32)>> {
+        let mut want = k + 8;
+        loop {
+            let hits = search(want);
+            let distance: std::collections::HashMap<u64, f32> =
+                hits.iter().map(|h| (h.id as u64, h.distance)).collect();
+            let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
+            let out: Vec<(ImageRecord, f32)> =
+                self.by_rows(&rows)?.into_iter().map(|r| (distance[&r.row], r)).map(|(d, r)| (r, d)).collect();
+            if out.len() >= k || hits.len() < want {
+                return Ok(out);
+            }
+            want *= 4;
+        }
+    }
+
     /// The images using each of `rows` (a row is shared by identical files),
     /// in the order of `rows`; rows no image uses any more are left out.
     pub fn by_rows(&self, rows: &[u64]) -> Result<Vec<ImageRecord>> {
@@ -863,21 +887,9 @@ impl ImageStore for Store {
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
         use crate::index::{ExactIndex, VectorIndex};
         let index = ExactIndex::new(self.vectors(), self.dim);
-        // Widen until k images or the end (deleted images leave unused rows).
-        let mut want = k + 8;
-        loop {
-            let hits = index.search(query, want);
-            let distance: std::collections::HashMap<u64, f32> =
-                hits.iter().map(|h| (h.id as u64, h.distance)).collect();
-            let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
-            let mut out: Vec<(ImageRecord, f32)> =
-                self.by_rows(&rows)?.into_iter().map(|r| (distance[&r.row], r)).map(|(d, r)| (r, d)).collect();
-            if out.len() >= k || hits.len() < want {
-                out.truncate(k);
-                return Ok(out);
-            }
-            want *= 4;
-        }
+        let mut out = self.images_for_hits(k, |want| index.search(query, want))?;
+        out.truncate(k);
+        Ok(out)
     }
 
     fn vector_rows(&self) -> Result<u64> {

@@ -50,10 +50,7 @@ pub(super) fn image_out(key: i64, label: &str, path: &str) -> ImageOut {
     ImageOut {
         key,
         label: label.to_owned(),
-        file: crate::files::text_to_path(path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file: crate::files::display_file_name(path),
         thumbnail: format!("/api/images/{key}/thumbnail"),
         original: format!("/api/images/{key}/original"),
         path: None,

@@ -95,7 +95,8 @@ fn main() {
             .unwrap();
     let words = imgsearch::words::open(&models, None).unwrap();
     let options = imgsearch::server::Options { queue: 256, ..Default::default() };
-    let state = Arc::new(imgsearch::server::State::load(&db, embedder, words, options).unwrap());
+    let library = imgsearch::library::Library::open(options.settings(&db), imgsearch::library::Access::Write).unwrap();
+    let state = Arc::new(imgsearch::server::State::load(library, embedder, words, options).unwrap());
 
     let server_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();

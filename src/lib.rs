@@ -16,6 +16,7 @@ pub mod files;
 pub mod index;
 pub mod indexer;
 pub mod joint;
+pub mod library;
 pub mod models;
 pub mod query;
 pub mod server;

@@ -4,9 +4,7 @@
 
 use serde::Serialize;
 
-use crate::index::{ExactIndex, HnswIndex, VectorIndex};
-use crate::joint::vectors::JointVectors;
-use crate::store::ImageStore;
+use crate::store::{ImageStore, StoreQuery};
 use crate::Result;
 
 /// What to search with.
@@ -223,67 +221,25 @@ impl Found {
     }
 }
 
-/// Where the vectors are.
-pub struct Indexes<'a> {
-    pub store: &'a dyn ImageStore,
-    /// The HNSW graph over the CNN embeddings, when it covers every row.
-    pub hnsw: Option<&'a HnswIndex>,
-    pub joint: Option<&'a JointVectors>,
-    /// The database's id of the joint model the query was made with (trained side).
-    pub joint_model: Option<i64>,
-    /// The database's rows of another text side (zero-shot, fused), by projection fingerprint.
-    pub text_fingerprint: Option<String>,
-}
-
-/// The `k` nearest images to `query`, nearest first, farther than
-/// `max_distance` dropped. Rows no image uses any more are skipped.
-pub fn search(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
-    let Some(store) = ix.store.as_embedded() else {
-        return search_database(ix, query, k, max_distance);
-    };
-    let (vectors, dim) = match query {
-        Query::Joint(_) => {
-            let j = ix.joint.ok_or_else(|| crate::Error::NoModel { db: store.dir().to_path_buf() })?;
-            (j.vectors(), j.dim())
-        }
-        _ => (store.vectors(), store.dim()),
-    };
-    let exact = ExactIndex::new(vectors, dim);
-    let hnsw = match query {
-        Query::Cnn(_) => ix.hnsw.filter(|h| h.len() == vectors.len() / dim),
-        _ => None,
-    };
-    let reranked = hnsw.map(|h| h.over(vectors, dim));
-    let index: &dyn VectorIndex = match &reranked {
-        Some(h) => h,
-        None => &exact,
-    };
-    let hits = store.images_for_hits(k, |want| match query {
-        Query::Weighted { embedding, weights } => exact.search_weighted(embedding, weights, want),
-        Query::Cnn(q) | Query::Joint(q) => index.search(q, want),
-    })?;
-    let results =
-        hits.into_iter().map(|(r, distance)| Found { rank: 0, key: r.key, path: r.path, label: r.label, distance });
-    Ok(ranked(results, k, max_distance))
-}
-
-/// A search where the vectors are: in PostgreSQL (pgvector's HNSW indexes
-/// for the CNN and joint spaces, an exact scan for class weights).
-fn search_database(ix: &Indexes<'_>, query: &Query, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
-    let store = ix.store;
-    let hits = match (query, store.as_postgres()) {
-        (Query::Cnn(q), _) => store.nearest(q, k)?,
-        (Query::Joint(q), Some(pg)) => match (&ix.text_fingerprint, ix.joint_model) {
-            (Some(fingerprint), _) => pg.nearest_text(fingerprint, q, k)?,
-            (None, Some(model)) => pg.nearest_joint(model, q, k)?,
-            (None, None) => return Err(crate::Error::NoModel { db: store.describe().into() }),
-        },
-        (Query::Weighted { embedding, weights }, Some(pg)) => pg.nearest_weighted(embedding, weights, k)?,
-        _ => {
-            return Err(crate::Error::Msg(format!(
-                "class-weighted and joint-space search are not available on {}",
-                store.describe()
-            )))
+/// The `k` nearest images to `assembled`'s query in `store`, nearest
+/// first, farther than `max_distance` dropped. `text` is the text space the
+/// query was assembled with (needed in the joint space). The store searches
+/// where its vectors are: its own index (a folder's HNSW graph once it
+/// covers every row, a database's) or an exact scan.
+pub fn search(
+    store: &dyn ImageStore,
+    text: Option<&crate::joint::TextSpace>,
+    assembled: &Assembled,
+    k: usize,
+    max_distance: Option<f32>,
+) -> Result<Vec<Found>> {
+    let hits = match &assembled.query {
+        Query::Cnn(q) => store.search(&StoreQuery::Cnn(q), k)?,
+        Query::Weighted { embedding, weights } => store.search(&StoreQuery::Weighted { embedding, weights }, k)?,
+        Query::Joint(q) => {
+            let text = text.ok_or_else(|| crate::Error::Msg("the text space is not loaded".into()))?;
+            let projection = text.projection(assembled.side.unwrap_or(text.default_side()))?;
+            store.search(&StoreQuery::Text { side: projection.store_side(), vector: q }, k)?
         }
     };
     let results =

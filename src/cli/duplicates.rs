@@ -36,14 +36,14 @@ pub(super) struct MemberOut {
     distance: f32,
 }
 
-pub(super) fn duplicates(db: &std::path::Path, a: DuplicatesArgs) -> anyhow::Result<()> {
+pub(super) fn duplicates(models_dir: &std::path::Path, db: &std::path::Path, a: DuplicatesArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=2.0).contains(&a.max_distance),
         "--max-distance must be between 0 and 2 (angular distance), got {}",
         a.max_distance
     );
-    let store = open_any_index(db, a.backbone)?;
-    let groups = crate::duplicates::groups(store.as_ref(), a.max_distance)?;
+    let library = open_library(models_dir, db, a.backbone, None, Access::Read)?;
+    let groups = crate::duplicates::groups(library.store(), a.max_distance)?;
     let out: Vec<GroupOut> = groups
         .iter()
         .map(|g| GroupOut {

@@ -56,7 +56,8 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
         Err(e) => failed.push(e.to_string()),
     });
     let seconds = start.elapsed().as_secs_f64();
-    let through_store = if a.store { Some(eval_store(db, a.backbone, &embedder, &data, &embeddings)?) } else { None };
+    let through_store =
+        if a.store { Some(eval_store(models_dir, db, a.backbone, &embedder, &data, &embeddings)?) } else { None };
     // Near-duplicates: copies of every 20th image, grouped at several distances.
     let distances: Vec<f32> = (6..=16).map(|i| i as f32 * 0.05).collect();
     let measured = crate::duplicates::measure(&embedder, paths, &embeddings, 20, &distances)?;
@@ -230,6 +231,7 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
 /// HNSW/exact index) for its 10 nearest other images. Precision@10 by
 /// label, recall@10 against exact search over the data set, latency.
 pub(super) fn eval_store(
+    models_dir: &std::path::Path,
     db: &std::path::Path,
     backbone: Backbone,
     embedder: &Embedder,
@@ -237,12 +239,10 @@ pub(super) fn eval_store(
     embeddings: &[Option<Vec<f32>>],
 ) -> anyhow::Result<serde_json::Value> {
     use crate::index::{ExactIndex, VectorIndex};
-    let mut store = crate::store::open(db, backbone.name(), embedder.model().config().embedding_dim())?;
-    index_into(store.as_mut(), embedder, std::slice::from_ref(&data.root))?;
-    let hnsw = match store.as_embedded() {
-        Some(e) => e.updated_hnsw(None)?,
-        None => None,
-    };
+    let mut library = open_library(models_dir, db, backbone, None, Access::Write)?;
+    index_into(library.store_mut(), embedder, std::slice::from_ref(&data.root))?;
+    library.after_add(None)?;
+    let store = library.store();
     // Exact neighbours within the data set, by path.
     let usable: Vec<usize> = (0..data.paths.len()).filter(|&i| embeddings[i].is_some()).collect();
     let dim = store.dim();
@@ -252,13 +252,6 @@ pub(super) fn eval_store(
     let path_of = |i: usize| data.paths[i].to_string_lossy().into_owned();
     let label_of: std::collections::HashMap<String, &str> =
         usable.iter().map(|&i| (path_of(i), data.items[i].1.as_str())).collect();
-    let indexes = crate::query::Indexes {
-        store: store.as_ref(),
-        hnsw: hnsw.as_ref(),
-        joint: None,
-        joint_model: None,
-        text_fingerprint: None,
-    };
     let (mut precision, mut recall, mut times) = (0.0, 0.0, Vec::with_capacity(usable.len()));
     for (n, &i) in usable.iter().enumerate() {
         let me = path_of(i);
@@ -270,8 +263,9 @@ pub(super) fn eval_store(
             .take(10)
             .collect();
         let query = crate::query::Query::Cnn(embeddings[i].clone().expect("usable"));
+        let assembled = crate::query::Assembled { query, space: crate::query::Space::Cnn, side: None, note: None };
         let start = std::time::Instant::now();
-        let found = crate::query::search(&indexes, &query, 11, None)?;
+        let found = library.search(&assembled, 11, None)?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         let others: Vec<&str> = found.iter().map(|f| f.path.as_str()).filter(|p| *p != me).take(10).collect();
         precision +=

@@ -52,29 +52,15 @@ pub(super) fn check_folders(folders: &[PathBuf]) -> anyhow::Result<()> {
 pub(super) fn index(models_dir: &std::path::Path, db: &std::path::Path, a: IndexArgs) -> anyhow::Result<()> {
     check_folders(&a.folders)?;
     let embedder = load_embedder(models_dir, a.backbone)?;
-    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
-    let report = index_into(store.as_mut(), &embedder, &a.folders)?;
-    // The embedded store keeps its own graph; a database indexes its vectors itself.
-    let (mut hnsw_rows, mut joint_rows) = (None, None);
-    if let Some(store) = store.as_embedded() {
-        hnsw_rows = update_hnsw(store)?;
-    }
+    let mut library = open_library(models_dir, db, a.backbone, None, Access::Write)?;
+    let report = index_into(library.store_mut(), &embedder, &a.folders)?;
     // Every text side's vectors for the new images, so text search starts at once.
-    match text_space(models_dir, store.as_ref(), db, a.backbone, None) {
-        Ok(space) => {
-            for side in space.sides() {
-                let local = space.sync(side, store.as_ref(), None)?;
-                if side == crate::joint::Side::Trained {
-                    joint_rows = match (local, store.as_postgres()) {
-                        (Some(v), _) => Some(v.len()),
-                        (None, Some(pg)) => Some(pg.joint_len()?),
-                        (None, None) => None,
-                    };
-                }
-            }
-        }
-        Err(e) => eprintln!("note: text-search vectors not updated ({e:#}); they are made at the first text search"),
+    if let Err(e) = library.text_space() {
+        eprintln!("note: text-search vectors not updated ({e:#}); they are made at the first text search");
     }
+    // The embedded store keeps its own graph; a database indexes its vectors itself.
+    let upkeep = library.after_add(None)?;
+    let store = library.store();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -90,10 +76,10 @@ pub(super) fn index(models_dir: &std::path::Path, db: &std::path::Path, a: Index
             store.len()?,
             store.describe()
         );
-        if let Some(rows) = hnsw_rows {
+        if let Some(rows) = upkeep.graph_rows {
             println!("HNSW index: {rows} vectors");
         }
-        if let Some(rows) = joint_rows {
+        if let Some(rows) = upkeep.trained_rows {
             println!("joint embeddings: {rows} vectors");
         }
     }
@@ -102,10 +88,4 @@ pub(super) fn index(models_dir: &std::path::Path, db: &std::path::Path, a: Index
         bail!("{} files could not be indexed (listed above as skipped)", report.failed.len());
     }
     Ok(())
-}
-
-/// Keeps the HNSW graph in step with the store ([`Store::updated_hnsw`]);
-/// the rows it covers, or `None` below the threshold.
-pub(super) fn update_hnsw(store: &Store) -> anyhow::Result<Option<usize>> {
-    Ok(store.updated_hnsw(None)?.map(|h| h.len()))
 }

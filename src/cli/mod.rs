@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::backbone::{imagenet_classes, softmax, top_k, Backbone, Embedder, DEFAULT_MAX_PIXELS};
 use crate::joint::{JointModel, OptimizerKind, TrainOptions};
+use crate::library::{Access, Library, Settings};
 use crate::models;
-use crate::store::{ImageStore, Store};
+use crate::store::NewModel;
 
 mod duplicates;
 mod embed;
@@ -127,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Search(a) => search(&models_dir, db, a),
         Command::Train(a) => train(&models_dir, db, a),
         Command::Tag(a) => tag(&models_dir, db, a),
-        Command::Duplicates(a) => duplicates(db, a),
+        Command::Duplicates(a) => duplicates(&models_dir, db, a),
         Command::Serve(a) => serve(&models_dir, db, a),
         Command::Verify(a) => verify(&models_dir, db, a),
         Command::Completions { shell } => {
@@ -148,35 +149,22 @@ pub fn resolve_class(spec: &str) -> anyhow::Result<usize> {
     Ok(crate::backbone::resolve_class(spec)?)
 }
 
-/// Opens the index in `db` for reading; a missing one says how to make it.
-fn open_index(db: &std::path::Path, backbone: Backbone) -> anyhow::Result<Store> {
-    anyhow::ensure!(
-        db.join("meta.sqlite").exists(),
-        "no index at {}: run `imgsearch index <folder>` first (or pass --db)",
-        db.display()
-    );
-    Ok(Store::open_read_only(db, backbone.name(), backbone.config().embedding_dim())?)
-}
-
-/// Opens the index `db` names, a folder or a PostgreSQL database, for reading.
-fn open_any_index(db: &std::path::Path, backbone: Backbone) -> anyhow::Result<Box<dyn crate::store::ImageStore>> {
-    if crate::store::is_database(db) {
-        return Ok(crate::store::open(db, backbone.name(), backbone.config().embedding_dim())?);
-    }
-    Ok(Box::new(open_index(db, backbone)?))
-}
-
-/// The text space of `store` (in folder `db` or in its database): the
-/// zero-shot side always, the current joint model when one was trained
-/// (refused if trained on another backbone).
-fn text_space(
+/// Opens the library in `db` (a folder or a PostgreSQL database): for
+/// reading, a missing folder says how to make it.
+fn open_library(
     models_dir: &std::path::Path,
-    store: &dyn crate::store::ImageStore,
     db: &std::path::Path,
     backbone: Backbone,
     words: Option<&std::path::Path>,
-) -> anyhow::Result<crate::joint::TextSpace> {
-    Ok(crate::joint::TextSpace::of_store(models_dir, store, db, backbone, words)?)
+    access: Access,
+) -> anyhow::Result<Library> {
+    let settings = Settings {
+        db: db.to_path_buf(),
+        models: models_dir.to_path_buf(),
+        backbone,
+        words_file: words.map(|w| w.to_path_buf()),
+    };
+    Ok(Library::open(settings, access)?)
 }
 
 /// The encoder for `choice`: word vectors (`words`) or the sentence encoder (loaded here).

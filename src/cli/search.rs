@@ -43,29 +43,6 @@ pub struct SearchArgs {
     pub json: bool,
 }
 
-/// The raw CNN embedding of `spec`: an indexed key, an indexed file (by
-/// path or content), or a new file embedded with `embed`.
-pub(super) fn image_embedding(
-    store: &dyn crate::store::ImageStore,
-    spec: &str,
-    embed: impl FnOnce(&std::path::Path) -> anyhow::Result<Vec<f32>>,
-) -> anyhow::Result<Vec<f32>> {
-    if let Some(r) = spec.parse::<i64>().ok().map(|k| store.by_key(k)).transpose()?.flatten() {
-        return Ok(store.embedding(&r)?);
-    }
-    let path = PathBuf::from(spec);
-    anyhow::ensure!(path.exists(), "{spec}: no such file, and not an indexed key");
-    let canonical = crate::files::path_to_text(&path.canonicalize()?);
-    let known = match store.by_path(&canonical)? {
-        Some(r) => Some(r),
-        None => store.by_hash(&crate::indexer::content_hash(&path)?)?.into_iter().next(),
-    };
-    match known {
-        Some(r) => Ok(store.embedding(&r)?),
-        None => embed(&path),
-    }
-}
-
 pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
     use crate::query::{Parts, SearchAnswer, Space};
     anyhow::ensure!(a.k >= 1, "-k must be at least 1 (how many results to show)");
@@ -74,8 +51,8 @@ pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: Sear
     }
     let parts = Parts { image: a.image.is_some(), text: a.text.is_some(), class: a.class.is_some(), space: a.space };
     let space = parts.space()?;
-    let store = open_any_index(db, a.backbone)?;
-    store.set_exact(a.exact);
+    let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Read)?;
+    library.store().set_exact(a.exact);
     // The network is loaded only for a new query file or class weights.
     let embedder = std::cell::OnceCell::new();
     let embedder = || -> anyhow::Result<&Embedder> {
@@ -86,46 +63,21 @@ pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: Sear
     };
     let embed_new =
         |path: &std::path::Path| -> anyhow::Result<Vec<f32>> { Ok(embedder()?.embed_file(path)?.embedding) };
-    let image = a.image.as_deref().map(|spec| image_embedding(store.as_ref(), spec, embed_new)).transpose()?;
+    let image = a.image.as_deref().map(|spec| library.image_embedding(spec, embed_new)).transpose()?;
     let class_weights = match &a.class {
         Some(spec) => Some(embedder()?.model().class_weights().get(resolve_class(spec)?)?.to_vec1::<f32>()?),
         None => None,
     };
     let text_space = match space {
-        Space::Joint => Some(text_space(models_dir, store.as_ref(), db, a.backbone, a.vectors.as_deref())?),
+        Space::Joint => Some(library.text_space()?),
         Space::Cnn => None,
     };
     let assembled =
-        crate::query::assemble(space, image, a.text.as_deref(), class_weights, a.text_side, text_space.as_ref())?;
+        crate::query::assemble(space, image, a.text.as_deref(), class_weights, a.text_side, text_space.as_deref())?;
     if let Some(note) = &assembled.note {
         eprintln!("note: {note}");
     }
-    let (mut joint_vectors, mut joint_model, mut text_fingerprint) = (None, None, None);
-    if let (Some(ts), Some(side)) = (&text_space, assembled.side) {
-        (joint_model, text_fingerprint) = ts.database_target(side)?;
-        // Every image gets its vector on this side first (new ones only: a few ms).
-        joint_vectors = ts.sync(side, store.as_ref(), None)?;
-    }
-    let hnsw = match (store.as_embedded(), &assembled.query) {
-        (Some(e), crate::query::Query::Cnn(_)) if !a.exact && crate::index::HnswIndex::exists(e.dir()) => {
-            match crate::index::HnswIndex::load(e.dir(), crate::index::HnswParams::default()) {
-                Ok(index) => Some(index),
-                Err(err) => {
-                    eprintln!("note: {err}; searching exactly meanwhile");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
-    let indexes = crate::query::Indexes {
-        store: store.as_ref(),
-        hnsw: hnsw.as_ref(),
-        joint: joint_vectors.as_ref(),
-        joint_model,
-        text_fingerprint,
-    };
-    let found = crate::query::search(&indexes, &assembled.query, a.k, a.max_distance)?;
+    let found = library.search(&assembled, a.k, a.max_distance)?;
     let answer = SearchAnswer::new(&assembled, found, crate::query::Found::hit_with_path);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -57,21 +57,17 @@ pub(super) fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: Serve
     pins.push(models::backbone_pin(a.backbone));
     models::fetch(models_dir, &pins, &mut |line| eprintln!("{line}"))?;
     let embedder = load_embedder(models_dir, a.backbone)?;
-    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
+    let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Write)?;
     if !a.folders.is_empty() {
-        let r = index_into(store.as_mut(), &embedder, &a.folders)?;
+        let r = index_into(library.store_mut(), &embedder, &a.folders)?;
         eprintln!(
             "indexed {} new, {} unchanged, {} failed ({} images)",
             r.embedded,
             r.unchanged,
             r.failed.len(),
-            store.len()?
+            library.store().len()?
         );
-        if let Some(embedded) = store.as_embedded() {
-            update_hnsw(embedded)?;
-        }
     }
-    drop(store);
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let options = crate::server::Options {
         roots: a.folders.clone(),
@@ -91,7 +87,7 @@ pub(super) fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: Serve
             Some(a.allow_hosts.clone())
         },
     };
-    let state = crate::server::State::load(db, embedder, words, options)?;
+    let state = crate::server::State::load(library, embedder, words, options)?;
     // The tag vocabulary is made once (seconds) before the first request waits for it.
     state.warm_up()?;
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(crate::server::serve(a.addr, state))

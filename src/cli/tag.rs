@@ -27,12 +27,11 @@ pub struct TagArgs {
 }
 
 pub(super) fn tag(models_dir: &std::path::Path, db: &std::path::Path, a: TagArgs) -> anyhow::Result<()> {
-    let store = open_any_index(db, a.backbone)?;
-    let space = text_space(models_dir, store.as_ref(), db, a.backbone, a.vectors.as_deref())?;
+    let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Read)?;
+    let space = library.text_space()?;
     let side = space.side(a.text_side)?;
-    let embedding = image_embedding(store.as_ref(), &a.image, |path| {
-        Ok(load_embedder(models_dir, a.backbone)?.embed_file(path)?.embedding)
-    })?;
+    let embedding = library
+        .image_embedding(&a.image, |path| Ok(load_embedder(models_dir, a.backbone)?.embed_file(path)?.embedding))?;
     let tags = space.tags(side, &embedding, a.k)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&tags)?);

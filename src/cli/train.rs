@@ -205,12 +205,11 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
     // Load the word vectors first: a bad --words file fails before any embedding.
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let embedder = load_embedder(models_dir, a.backbone)?;
-    let mut store = crate::store::open(db, a.backbone.name(), embedder.model().config().embedding_dim())?;
-    let indexed = index_into(store.as_mut(), &embedder, std::slice::from_ref(&data.root))?;
+    let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Write)?;
+    let indexed = index_into(library.store_mut(), &embedder, std::slice::from_ref(&data.root))?;
     drop(embedder);
-    if let Some(embedded) = store.as_embedded() {
-        update_hnsw(embedded)?;
-    }
+    library.after_add(None)?;
+    let store = library.store();
     let options = a.recipe.options();
     let split = read_split(a.split.as_deref(), &data.items, options.seed)?;
     let embeddings: Vec<Option<Vec<f32>>> = data
@@ -275,27 +274,11 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
         "test": figures,
     });
     // Saved where the store is: the model folder, or the database (every replica's).
-    let (joint_vectors, saved_in) = match store.as_postgres() {
-        Some(pg) => {
-            let info = serde_json::to_string_pretty(&fitted.info)?;
-            let weights = JointModel::weights_bytes(&fitted.tensors)?;
-            let model = &fitted.model;
-            let text = serde_json::to_string_pretty(&report)?;
-            let (id, rows) = pg.save_model(&info, &weights, &text, model.out_dim(), &|x| model.project(x))?;
-            (rows, format!("{} (model {id})", pg.describe()))
-        }
-        None => {
-            let dir = crate::joint::model_dir(db);
-            JointModel::save(&dir, &fitted.info, &fitted.tensors)?;
-            let embedded = store.as_embedded().expect("a store is a folder or a database");
-            let path = crate::joint::vectors::JointVectors::path(embedded.dir());
-            let joint = crate::joint::vectors::JointVectors::update(embedded, &fitted.model, &path)?;
-            report["joint_vectors"] = joint.len().into();
-            report["model"] = serde_json::json!(dir);
-            crate::files::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-            (joint.len(), dir.display().to_string())
-        }
-    };
+    let info = serde_json::to_string_pretty(&fitted.info)?;
+    let weights = JointModel::weights_bytes(&fitted.tensors)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    let saved = library.save_model(&NewModel { info: &info, weights: &weights, report: &text }, &fitted.model)?;
+    let (joint_vectors, saved_in) = (saved.rows, saved.location);
     report["joint_vectors"] = joint_vectors.into();
     report["model"] = saved_in.clone().into();
     if a.json {

@@ -15,49 +15,12 @@ pub(super) fn verify(models_dir: &std::path::Path, db: &std::path::Path, a: Veri
         "verify checks a folder store; PostgreSQL checks its own pages (its data checksums, amcheck)"
     );
     // Opening checks SQLite's integrity, the vector file's header and length, and the row counts.
-    let store = open_index(db, a.backbone)?;
-    let crate::store::VerifyReport { checked, unchecked, damaged } = store.verify()?;
-    let mut problems: Vec<String> = damaged
-        .iter()
-        .map(|(first, rows)| {
-            format!("{}: rows {first}..{} do not match their checksum", db.join("vectors.f32").display(), first + rows)
-        })
-        .collect();
-    println!(
-        "vectors: {checked} rows checked, {} damaged, {unchecked} written before checksums (not checked)",
-        damaged.len()
-    );
-    if crate::index::HnswIndex::exists(db) {
-        match crate::index::HnswIndex::load(db, Default::default()) {
-            Ok(h) => println!("HNSW graph: {} vectors, checksums match", h.len()),
-            Err(e) => problems.push(e.to_string()),
-        }
+    let mut library = open_library(models_dir, db, a.backbone, None, Access::Read)?;
+    let checked = library.verify()?;
+    for line in &checked.sound {
+        println!("{line}");
     }
-    if crate::joint::exists(db) {
-        match JointModel::load(db) {
-            Ok(_) => println!("joint model: checksum matches"),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    // Each text side's image vectors are derived: checked by recomputing them.
-    match text_space(models_dir, &store, db, a.backbone, None) {
-        Ok(space) => {
-            for side in space.sides() {
-                let path = crate::joint::vectors::JointVectors::path_for(db, side);
-                match crate::joint::vectors::JointVectors::damaged_rows(&store, &space.projection(side)?, &path)? {
-                    None => {}
-                    Some(rows) if rows.is_empty() => println!("{side} text vectors: {} rows recomputed, all match", store.rows()),
-                    Some(rows) => problems.push(format!(
-                        "{}: {} rows differ from a fresh projection (first: row {}); delete the file and it is recomputed",
-                        path.display(),
-                        rows.len(),
-                        rows[0]
-                    )),
-                }
-            }
-        }
-        Err(e) => println!("text vectors: not checked ({e})"),
-    }
+    let problems = checked.damaged;
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("damaged: {p}");

@@ -6,7 +6,6 @@
 //! - [`JointModel`]: a trained head, saved as `model.safetensors` plus
 //!   `model.json` (what it was trained with) in `<db>/joint/`, loaded with
 //!   batch norm folded into the linear layers for inference.
-//! - [`vectors`]: every indexed image's joint embedding, kept beside the store.
 //! - [`data`]: labels to word targets, and train/test splits.
 //! - [`zeroshot`]: the text side with no training (ConSE over the ImageNet
 //!   classifier); [`space`]: the side a search or tag uses (zero-shot,
@@ -15,13 +14,11 @@
 pub mod data;
 pub mod space;
 pub mod train;
-pub mod vectors;
 pub mod zeroshot;
 
 pub use space::{Side, TextSpace};
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -31,17 +28,9 @@ pub use train::{train, EpochLoss, HeadTensors, OptimizerKind, TrainOptions, Trai
 use crate::text::EncoderId;
 use crate::{Error, Result};
 
-/// Raw CNN embeddings into a text space: the trained head, the zero-shot
-/// side, or their fusion. Derived vectors record the fingerprint of the
-/// projection that made them.
-pub trait Projection {
-    fn in_dim(&self) -> usize;
-    fn out_dim(&self) -> usize;
-    /// Identifies the projection (weights and settings).
-    fn fingerprint(&self) -> [u8; 16];
-    /// `[n, in_dim]` raw embeddings (row-major, not unit length) to `[n, out_dim]`.
-    fn project(&self, embeddings: &[f32]) -> Result<Vec<f32>>;
-}
+/// Raw CNN embeddings into a text space (the trained head, the zero-shot
+/// side, their fusion): what a store keeps text-side vectors with.
+pub use crate::store::Projection;
 
 impl Projection for JointModel {
     fn in_dim(&self) -> usize {
@@ -94,31 +83,6 @@ pub struct JointModel {
     fingerprint: [u8; 16],
 }
 
-/// The model directory inside a store directory.
-pub fn model_dir(db: &Path) -> PathBuf {
-    db.join("joint")
-}
-
-fn weights_path(dir: &Path) -> PathBuf {
-    dir.join("model.safetensors")
-}
-
-fn info_path(dir: &Path) -> PathBuf {
-    dir.join("model.json")
-}
-
-/// Whether a model has been trained for the store in `db`.
-pub fn exists(db: &Path) -> bool {
-    weights_path(&model_dir(db)).exists() && info_path(&model_dir(db)).exists()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(bytes))
-}
-
-pub(crate) use crate::files::write_atomic;
-
 impl JointModel {
     /// Folds the trained tensors into the inference form.
     pub fn from_tensors(info: ModelInfo, t: &HeadTensors) -> Result<Self> {
@@ -168,19 +132,6 @@ impl JointModel {
         })
     }
 
-    /// Saves the trained tensors and `model.json` into `dir` (each file replaced atomically).
-    pub fn save(dir: &Path, info: &ModelInfo, tensors: &HeadTensors) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let tmp = dir.join("model.safetensors.tmp");
-        candle_core::safetensors::save(tensors, &tmp)?;
-        // The checksum first: a crash between the two leaves a mismatch that says "retrain".
-        let sum = sha256_hex(&std::fs::read(&tmp).map_err(|e| Error::io(&tmp, e))?);
-        write_atomic(&dir.join("model.sha256"), sum.as_bytes())?;
-        std::fs::rename(&tmp, weights_path(dir)).map_err(|e| Error::io(weights_path(dir), e))?;
-        let json = serde_json::to_vec_pretty(info).map_err(|e| Error::Msg(e.to_string()))?;
-        write_atomic(&info_path(dir), &json)
-    }
-
     /// The safetensors bytes of trained tensors (what a database keeps as
     /// `model.safetensors`).
     pub fn weights_bytes(tensors: &HeadTensors) -> Result<Vec<u8>> {
@@ -196,51 +147,20 @@ impl JointModel {
         bytes
     }
 
-    /// A model from its `model.json` text and safetensors bytes (as a database keeps them).
-    pub fn from_stored(info: &str, weights: &[u8], source: &str) -> Result<Self> {
-        let info: ModelInfo = serde_json::from_str(info)
-            .map_err(|e| Error::Store { path: source.into(), reason: format!("bad model description: {e}") })?;
-        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
-        Self::from_tensors(info, &tensors)
-    }
-
-    /// The current model of `store` (its folder `db`, or its database) with
-    /// the database's model id (0 for a folder); `None` when none was trained.
-    pub fn load_current(store: &dyn crate::store::ImageStore, db: &Path) -> Result<Option<(i64, Self)>> {
-        match store.as_postgres() {
-            Some(pg) => match pg.model()? {
-                Some(m) => Ok(Some((m.id, Self::from_stored(&m.info, &m.weights, &store.describe())?))),
-                None => Ok(None),
-            },
-            None if exists(db) => Ok(Some((0, Self::load(db)?))),
+    /// The current model of `store` with the store's id for it; `None`
+    /// when none was trained.
+    pub fn load_current(store: &dyn crate::store::ImageStore) -> Result<Option<(i64, Self)>> {
+        match store.model()? {
+            Some(m) => Ok(Some((m.id, Self::from_stored(&m.info, &m.weights, &store.describe())?))),
             None => Ok(None),
         }
     }
 
-    /// Loads the model of the store in `db`; no model says how to train one.
-    pub fn load(db: &Path) -> Result<Self> {
-        let dir = model_dir(db);
-        if !exists(db) {
-            return Err(Error::NoModel { db: db.to_path_buf() });
-        }
-        let info_file = info_path(&dir);
-        let text = std::fs::read_to_string(&info_file).map_err(|e| Error::io(&info_file, e))?;
-        let info: ModelInfo = serde_json::from_str(&text)
-            .map_err(|e| Error::Store { path: info_file.clone(), reason: format!("bad model description: {e}") })?;
-        let weights = weights_path(&dir);
-        let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
-        // Models saved before checksums have no `model.sha256`.
-        if let Ok(want) = std::fs::read_to_string(dir.join("model.sha256")) {
-            if want.trim() != sha256_hex(&bytes) {
-                return Err(Error::Store {
-                    path: weights,
-                    reason: "does not match its checksum (model.sha256): the model is damaged; \
-                             retrain with `imgsearch train`"
-                        .into(),
-                });
-            }
-        }
-        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+    /// A model from its `model.json` text and safetensors bytes (as a store keeps them).
+    pub fn from_stored(info: &str, weights: &[u8], source: &str) -> Result<Self> {
+        let info: ModelInfo = serde_json::from_str(info)
+            .map_err(|e| Error::Store { path: source.into(), reason: format!("bad model description: {e}") })?;
+        let tensors: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(weights, &Device::Cpu)?;
         Self::from_tensors(info, &tensors)
     }
 

@@ -86,17 +86,16 @@ impl TextSpace {
         Ok(Self { encoder, zero_shot, trained })
     }
 
-    /// The text space of `store` (its folder `db`, or its database): the
-    /// current joint model if one was trained (refused if trained on
-    /// another backbone), for the CLI and the service alike.
+    /// The text space of `store`: its current joint model if one was
+    /// trained (refused if trained on another backbone), for the CLI and
+    /// the service alike.
     pub fn of_store(
         models: &Path,
         store: &dyn crate::store::ImageStore,
-        db: &Path,
         backbone: crate::backbone::Backbone,
         words_file: Option<&Path>,
     ) -> Result<Self> {
-        let trained = JointModel::load_current(store, db)?;
+        let trained = JointModel::load_current(store)?;
         if let Some((_, model)) = &trained {
             model.check_compatible(backbone.name(), &model.info.words.clone())?;
         }
@@ -129,44 +128,11 @@ impl TextSpace {
         Side::ALL.into_iter().filter(|&s| self.side(Some(s)).is_ok()).collect()
     }
 
-    /// Brings `side`'s image vectors on `store` up to date (every image, or
-    /// only `hashes` on a database): the embedded store's file beside it
-    /// (returned, mapped), or the database's rows.
-    pub fn sync(
-        &self,
-        side: Side,
-        store: &dyn crate::store::ImageStore,
-        hashes: Option<&[String]>,
-    ) -> Result<Option<super::vectors::JointVectors>> {
-        use super::vectors::JointVectors;
+    /// Brings `side`'s image vectors on `store` up to date (every image,
+    /// or only `hashes` where the store can tell); returns the rows added.
+    pub fn sync(&self, side: Side, store: &dyn crate::store::ImageStore, hashes: Option<&[String]>) -> Result<usize> {
         let projection = self.projection(side)?;
-        if let Some(local) = store.as_embedded() {
-            let path = JointVectors::path_for(local.dir(), side);
-            return Ok(Some(JointVectors::update(local, &projection, &path)?));
-        }
-        if let Some(pg) = store.as_postgres() {
-            let out_dim = projection.out_dim();
-            match (side, &self.trained) {
-                (Side::Trained, Some((id, model))) => {
-                    pg.sync_joint(*id, out_dim, hashes, &|x| model.project(x))?;
-                }
-                _ => {
-                    pg.sync_text(side.name(), &hex(&projection.fingerprint()), out_dim, hashes, &|x| {
-                        projection.project(x)
-                    })?;
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// Where a database searches `side`: the trained model's rows (by model
-    /// id) or a projection's rows (by fingerprint).
-    pub fn database_target(&self, side: Side) -> Result<(Option<i64>, Option<String>)> {
-        Ok(match side {
-            Side::Trained => (self.model_id(), None),
-            _ => (None, Some(hex(&self.projection(side)?.fingerprint()))),
-        })
+        store.sync_text_side(&projection.store_side(), hashes)
     }
 
     /// The model id searches in the database use for `side`.
@@ -202,14 +168,18 @@ impl SideProjection<'_> {
         self.side
     }
 
+    /// The side as a store keeps it: its name, the model it belongs to, this projection.
+    pub fn store_side(&self) -> crate::store::TextSide<'_> {
+        let model_id = match self.side {
+            Side::Trained => self.space.model_id(),
+            _ => None,
+        };
+        crate::store::TextSide { name: self.side.name(), model_id, projection: self }
+    }
+
     fn trained(&self) -> &JointModel {
         &self.space.trained.as_ref().expect("checked by TextSpace::side").1
     }
-}
-
-/// Lower-case hex of a fingerprint.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Each row of `v` (`dim` wide) scaled to unit length, in place (zero stays zero).

@@ -14,7 +14,7 @@
 mod api;
 mod metrics;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::StatusCode;
@@ -23,10 +23,8 @@ use axum::response::{IntoResponse, Response};
 pub use api::{app, ApiDoc};
 
 use crate::backbone::Embedder;
-use crate::index::HnswIndex;
-use crate::joint::vectors::JointVectors;
-use crate::joint::{Side, TextSpace};
-use crate::store::ImageStore;
+use crate::joint::TextSpace;
+use crate::library::Library;
 use crate::words::WordVectors;
 use crate::Error;
 
@@ -60,6 +58,18 @@ pub struct Options {
     pub private: bool,
 }
 
+impl Options {
+    /// The library settings these options describe, for the store `db`.
+    pub fn settings(&self, db: &std::path::Path) -> crate::library::Settings {
+        crate::library::Settings {
+            db: db.to_path_buf(),
+            models: self.models.clone(),
+            backbone: self.backbone,
+            words_file: self.words_file.clone(),
+        }
+    }
+}
+
 /// The names of this machine a loopback server answers to.
 pub const LOOPBACK_HOSTS: [&str; 4] = ["localhost", "127.0.0.1", "[::1]", "::1"];
 
@@ -80,67 +90,15 @@ impl Default for Options {
     }
 }
 
-/// The index and what is derived from it; changes under the lock.
-pub(crate) struct Engine {
-    pub store: Box<dyn ImageStore>,
-    /// The local HNSW graph (embedded store; a database indexes itself).
-    pub hnsw: Option<HnswIndex>,
-    pub joint: Option<Joint>,
-}
-
-impl Engine {
-    /// Brings what is derived from an embedded store (the HNSW graph, each
-    /// text side's vectors) up to its rows, after images were added.
-    pub(crate) fn catch_up(&mut self) -> crate::Result<()> {
-        let Some(store) = self.store.as_embedded() else { return Ok(()) };
-        self.hnsw = store.updated_hnsw(self.hnsw.take())?;
-        if let Some(joint) = &mut self.joint {
-            joint.update(self.store.as_ref(), None)?;
-        }
-        Ok(())
-    }
-}
-
-/// The text space in use: zero-shot always, the joint model once trained.
-pub(crate) struct Joint {
-    /// The database's model id (0 for a folder's model), `None` untrained.
-    pub model_id: Option<i64>,
-    pub space: Arc<TextSpace>,
-    /// Each available side's image vectors (embedded store; a database
-    /// keeps the trained side's itself).
-    pub vectors: Vec<(Side, JointVectors)>,
-}
-
-impl Joint {
-    pub fn vectors(&self, side: Side) -> Option<&JointVectors> {
-        self.vectors.iter().find(|(s, _)| *s == side).map(|(_, v)| v)
-    }
-
-    /// Brings every side's vectors up to date with the store (after images
-    /// were added: all of them, or only `hashes` on a database).
-    pub fn update(&mut self, store: &dyn ImageStore, hashes: Option<&[String]>) -> crate::Result<()> {
-        let mut vectors = Vec::new();
-        for side in self.space.sides() {
-            if let Some(v) = self.space.sync(side, store, hashes)? {
-                vectors.push((side, v));
-            }
-        }
-        self.vectors = vectors;
-        Ok(())
-    }
-}
-
 /// Everything a request may use.
 pub struct State {
     /// Searches share it; adds, deletions and a model reload take it alone.
-    pub(crate) engine: RwLock<Engine>,
+    pub(crate) engine: RwLock<Library>,
     pub(crate) embedder: Mutex<Embedder>,
     /// Word vectors for `/api/words`.
     pub(crate) words: WordVectors,
     /// The text space (queries and tags), once loaded.
     pub(crate) text: Mutex<Option<Arc<TextSpace>>>,
-    /// The store's name for messages: its folder, or the database (no password).
-    pub(crate) db: PathBuf,
     /// Where uploads are written (embedded store; a database keeps their bytes).
     pub(crate) uploads: Option<PathBuf>,
     pub(crate) thumbs: PathBuf,
@@ -151,24 +109,17 @@ pub struct State {
 }
 
 impl State {
-    /// Loads the store `db` names (a folder or a `postgres://` URL) and the
-    /// models. A folder keeps uploads in `<db>/uploads` and thumbnails in
+    /// Serves `library` (a folder or a database) with these models. A
+    /// folder keeps uploads in `<db>/uploads` and thumbnails in
     /// `<db>/thumbs`; a database keeps uploads itself, and thumbnails are
     /// cached in the user's cache folder.
-    pub fn load(db: &Path, embedder: Embedder, words: WordVectors, options: Options) -> crate::Result<Self> {
-        let dim = embedder.model().config().embedding_dim();
-        let store = crate::store::open(db, options.backbone.name(), dim)?;
-        let name: PathBuf = store.describe().into();
-        let hnsw = match store.as_embedded().map(|s| s.updated_hnsw(None)) {
-            Some(Ok(index)) => index,
-            Some(Err(e)) => {
-                eprintln!("note: {e}; searching exactly meanwhile");
-                None
-            }
-            None => None,
-        };
-        let (uploads, thumbs) = match store.folder() {
-            Some(folder) => (Some(folder.join("uploads")), folder.join("thumbs")),
+    pub fn load(library: Library, embedder: Embedder, words: WordVectors, options: Options) -> crate::Result<Self> {
+        if let Err(e) = library.store().upkeep() {
+            eprintln!("note: {e}; searching exactly meanwhile");
+        }
+        let (uploads, thumbs) = match library.store().folder() {
+            Some(folder) if !library.store().keeps_uploads() => (Some(folder.join("uploads")), folder.join("thumbs")),
+            Some(folder) => (None, folder.join("thumbs")),
             None => (None, thumbnail_cache()),
         };
         for dir in uploads.iter().chain([&thumbs]) {
@@ -179,11 +130,10 @@ impl State {
             roots.push(uploads.canonicalize().map_err(|e| Error::io(uploads, e))?);
         }
         let state = Self {
-            engine: RwLock::new(Engine { store, hnsw, joint: None }),
+            engine: RwLock::new(library),
             embedder: Mutex::new(embedder),
             words,
             text: Mutex::new(None),
-            db: name,
             uploads,
             thumbs,
             roots,
@@ -196,37 +146,21 @@ impl State {
     }
 
     /// Loads the text space with the store's current joint model when it
-    /// is not the one in use (at start, and on a database after another
-    /// process trained one), with its sides' image vectors.
+    /// is not the one in use (at start, and after another process trained
+    /// one), with its sides' image vectors.
     pub(crate) fn refresh_model(&self) -> crate::Result<()> {
-        let db = self.db.as_path();
-        let in_use = |engine: &Engine| -> crate::Result<bool> {
-            let current = match engine.store.as_postgres() {
-                Some(pg) => pg.model_id()?,
-                None => crate::joint::exists(db).then_some(0),
-            };
-            Ok(engine.joint.as_ref().map(|j| j.model_id) == Some(current))
-        };
-        if in_use(&self.engine.read().unwrap_or_else(|e| e.into_inner()))? {
+        if self.engine.read().unwrap_or_else(|e| e.into_inner()).text_space_is_current()? {
             return Ok(());
         }
-        let mut engine = self.engine.write().unwrap_or_else(|e| e.into_inner());
+        let mut library = self.engine.write().unwrap_or_else(|e| e.into_inner());
         // Another request may have loaded it while this one waited.
-        if in_use(&engine)? {
+        if library.text_space_is_current()? {
             return Ok(());
         }
-        let space = Arc::new(TextSpace::of_store(
-            &self.options.models,
-            engine.store.as_ref(),
-            db,
-            self.options.backbone,
-            self.options.words_file.as_deref(),
-        )?);
+        let space = library.text_space()?;
         // Every side's vectors, including images another process added
         // while the model was being trained.
-        let mut joint = Joint { model_id: space.model_id(), space: space.clone(), vectors: Vec::new() };
-        joint.update(engine.store.as_ref(), None)?;
-        engine.joint = Some(joint);
+        library.after_add(None)?;
         *self.text.lock().unwrap_or_else(|e| e.into_inner()) = Some(space);
         Ok(())
     }
@@ -234,13 +168,10 @@ impl State {
     /// Picks up images another process (`index`, `train`, another `serve`)
     /// committed to the store since this one last looked.
     pub(crate) fn refresh_store(&self) -> crate::Result<()> {
-        if !self.engine.read().unwrap_or_else(|e| e.into_inner()).store.is_stale()? {
+        if !self.engine.read().unwrap_or_else(|e| e.into_inner()).store().is_stale()? {
             return Ok(());
         }
-        let mut engine = self.engine.write().unwrap_or_else(|e| e.into_inner());
-        if engine.store.refresh()? {
-            engine.catch_up()?;
-        }
+        self.engine.write().unwrap_or_else(|e| e.into_inner()).refresh()?;
         Ok(())
     }
 

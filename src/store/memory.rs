@@ -9,7 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{ImageRecord, ImageStore, NewImage, NewVector};
+use std::collections::HashMap;
+
+use super::{
+    ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery, StoredModel, TextSide,
+};
 use crate::{Error, Result};
 
 /// Where an in-memory store lives; clones are the same place.
@@ -23,7 +27,16 @@ struct Contents {
     /// Unit vectors, one per row; rows are never reused.
     rows: Vec<Vec<f32>>,
     next_key: i64,
+    /// Each text side's vectors by content hash, with the projection's fingerprint.
+    text: HashMap<String, SideVectors>,
+    /// Trained models, oldest first (the last is current).
+    models: Vec<StoredModel>,
+    /// Uploaded originals by content hash.
+    blobs: HashMap<String, Vec<u8>>,
 }
+
+/// One text side's vectors: the projection's fingerprint, and a vector per content hash.
+type SideVectors = ([u8; 16], HashMap<String, Vec<f32>>);
 
 /// A store held in memory.
 pub struct MemoryStore {
@@ -54,6 +67,9 @@ impl MemoryStore {
                     images: BTreeMap::new(),
                     rows: Vec::new(),
                     next_key: 1,
+                    text: HashMap::new(),
+                    models: Vec::new(),
+                    blobs: HashMap::new(),
                 })
             }
         }
@@ -167,23 +183,107 @@ impl ImageStore for MemoryStore {
         Ok(())
     }
 
-    fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
-        let q = crate::vector::unit(query);
+    fn search(&self, query: &StoreQuery<'_>, want: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        // A plain scan: every image's vector in the query's space against it.
+        let (q, weights, text) = match query {
+            StoreQuery::Cnn(q) => (crate::vector::unit(q), None, None),
+            StoreQuery::Weighted { embedding, weights } => {
+                let qw: Vec<f32> = embedding.iter().zip(*weights).map(|(a, w)| a * w).collect();
+                (crate::vector::unit(&qw), Some(*weights), None)
+            }
+            StoreQuery::Text { side, vector } => {
+                self.sync_text_side(side, None)?;
+                (crate::vector::unit(vector), None, Some(side.name))
+            }
+        };
         if crate::vector::norm(&q) == 0.0 {
             return Ok(Vec::new());
         }
         Ok(self.with(|c| {
+            let vector_of = |r: &ImageRecord| -> Vec<f32> {
+                match (weights, text) {
+                    (Some(w), _) => crate::vector::unit(
+                        &c.rows[r.row as usize].iter().zip(w).map(|(a, w)| a * w).collect::<Vec<_>>(),
+                    ),
+                    (_, Some(side)) => c.text[side].1[&r.hash].clone(),
+                    _ => c.rows[r.row as usize].clone(),
+                }
+            };
             let mut hits: Vec<(ImageRecord, f32)> = c
                 .images
                 .values()
                 .map(|r| {
-                    let cos: f32 = c.rows[r.row as usize].iter().zip(&q).map(|(a, b)| a * b).sum();
+                    let cos: f32 = vector_of(r).iter().zip(&q).map(|(a, b)| a * b).sum();
                     (r.clone(), crate::vector::distance(cos))
                 })
                 .collect();
             hits.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.key.cmp(&b.0.key)));
-            hits.truncate(k);
+            hits.truncate(want);
             hits
         }))
+    }
+
+    fn sync_text_side(&self, side: &TextSide<'_>, _hashes: Option<&[String]>) -> Result<usize> {
+        let fingerprint = side.projection.fingerprint();
+        // The contents without a vector on this side (all, after the projection changed).
+        let missing: Vec<(String, Vec<f32>)> = self.with(|c| {
+            let current = c.text.get(side.name).filter(|(f, _)| *f == fingerprint);
+            let mut seen = std::collections::HashSet::new();
+            c.images
+                .values()
+                .filter(|r| current.is_none_or(|(_, v)| !v.contains_key(&r.hash)) && seen.insert(r.hash.clone()))
+                .map(|r| (r.hash.clone(), c.rows[r.row as usize].iter().map(|v| v * r.norm).collect()))
+                .collect()
+        });
+        let raw: Vec<f32> = missing.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let projected = if missing.is_empty() { Vec::new() } else { side.projection.project(&raw)? };
+        let out_dim = side.projection.out_dim();
+        self.with(|c| {
+            let entry = c.text.entry(side.name.to_owned()).or_insert_with(|| (fingerprint, Default::default()));
+            if entry.0 != fingerprint {
+                *entry = (fingerprint, Default::default());
+            }
+            for ((hash, _), v) in missing.iter().zip(projected.chunks_exact(out_dim.max(1))) {
+                entry.1.insert(hash.clone(), crate::vector::unit(v));
+            }
+        });
+        Ok(missing.len())
+    }
+
+    fn text_side_len(&self, side: &TextSide<'_>) -> Result<usize> {
+        self.sync_text_side(side, None)?;
+        Ok(self.with(|c| c.images.values().filter(|r| c.text[side.name].1.contains_key(&r.hash)).count()))
+    }
+
+    fn model_id(&self) -> Result<Option<i64>> {
+        Ok(self.with(|c| c.models.last().map(|m| m.id)))
+    }
+
+    fn model(&self) -> Result<Option<StoredModel>> {
+        Ok(self.with(|c| c.models.last().cloned()))
+    }
+
+    fn save_model(&self, model: &NewModel<'_>, projection: &dyn Projection) -> Result<SavedModel> {
+        let id = self.with(|c| {
+            let id = c.models.len() as i64 + 1;
+            c.models.push(StoredModel { id, info: model.info.to_owned(), weights: model.weights.to_vec() });
+            id
+        });
+        let rows = self.text_side_len(&TextSide { name: "trained", model_id: Some(id), projection })?;
+        Ok(SavedModel { id, rows, location: format!("memory (model {id})") })
+    }
+
+    fn add_upload(&mut self, image: &NewImage, bytes: &[u8]) -> Result<i64> {
+        let key = self.add_batch(std::slice::from_ref(image))?[0];
+        self.with(|c| c.blobs.insert(image.hash.clone(), bytes.to_vec()));
+        Ok(key)
+    }
+
+    fn keeps_uploads(&self) -> bool {
+        true
+    }
+
+    fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.with(|c| c.blobs.get(hash).cloned()))
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API against `app()` (no socket; needs models): every endpoint,
 //! its errors, uploads, auth, and paths that must not escape the index.
 
+use imgsearch::library::{Access, Library};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -52,7 +53,8 @@ pub(crate) fn state_for(db: &Path, roots: Vec<PathBuf>, max_upload: usize) -> Ar
         backbone: imgsearch::backbone::Backbone::Lite0,
         ..Default::default()
     };
-    Arc::new(State::load(db, lite0(), words, options).unwrap())
+    let library = Library::open(options.settings(db), Access::Write).unwrap();
+    Arc::new(State::load(library, lite0(), words, options).unwrap())
 }
 
 fn shared_state() -> Arc<State> {
@@ -724,7 +726,8 @@ async fn a_private_server_needs_the_token_for_reads_and_the_page_keeps_it_in_a_c
     let words = imgsearch::words::open(&imgsearch::models::models_dir(None), None).unwrap();
     let options =
         Options { roots: vec![g.photos.clone()], token: Some(TOKEN.into()), private: true, ..Default::default() };
-    let state = Arc::new(State::load(&g.db, lite0(), words, options).unwrap());
+    let library = Library::open(options.settings(&g.db), Access::Write).unwrap();
+    let state = Arc::new(State::load(library, lite0(), words, options).unwrap());
     let get = |uri: &str, headers: &[(&str, &str)]| {
         let mut req = Request::get(uri);
         for (k, v) in headers {

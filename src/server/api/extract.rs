@@ -27,12 +27,12 @@ pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The engine for reading: searches run side by side.
-pub(super) fn read(engine: &std::sync::RwLock<Engine>) -> std::sync::RwLockReadGuard<'_, Engine> {
+pub(super) fn read(engine: &std::sync::RwLock<Library>) -> std::sync::RwLockReadGuard<'_, Library> {
     engine.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The engine for changing: adds and deletions run alone.
-pub(super) fn write(engine: &std::sync::RwLock<Engine>) -> std::sync::RwLockWriteGuard<'_, Engine> {
+pub(super) fn write(engine: &std::sync::RwLock<Library>) -> std::sync::RwLockWriteGuard<'_, Library> {
     engine.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -98,12 +98,12 @@ pub(super) fn embed_upload(state: &State, bytes: &[u8], name: &str) -> ApiResult
     Ok(lock(&state.embedder).embed_bytes(bytes, &shown)?.embedding)
 }
 
-pub(super) fn stored_embedding(engine: &Engine, key: i64) -> ApiResult<Vec<f32>> {
+pub(super) fn stored_embedding(engine: &Library, key: i64) -> ApiResult<Vec<f32>> {
     let r = engine
-        .store
+        .store()
         .by_key(key)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
-    Ok(engine.store.embedding(&r)?)
+    Ok(engine.store().embedding(&r)?)
 }
 
 pub(super) fn text_side(requested: Option<&str>) -> ApiResult<Option<Side>> {

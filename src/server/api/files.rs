@@ -41,7 +41,7 @@ pub(super) fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &s
         None => "not stored".into(),
     };
     let engine = read(&st.engine);
-    if let Some(bytes) = engine.store.blob(&r.hash)? {
+    if let Some(bytes) = engine.store().blob(&r.hash)? {
         return Ok(bytes);
     }
     Err(ApiError::new(StatusCode::NOT_FOUND, format!("image {}: its file cannot be read ({error}){hint}", r.key)))
@@ -81,7 +81,7 @@ pub(super) fn unchanged(tag: String, cache: &'static str) -> Response {
 /// (an upload's always are).
 pub(super) fn record(st: &State, key: i64) -> ApiResult<(crate::store::ImageRecord, bool)> {
     let r = read(&st.engine)
-        .store
+        .store()
         .by_key(key)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
     let current = r.path.starts_with(DB_UPLOADS) || check_indexed_file(st, &r).is_ok();

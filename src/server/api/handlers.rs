@@ -3,14 +3,16 @@
 use super::*;
 
 /// The loaded text space (zero-shot at least).
-pub(super) fn space_of(engine: &Engine) -> ApiResult<&crate::server::Joint> {
-    engine.joint.as_ref().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the text space is not loaded"))
+pub(super) fn space_of(engine: &Library) -> ApiResult<std::sync::Arc<crate::joint::TextSpace>> {
+    engine
+        .loaded_text_space()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the text space is not loaded"))
 }
 
-pub(super) fn tags_of(engine: &Engine, raw: &[f32], k: usize, side: Option<Side>) -> ApiResult<Tags> {
-    let joint = space_of(engine)?;
-    let side = joint.space.side(side)?;
-    Ok(joint.space.tags(side, raw, k)?)
+pub(super) fn tags_of(engine: &Library, raw: &[f32], k: usize, side: Option<Side>) -> ApiResult<Tags> {
+    let space = space_of(engine)?;
+    let side = space.side(side)?;
+    Ok(space.tags(side, raw, k)?)
 }
 
 pub(super) fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>, String)>) -> ApiResult<SearchAnswer> {
@@ -69,20 +71,8 @@ pub(super) fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>
         (None, None) => None,
     };
     let joint = if space == Space::Joint { Some(space_of(&engine)?) } else { None };
-    let assembled =
-        query::assemble(space, image.clone(), text, class_weights, requested_side, joint.map(|j| &*j.space))?;
-    let (joint_model, text_fingerprint) = match (joint, assembled.side) {
-        (Some(j), Some(side)) => j.space.database_target(side)?,
-        _ => (None, None),
-    };
-    let indexes = query::Indexes {
-        store: engine.store.as_ref(),
-        hnsw: engine.hnsw.as_ref(),
-        joint: joint.zip(assembled.side).and_then(|(j, s)| j.vectors(s)),
-        joint_model,
-        text_fingerprint,
-    };
-    let found = query::search(&indexes, &assembled.query, k, p.max_distance)?;
+    let assembled = query::assemble(space, image.clone(), text, class_weights, requested_side, joint.as_deref())?;
+    let found = engine.search(&assembled, k, p.max_distance)?;
     let mut answer = SearchAnswer::new(&assembled, found, |f| {
         let o = image_out(f.key, &f.label, &f.path);
         Hit {
@@ -103,16 +93,11 @@ pub(super) fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>
     Ok(answer)
 }
 
-/// After an image is added: extend the HNSW graph and the joint vectors
-/// (embedded store), or give its content a joint embedding (database).
-pub(super) fn refresh(engine: &mut Engine, hash: &str) -> crate::Result<()> {
-    if engine.store.as_postgres().is_some() {
-        if let Some(joint) = &mut engine.joint {
-            joint.update(engine.store.as_ref(), Some(&[hash.to_owned()]))?;
-        }
-        return Ok(());
-    }
-    engine.catch_up()
+/// After an image is added: the store's graph extended, and its content
+/// given its vector on every text side.
+pub(super) fn refresh(engine: &mut Library, hash: &str) -> crate::Result<()> {
+    engine.after_add(Some(&[hash.to_owned()]))?;
+    Ok(())
 }
 
 /// Keeps a label to one safe folder name.
@@ -143,7 +128,7 @@ pub(super) async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready", body = String), (status = 503, body = ErrorOut)))]
 pub(super) async fn readyz(Shared(state): Shared<AppState>) -> ApiResult<&'static str> {
     blocking(&state, |st| {
-        read(&st.engine).store.ping()?;
+        read(&st.engine).store().ping()?;
         Ok("ready")
     })
     .await
@@ -155,10 +140,10 @@ pub(super) async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<R
     let s = state.clone();
     let text = blocking(&state, move |st| {
         let engine = read(&st.engine);
-        let images = engine.store.len()?;
+        let images = engine.store().len()?;
         // A database keeps one vector per content; the embedded store counts its rows.
-        let rows = engine.store.vector_rows()?;
-        Ok(s.metrics.render(images, rows, engine.joint.as_ref().is_some_and(|j| j.space.trained.is_some())))
+        let rows = engine.store().vector_rows()?;
+        Ok(s.metrics.render(images, rows, engine.loaded_text_space().is_some_and(|t| t.trained.is_some())))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
@@ -169,17 +154,17 @@ pub(super) async fn metrics_text(Shared(state): Shared<AppState>) -> ApiResult<R
 pub(super) async fn status(Shared(state): Shared<AppState>) -> ApiResult<Json<StatusOut>> {
     blocking(&state, |st| {
         let engine = read(&st.engine);
+        let text = engine.loaded_text_space();
         Ok(Json(StatusOut {
-            images: engine.store.len()?,
+            images: engine.store().len()?,
             backbone: st.options.backbone.name().to_owned(),
             words: crate::text::EncoderId::of(&st.words).to_string(),
-            joint_labels: engine
-                .joint
+            joint_labels: text
                 .as_ref()
-                .and_then(|j| j.space.trained.as_ref())
+                .and_then(|t| t.trained.as_ref())
                 .map(|(_, m)| m.info.labels.iter().map(|(l, _)| l.clone()).collect()),
-            text_side: engine.joint.as_ref().and_then(|j| j.space.side(None).ok()),
-            hnsw: engine.hnsw.is_some() || engine.store.indexes_itself(),
+            text_side: text.as_ref().and_then(|t| t.side(None).ok()),
+            hnsw: engine.store().searches_a_graph(),
         }))
     })
     .await
@@ -292,7 +277,7 @@ pub(super) async fn duplicates(
     blocking(&state, move |st| {
         st.refresh_store()?;
         let engine = read(&st.engine);
-        let groups: Vec<DuplicateGroup> = crate::duplicates::groups(engine.store.as_ref(), max_distance)?
+        let groups: Vec<DuplicateGroup> = crate::duplicates::groups(engine.store(), max_distance)?
             .iter()
             .map(|g| DuplicateGroup {
                 redundant_bytes: g.redundant_bytes(),
@@ -330,13 +315,13 @@ pub(super) async fn add_image(Shared(state): Shared<AppState>, multipart: Multip
         // The same bytes again: the same image (and key), 200; a new label is recorded on an upload.
         {
             let mut engine = write(&st.engine);
-            if let Some(known) = engine.store.by_hash(&hash)?.into_iter().next() {
+            if let Some(known) = engine.store().by_hash(&hash)?.into_iter().next() {
                 let mut r = known;
                 let uploaded = r.path.starts_with(DB_UPLOADS)
                     || st.uploads.as_ref().is_some_and(|u| crate::files::text_to_path(&r.path).starts_with(u));
                 if let (true, Some(new_label)) = (uploaded, &given_label) {
                     if new_label != &r.label {
-                        engine.store.update_location(r.key, &r.path, r.size, r.mtime, new_label)?;
+                        engine.store_mut().update_location(r.key, &r.path, r.size, r.mtime, new_label)?;
                         r.label = new_label.clone();
                     }
                 }
@@ -358,10 +343,10 @@ pub(super) async fn add_image(Shared(state): Shared<AppState>, multipart: Multip
                 if !path.exists() {
                     crate::files::write_atomic(&path, &bytes)?;
                 }
-                crate::indexer::add_file(engine.store.as_mut(), &path, |_| Ok(embedding))?
+                crate::indexer::add_file(engine.store_mut(), &path, |_| Ok(embedding))?
             }
             None => add_to_database(
-                engine.store.as_ref(),
+                engine.store_mut(),
                 &format!("{DB_UPLOADS}{label}/{file}"),
                 &hash,
                 &label,
@@ -414,9 +399,8 @@ pub(super) async fn add_image_by_path(
         }
         st.refresh_model()?;
         let mut engine = write(&st.engine);
-        let r = crate::indexer::add_file(engine.store.as_mut(), &path, |p| {
-            Ok(lock(&st.embedder).embed_file(p)?.embedding)
-        })?;
+        let r =
+            crate::indexer::add_file(engine.store_mut(), &path, |p| Ok(lock(&st.embedder).embed_file(p)?.embedding))?;
         refresh(&mut engine, &r.hash)?;
         Ok((StatusCode::CREATED, Json(image_out(r.key, &r.label, &r.path))))
     })
@@ -432,7 +416,7 @@ pub(super) async fn image_info(
     blocking(&state, move |st| {
         let engine = read(&st.engine);
         let r = engine
-            .store
+            .store()
             .by_key(key)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         let uploaded = r.path.starts_with(DB_UPLOADS);
@@ -455,12 +439,12 @@ pub(super) async fn list_images(
     }
     blocking(&state, move |st| {
         let engine = read(&st.engine);
-        let mut records = engine.store.recent(p.cursor, limit + 1)?;
+        let mut records = engine.store().recent(p.cursor, limit + 1)?;
         let more = records.len() > limit;
         records.truncate(limit);
         let next_cursor = if more { records.last().map(|r| r.key) } else { None };
         let images = records.iter().map(|r| image_out(r.key, &r.label, &r.path)).collect();
-        Ok(Json(ImagePage { images, next_cursor, total: engine.store.len()? }))
+        Ok(Json(ImagePage { images, next_cursor, total: engine.store().len()? }))
     })
     .await
 }
@@ -471,11 +455,11 @@ pub(super) async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): 
     blocking(&state, move |st| {
         let mut engine = write(&st.engine);
         let r = engine
-            .store
+            .store()
             .by_key(key)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         // A database drops an upload's bytes with its last image.
-        engine.store.delete(&[key])?;
+        engine.store_mut().delete(&[key])?;
         if let Some(uploads) = &st.uploads {
             let uploads = uploads.canonicalize().unwrap_or_else(|_| uploads.clone());
             let path = crate::files::text_to_path(&r.path);
@@ -491,10 +475,10 @@ pub(super) async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): 
 /// Where uploads kept in a database are said to be (their paths are names, not files).
 pub(super) const DB_UPLOADS: &str = "db:uploads/";
 
-/// Adds an upload to a database store with its bytes; the same content
+/// Adds an upload to a store that keeps uploads (a database) with its bytes; the same content
 /// under the same label is the same image.
 pub(super) fn add_to_database(
-    store: &dyn crate::store::ImageStore,
+    store: &mut dyn crate::store::ImageStore,
     path: &str,
     hash: &str,
     label: &str,
@@ -502,9 +486,6 @@ pub(super) fn add_to_database(
     embedding: Vec<f32>,
 ) -> crate::Result<crate::store::ImageRecord> {
     use crate::store::{NewImage, NewVector};
-    let pg = store.as_postgres().ok_or_else(|| {
-        crate::Error::Msg(format!("{}: this store keeps uploads as files, not in a database", store.describe()))
-    })?;
     if let Some(r) = store.by_path(path)? {
         return Ok(r);
     }
@@ -522,6 +503,6 @@ pub(super) fn add_to_database(
         label: label.to_owned(),
         vector,
     };
-    pg.add_upload(&image, bytes)?;
+    store.add_upload(&image, bytes)?;
     store.by_path(path)?.ok_or_else(|| crate::Error::Msg(format!("{path}: not found after adding")))
 }

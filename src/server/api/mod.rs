@@ -13,8 +13,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::{ApiError, Engine, State};
+use super::{ApiError, State};
 use crate::joint::space::{Side, TagClass, TagWord, Tags};
+use crate::library::Library;
 use crate::query::{self, Hit, SearchAnswer, Space};
 
 mod extract;

@@ -1,5 +1,6 @@
-//! Every indexed image's joint-space embedding, in `<db>/joint/vectors.f32`,
-//! row for row with the store's `vectors.f32`.
+//! A folder store's text-side vectors: every indexed image's vector on one
+//! text side, in `<db>/joint/<side>.f32` (the trained side's is
+//! `vectors.f32`), row for row with the store's `vectors.f32`.
 //!
 //! Derived data: computed from the stored CNN embeddings (a few
 //! milliseconds per thousand images), never from the images. The header
@@ -15,8 +16,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{Projection, Side};
-use crate::store::Store;
+use super::{Projection, Store};
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"IMGSJNT1";
@@ -24,12 +24,14 @@ const HEADER: usize = 64;
 /// Rows projected per batch (bounds memory on large stores).
 const BATCH: usize = 4096;
 
-/// The joint embeddings of a store, unit length: memory-mapped from their
-/// file, or (for a store opened read-only) computed in memory.
-pub struct JointVectors {
+/// One text side's vectors of a store, unit length: memory-mapped from
+/// their file, or (for a store opened read-only) computed in memory.
+pub struct TextVectors {
     rows_data: Rows,
     dim: usize,
     rows: usize,
+    /// The projection that made them.
+    fingerprint: [u8; 16],
 }
 
 enum Rows {
@@ -37,23 +39,7 @@ enum Rows {
     Owned(Vec<f32>),
 }
 
-impl JointVectors {
-    /// Where the trained side's vectors are.
-    pub fn path(db: &Path) -> PathBuf {
-        Self::path_for(db, Side::Trained)
-    }
-
-    /// Where `side`'s vectors are: one file per side, so switching sides
-    /// recomputes nothing.
-    pub fn path_for(db: &Path, side: Side) -> PathBuf {
-        let name = match side {
-            Side::Trained => "vectors.f32",
-            Side::ZeroShot => "zero-shot.f32",
-            Side::Fused => "fused.f32",
-        };
-        super::model_dir(db).join(name)
-    }
-
+impl TextVectors {
     /// Brings the vectors at `path` up to date with `model` (a projection)
     /// and maps them: rows made by another projection are recomputed,
     /// missing rows added.
@@ -65,7 +51,12 @@ impl JointVectors {
             // A reader never writes: the rows are projected in memory
             // (milliseconds per thousand images).
             let vectors = project_rows(store, model, 0, store.rows(), &store.row_norms(0)?)?;
-            return Ok(Self { rows_data: Rows::Owned(vectors), dim: model.out_dim(), rows: store.rows() as usize });
+            return Ok(Self {
+                rows_data: Rows::Owned(vectors),
+                dim: model.out_dim(),
+                rows: store.rows() as usize,
+                fingerprint: model.fingerprint(),
+            });
         }
         // Derived files are written by one process at a time too.
         let _lock = store.write_lock()?;
@@ -88,7 +79,7 @@ impl JointVectors {
         if covered < store.rows() {
             append(store, model, &path, covered)?;
         }
-        Self::map(store, dim, path)
+        Self::map(store, dim, path, model.fingerprint())
     }
 
     /// Checks the file at `path` by recomputing it (it is derived data):
@@ -111,13 +102,13 @@ impl JointVectors {
     fn map_current(store: &Store, model: &dyn Projection, path: &Path) -> Result<Option<Self>> {
         match read_header(path) {
             Some(h) if h.dim == model.out_dim() && h.fingerprint == model.fingerprint() && h.rows >= store.rows() => {
-                Self::map(store, h.dim, path.to_path_buf()).map(Some)
+                Self::map(store, h.dim, path.to_path_buf(), h.fingerprint).map(Some)
             }
             _ => Ok(None),
         }
     }
 
-    fn map(store: &Store, dim: usize, path: PathBuf) -> Result<Self> {
+    fn map(store: &Store, dim: usize, path: PathBuf, fingerprint: [u8; 16]) -> Result<Self> {
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: only `update` writes this file, appending past the mapped length.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
@@ -125,14 +116,19 @@ impl JointVectors {
         if mmap.len() < HEADER + rows * dim * 4 {
             return Err(Error::Store {
                 path,
-                reason: "joint vectors shorter than their header says; delete the file to recompute it".into(),
+                reason: "text-side vectors shorter than their header says; delete the file to recompute it".into(),
             });
         }
-        Ok(Self { rows_data: Rows::Mapped(mmap), dim, rows })
+        Ok(Self { rows_data: Rows::Mapped(mmap), dim, rows, fingerprint })
     }
 
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// The fingerprint of the projection that made them.
+    pub fn fingerprint(&self) -> [u8; 16] {
+        self.fingerprint
     }
 
     pub fn len(&self) -> usize {

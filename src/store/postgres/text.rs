@@ -1,0 +1,424 @@
+//! What a database keeps besides images: trained models, each content's
+//! vectors on the text sides (the trained model's in `joint`, the zero-shot
+//! and fused sides' in `text_vectors`, each with a partial HNSW index), and
+//! the bytes of uploads.
+
+use pgvector::Vector;
+
+use super::{record_at, unit_vector, PgStore, DEFAULT_EF_SEARCH};
+use crate::store::{ImageRecord, NewImage, StoredModel};
+use crate::{Error, Result};
+
+/// Projects raw CNN embeddings (`[n, dim]`, row-major) into the joint space.
+pub type Project<'a> = &'a dyn Fn(&[f32]) -> Result<Vec<f32>>;
+
+/// Rows read and projected per round trip when filling joint embeddings.
+const JOINT_BATCH: i64 = 1024;
+
+impl PgStore {
+    /// The id of the current (newest) joint model, if one was trained.
+    pub fn model_id(&self) -> Result<Option<i64>> {
+        Ok(self.retry(|c| c.query_one("SELECT MAX(id) FROM models", &[]))?.get(0))
+    }
+
+    /// The current joint model.
+    pub fn model(&self) -> Result<Option<StoredModel>> {
+        let row = self.retry(|c| c.query_opt("SELECT id, info, weights FROM models ORDER BY id DESC LIMIT 1", &[]))?;
+        Ok(row.map(|r| StoredModel { id: r.get(0), info: r.get(1), weights: r.get(2) }))
+    }
+
+    /// The training report of the current model (JSON).
+    pub fn model_report(&self) -> Result<Option<String>> {
+        let row = self.retry(|c| c.query_opt("SELECT report FROM models ORDER BY id DESC LIMIT 1", &[]))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Makes a trained model the current one for every process on this
+    /// database. One transaction writes the model row, every stored
+    /// content's joint embedding (`project`, `out_dim` wide) and their
+    /// partial HNSW index; searches meanwhile go on with the previous model
+    /// (they read other rows and another index). When it commits, every
+    /// process sees the new model; then the previous models' rows and
+    /// indexes are dropped. Returns the model id and the rows projected.
+    pub fn save_model(
+        &self,
+        info: &str,
+        weights: &[u8],
+        report: &str,
+        out_dim: usize,
+        project: Project<'_>,
+    ) -> Result<(i64, usize)> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
+        let run = |tx: &mut postgres::Transaction| -> std::result::Result<(i64, usize), Error> {
+            let pg = |e: postgres::Error| self.pg_err(e);
+            // One trainer at a time.
+            tx.execute("SELECT pg_advisory_xact_lock(7355609)", &[]).map_err(pg)?;
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO models(info, weights, report) VALUES ($1, $2, $3) RETURNING id",
+                    &[&info, &weights, &report],
+                )
+                .map_err(pg)?
+                .get(0);
+            let select = tx.prepare("SELECT hash, embedding, norm FROM vectors").map_err(pg)?;
+            let portal = tx.bind(&select, &[]).map_err(pg)?;
+            let insert = tx.prepare("INSERT INTO joint(model, hash, embedding) VALUES ($1, $2, $3)").map_err(pg)?;
+            let mut total = 0;
+            loop {
+                let rows = tx.query_portal(&portal, JOINT_BATCH as i32).map_err(pg)?;
+                if rows.is_empty() {
+                    break;
+                }
+                let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
+                for (hash, v) in hashes.iter().zip(projected) {
+                    tx.execute(&insert, &[&id, hash, &v]).map_err(pg)?;
+                }
+                total += rows.len();
+            }
+            // Built after the load: faster than maintaining it row by row.
+            tx.batch_execute(&format!(
+                "CREATE INDEX joint_hnsw_{id} ON joint USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops) WHERE model = {id}"
+            ))
+            .map_err(pg)?;
+            Ok((id, total))
+        };
+        let (id, total) = run(&mut tx)?;
+        tx.commit().map_err(|e| self.pg_err(e))?;
+        // The previous models' joint rows and indexes are no longer read.
+        self.retry(|c| {
+            let old: Vec<i64> =
+                c.query("SELECT id FROM models WHERE id < $1", &[&id])?.iter().map(|r| r.get(0)).collect();
+            for m in old {
+                c.batch_execute(&format!("DROP INDEX IF EXISTS joint_hnsw_{m}"))?;
+            }
+            c.execute("DELETE FROM joint WHERE model < $1", &[&id])?;
+            // Fresh statistics, or the planner guesses a handful of rows
+            // for the new model and sorts them all instead of using its index.
+            c.batch_execute("ANALYZE joint")
+        })?;
+        Ok((id, total))
+    }
+
+    /// The hashes of `rows` (`hash, embedding, norm`) and their joint
+    /// embeddings, unit length (a zero projection stays zero).
+    pub(super) fn project_rows(
+        &self,
+        rows: &[postgres::Row],
+        out_dim: usize,
+        project: Project<'_>,
+    ) -> Result<(Vec<String>, Vec<Vector>)> {
+        let mut raw = Vec::with_capacity(rows.len() * self.dim);
+        let mut hashes = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (v, norm): (Vector, f32) = (r.get(1), r.get(2));
+            raw.extend(v.as_slice().iter().map(|x| x * norm));
+            hashes.push(r.get::<_, String>(0));
+        }
+        let out = project(&raw)?;
+        if out.len() != rows.len() * out_dim {
+            return Err(self.err(format!(
+                "the joint model gave {} values for {} rows of {out_dim}",
+                out.len(),
+                rows.len()
+            )));
+        }
+        Ok((hashes, out.chunks_exact(out_dim).map(|v| Vector::from(crate::vector::unit(v))).collect()))
+    }
+
+    /// Gives stored contents without a joint embedding one under model
+    /// `model_id` (all of them, or only `hashes`). Rows are written only
+    /// while `model_id` is still the current model, so a process that
+    /// missed a retrain cannot mix spaces. Idempotent. Returns rows added.
+    pub fn sync_joint(
+        &self,
+        model_id: i64,
+        out_dim: usize,
+        hashes: Option<&[String]>,
+        project: Project<'_>,
+    ) -> Result<usize> {
+        let mut added = 0;
+        loop {
+            if self.model_id()? != Some(model_id) {
+                // Retrained meanwhile: the new model's rows are its trainer's to write.
+                return Ok(added);
+            }
+            let rows = self.retry(|c| {
+                c.query(
+                    "SELECT v.hash, v.embedding, v.norm FROM vectors v
+                     WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
+                       AND NOT EXISTS (SELECT 1 FROM joint j WHERE j.model = $3 AND j.hash = v.hash)
+                     LIMIT $2",
+                    &[&hashes, &JOINT_BATCH, &model_id],
+                )
+            })?;
+            if rows.is_empty() {
+                return Ok(added);
+            }
+            let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
+            let written = self.retry(|c| {
+                let mut tx = c.transaction()?;
+                let insert = tx.prepare(
+                    "INSERT INTO joint(hash, model, embedding)
+                     SELECT $1, $2, $3 WHERE $2 = (SELECT MAX(id) FROM models)
+                       AND EXISTS (SELECT 1 FROM vectors WHERE hash = $1)
+                     ON CONFLICT (model, hash) DO NOTHING",
+                )?;
+                let mut n = 0;
+                for (hash, v) in hashes.iter().zip(&projected) {
+                    n += tx.execute(&insert, &[hash, &model_id, v])?;
+                }
+                tx.commit()?;
+                Ok(n)
+            });
+            let n = match written {
+                Ok(n) => n,
+                // A retrain with another width between the check and the insert.
+                Err(_) if self.model_id()? != Some(model_id) => return Ok(added),
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                // Another model is current now (or another process filled them).
+                return Ok(added);
+            }
+            added += n as usize;
+        }
+    }
+
+    /// Gives stored contents (all, or only `hashes`) their vector on a text
+    /// side under projection `fingerprint` (hex), made by `project`, and
+    /// makes sure its partial HNSW index exists. Rows of the side's other
+    /// projections (an older model, another encoder) are dropped once this
+    /// one is complete. Idempotent; returns rows added.
+    pub fn sync_text(
+        &self,
+        side: &str,
+        fingerprint: &str,
+        out_dim: usize,
+        hashes: Option<&[String]>,
+        project: Project<'_>,
+    ) -> Result<usize> {
+        if !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.err(format!("bad text-side fingerprint {fingerprint}")));
+        }
+        let mut added = 0;
+        loop {
+            let rows = self.retry(|c| {
+                c.query(
+                    "SELECT v.hash, v.embedding, v.norm FROM vectors v
+                     WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
+                       AND NOT EXISTS (SELECT 1 FROM text_vectors t WHERE t.fingerprint = $3 AND t.hash = v.hash)
+                     LIMIT $2",
+                    &[&hashes, &JOINT_BATCH, &fingerprint],
+                )
+            })?;
+            if rows.is_empty() {
+                break;
+            }
+            let (found, projected) = self.project_rows(&rows, out_dim, project)?;
+            let n = self.retry(|c| {
+                let mut tx = c.transaction()?;
+                let insert = tx.prepare(
+                    "INSERT INTO text_vectors(side, fingerprint, hash, embedding)
+                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM vectors WHERE hash = $3)
+                     ON CONFLICT (fingerprint, hash) DO NOTHING",
+                )?;
+                let mut n = 0;
+                for (hash, v) in found.iter().zip(&projected) {
+                    n += tx.execute(&insert, &[&side, &fingerprint, hash, v])?;
+                }
+                tx.commit()?;
+                Ok(n)
+            })?;
+            added += n as usize;
+            if n == 0 {
+                // Another process wrote them meanwhile.
+                break;
+            }
+        }
+        if hashes.is_none() {
+            let index = text_index(fingerprint);
+            self.retry(|c| {
+                let mut tx = c.transaction()?;
+                // One index builder at a time; the others find it there.
+                tx.execute("SELECT pg_advisory_xact_lock(7355610)", &[])?;
+                tx.batch_execute(&format!(
+                    "CREATE INDEX IF NOT EXISTS {index} ON text_vectors
+                     USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops) WHERE fingerprint = '{fingerprint}'"
+                ))?;
+                let old: Vec<String> = tx
+                    .query(
+                        "SELECT DISTINCT fingerprint FROM text_vectors WHERE side = $1 AND fingerprint <> $2",
+                        &[&side, &fingerprint],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for fp in &old {
+                    if fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        tx.batch_execute(&format!("DROP INDEX IF EXISTS {}", text_index(fp)))?;
+                    }
+                }
+                tx.execute("DELETE FROM text_vectors WHERE side = $1 AND fingerprint <> $2", &[&side, &fingerprint])?;
+                tx.commit()
+            })?;
+        }
+        Ok(added)
+    }
+
+    /// The `k` images nearest to `query` on the text side of projection
+    /// `fingerprint` (its HNSW index in the database).
+    pub fn nearest_text(&self, fingerprint: &str, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        if !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.err(format!("bad text-side fingerprint {fingerprint}")));
+        }
+        let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
+        let d = query.len();
+        self.nearest_by(
+            &format!(
+                "SELECT v.id, t.hash, v.norm, t.d FROM (
+                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM text_vectors
+                     WHERE fingerprint = '{fingerprint}'
+                     ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) t
+                 JOIN vectors v ON v.hash = t.hash"
+            ),
+            &[&q],
+            k,
+        )
+    }
+
+    /// How many contents have a vector under projection `fingerprint` (hex).
+    pub fn text_len(&self, fingerprint: &str) -> Result<usize> {
+        let n: i64 = self
+            .retry(|c| c.query_one("SELECT COUNT(*) FROM text_vectors WHERE fingerprint = $1", &[&fingerprint]))?
+            .get(0);
+        Ok(n as usize)
+    }
+
+    /// How many contents have a joint embedding under the current model.
+    pub fn joint_len(&self) -> Result<usize> {
+        let n: i64 = self
+            .retry(|c| c.query_one("SELECT COUNT(*) FROM joint WHERE model = (SELECT MAX(id) FROM models)", &[]))?
+            .get(0);
+        Ok(n as usize)
+    }
+
+    /// The `k` images nearest to `query` in model `model_id`'s joint space
+    /// (its HNSW index in the database).
+    pub fn nearest_joint(&self, model_id: i64, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
+        let d = query.len();
+        // The expression and the predicate match the model's partial index
+        // (literals, so the planner can use it); vectors only adds id and norm.
+        self.nearest_by(
+            &format!(
+                "SELECT v.id, j.hash, v.norm, j.d FROM (
+                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM joint WHERE model = {model_id}
+                     ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) j
+                 JOIN vectors v ON v.hash = j.hash"
+            ),
+            &[&q],
+            k,
+        )
+    }
+
+    /// The `k` images nearest to `query` with both sides multiplied by
+    /// `weights` (one ImageNet class's row): an exact scan, as in the
+    /// embedded store, since no index holds reweighted vectors.
+    pub fn nearest_weighted(&self, query: &[f32], weights: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+        let qw: Vec<f32> = query.iter().zip(weights).map(|(q, w)| q * w).collect();
+        let Some(qw) = unit_vector(&qw) else { return Ok(Vec::new()) };
+        let w = Vector::from(weights.to_vec());
+        self.nearest_by(
+            "SELECT id, hash, norm, (embedding * $3) <=> $1 AS d FROM vectors ORDER BY (embedding * $3) <=> $1 LIMIT $2",
+            &[&qw, &w],
+            k,
+        )
+    }
+
+    /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
+    /// (the query) and `$2` (the limit), plus `extra` from `$3` on; its
+    /// hits are joined with their images, nearest first.
+    pub(super) fn nearest_by(
+        &self,
+        inner: &str,
+        args: &[&(dyn postgres::types::ToSql + Sync)],
+        k: usize,
+    ) -> Result<Vec<(ImageRecord, f32)>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let ef = self.ef_search.max(k);
+        let exact = if self.exact.load(std::sync::atomic::Ordering::Relaxed) {
+            "SET LOCAL enable_indexscan = off;"
+        } else {
+            ""
+        };
+        let limit = k as i64;
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![args[0], &limit];
+        params.extend_from_slice(&args[1..]);
+        let sql = format!(
+            "WITH nn AS ({inner})
+             SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm
+             FROM nn JOIN images i ON i.hash = nn.hash ORDER BY nn.d, i.key"
+        );
+        // The HNSW index answers the inner query; the join only names them.
+        let rows = self.retry(|c| {
+            if ef == DEFAULT_EF_SEARCH && exact.is_empty() {
+                return c.query(&sql, &params);
+            }
+            let mut tx = c.transaction()?;
+            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}; {exact}"))?;
+            let rows = tx.query(&sql, &params)?;
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let d: f64 = r.get(0);
+                // pgvector's cosine distance is 1 - cos.
+                (record_at(r, 1), crate::vector::distance(1.0 - d as f32))
+            })
+            .take(k)
+            .collect())
+    }
+
+    /// Adds an uploaded image with its bytes, in one transaction, so any
+    /// replica can serve the original. Returns its key.
+    pub fn add_upload(&self, image: &NewImage, bytes: &[u8]) -> Result<i64> {
+        let fresh = image.unit_embedding(self.dim)?.map(|(u, n)| (n, Vector::from(u)));
+        self.retry(|c| {
+            let mut tx = c.transaction()?;
+            if let Some((norm, v)) = &fresh {
+                tx.execute(
+                    "INSERT INTO vectors(hash, norm, embedding) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+                    &[&image.hash, norm, v],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO blobs(hash, bytes) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+                &[&image.hash, &bytes],
+            )?;
+            let key: i64 = tx
+                .query_one(
+                    "INSERT INTO images(path, hash, size, mtime, label) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (path) DO UPDATE SET label = excluded.label RETURNING key",
+                    &[&image.path, &image.hash, &(image.size as i64), &image.mtime, &image.label],
+                )?
+                .get(0);
+            tx.commit()?;
+            Ok(key)
+        })
+    }
+
+    /// The stored bytes of an uploaded image with this content.
+    pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.retry(|c| c.query_opt("SELECT bytes FROM blobs WHERE hash = $1", &[&hash]))?.map(|r| r.get(0)))
+    }
+}
+
+/// The partial HNSW index of one text-side projection.
+fn text_index(fingerprint: &str) -> String {
+    format!("text_hnsw_{}", &fingerprint[..fingerprint.len().min(16)])
+}

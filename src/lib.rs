@@ -9,6 +9,7 @@
 
 pub mod backbone;
 pub mod cli;
+pub mod dense;
 pub mod duplicates;
 pub mod error;
 pub mod eval;
@@ -17,6 +18,7 @@ pub mod index;
 pub mod indexer;
 pub mod joint;
 pub mod library;
+pub mod metrics;
 pub mod models;
 pub mod query;
 pub mod server;

@@ -123,41 +123,6 @@ impl RecipeArgs {
     }
 }
 
-/// The split to train with: the file given, else a seeded one over `items` (`(key, label)`).
-pub(super) fn read_split(
-    split: Option<&std::path::Path>,
-    items: &[(String, String)],
-    seed: u64,
-) -> anyhow::Result<crate::joint::data::Split> {
-    Ok(match split {
-        Some(path) => crate::joint::data::Split::read(path)?,
-        None => crate::joint::data::Split::seeded(items, seed),
-    })
-}
-
-/// Examples for a split's keys: `embedding(i)` gives item `i`'s raw
-/// embedding (None when it could not be embedded). Returns the train and
-/// test examples and the split keys that match no usable image.
-pub(super) fn split_examples(
-    split: &crate::joint::data::Split,
-    items: &[(String, String)],
-    embedding: impl Fn(usize) -> Option<Vec<f32>>,
-) -> (crate::joint::data::Examples, crate::joint::data::Examples, Vec<String>) {
-    let position: std::collections::HashMap<&str, usize> =
-        items.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
-    let (mut train, mut test, mut missing) = (Default::default(), Default::default(), Vec::new());
-    for (keys, out) in [(&split.train, &mut train), (&split.test, &mut test)] {
-        let out: &mut crate::joint::data::Examples = out;
-        for key in keys {
-            match position.get(key.as_str()).and_then(|&i| embedding(i).map(|e| (i, e))) {
-                Some((i, e)) => out.push(key.clone(), items[i].1.clone(), &e),
-                None => missing.push(key.clone()),
-            }
-        }
-    }
-    (train, test, missing)
-}
-
 /// An epoch progress bar showing the loss.
 pub(super) fn epoch_bar(epochs: usize) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(epochs as u64);
@@ -201,7 +166,7 @@ pub(super) fn fit_with_bar(
 
 pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: TrainArgs) -> anyhow::Result<()> {
     use crate::joint::data::evaluate;
-    let data = LabelledImagesRoot::read(&a.data)?;
+    let data = crate::joint::data::LabelledImagesRoot::read(&a.data)?;
     // Load the word vectors first: a bad --words file fails before any embedding.
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let embedder = load_embedder(models_dir, a.backbone)?;
@@ -211,13 +176,14 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
     library.after_add(None)?;
     let store = library.store();
     let options = a.recipe.options();
-    let split = read_split(a.split.as_deref(), &data.items, options.seed)?;
+    let split = crate::joint::data::read_split(a.split.as_deref(), &data.items, options.seed)?;
     let embeddings: Vec<Option<Vec<f32>>> = data
         .paths
         .iter()
         .map(|p| store.by_path(&crate::files::path_to_text(p))?.map(|r| store.embedding(&r)).transpose())
         .collect::<crate::Result<_>>()?;
-    let (train_set, test_set, missing) = split_examples(&split, &data.items, |i| embeddings[i].clone());
+    let (train_set, test_set, missing) =
+        crate::joint::data::split_examples(&split, &data.items, |i| embeddings[i].clone());
     if !missing.is_empty() {
         eprintln!(
             "note: {} split entries match no indexed image under {} (first: {}); training without them",
@@ -305,28 +271,4 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
     }
     println!("model, report and joint embeddings ({joint_vectors} images) in {saved_in}");
     Ok(())
-}
-
-/// A folder of label folders with canonical paths and split keys.
-pub(super) struct LabelledImagesRoot {
-    pub(super) root: PathBuf,
-    pub(super) paths: Vec<PathBuf>,
-    /// `(key, label)`: key `label/file`, relative to the root.
-    pub(super) items: Vec<(String, String)>,
-}
-
-impl LabelledImagesRoot {
-    pub(super) fn read(root: &std::path::Path) -> anyhow::Result<Self> {
-        let root =
-            root.canonicalize().with_context(|| format!("{}: no such folder of label folders", root.display()))?;
-        let data = crate::eval::LabelledImages::read(&root)?;
-        anyhow::ensure!(!data.items.is_empty(), "{}: no images in label folders (`<label>/<image>`)", root.display());
-        let items = data
-            .items
-            .iter()
-            .map(|(p, l)| (crate::joint::data::key_of(&root, p).unwrap_or_default(), l.clone()))
-            .collect();
-        let paths = data.items.into_iter().map(|(p, _)| p).collect();
-        Ok(Self { root, paths, items })
-    }
 }

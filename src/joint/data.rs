@@ -235,15 +235,15 @@ pub fn evaluate(model: &dyn super::Projection, targets: &LabelTargets, examples:
     let rows: Vec<&[f32]> = projected.chunks_exact(dim).collect();
     let truth: Vec<usize> = keep.iter().map(|&(_, t)| t).collect();
     let label_vectors: Vec<&[f32]> = (0..targets.labels.len()).map(|t| targets.vector(t)).collect();
-    let per_label = crate::eval::word_precision_at_k(&rows, &truth, &label_vectors, 10);
+    let per_label = crate::metrics::word_precision_at_k(&rows, &truth, &label_vectors, 10);
     let named: Vec<(&str, Vec<f32>)> =
         truth.iter().zip(&rows).map(|(&t, r)| (targets.labels[t].0.as_str(), r.to_vec())).collect();
     Ok(JointFigures {
         images: rows.len(),
-        tagging_top1: crate::eval::nearest_label_accuracy(&rows, &truth, &label_vectors),
+        tagging_top1: crate::metrics::nearest_label_accuracy(&rows, &truth, &label_vectors),
         word_to_image_precision_at_10: per_label.iter().sum::<f64>() / per_label.len().max(1) as f64,
         per_label_precision_at_10: targets.labels.iter().map(|(l, _)| l.clone()).zip(per_label).collect(),
-        joint_image_precision_at_10: crate::eval::image_precision_at_k(&named, 10),
+        joint_image_precision_at_10: crate::metrics::image_precision_at_k(&named, 10),
     })
 }
 
@@ -354,7 +354,7 @@ pub fn caption_targets(
     let encoded = side.encoder.encode(&refs)?;
     let mut sums: HashMap<String, Vec<f32>> = HashMap::new();
     for (key, e) in owners.into_iter().zip(encoded) {
-        let unit = crate::query::unit(&e.vector);
+        let unit = crate::vector::unit(&e.vector);
         let sum = sums.entry(key).or_insert_with(|| vec![0.0; unit.len()]);
         sum.iter_mut().zip(&unit).for_each(|(s, u)| *s += u);
     }
@@ -365,6 +365,60 @@ pub fn caption_targets(
 pub fn key_of(root: &Path, path: &Path) -> Option<String> {
     let rel = path.strip_prefix(root).ok()?;
     Some(rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
+}
+
+/// The split to train with: the file given, else a seeded one over `items` (`(key, label)`).
+pub fn read_split(split: Option<&Path>, items: &[(String, String)], seed: u64) -> Result<Split> {
+    Ok(match split {
+        Some(path) => Split::read(path)?,
+        None => Split::seeded(items, seed),
+    })
+}
+
+/// Examples for a split's keys: `embedding(i)` gives item `i`'s raw
+/// embedding (None when it could not be embedded). Returns the train and
+/// test examples and the split keys that match no usable image.
+pub fn split_examples(
+    split: &Split,
+    items: &[(String, String)],
+    embedding: impl Fn(usize) -> Option<Vec<f32>>,
+) -> (Examples, Examples, Vec<String>) {
+    let position: std::collections::HashMap<&str, usize> =
+        items.iter().enumerate().map(|(i, (k, _))| (k.as_str(), i)).collect();
+    let (mut train, mut test, mut missing) = (Default::default(), Default::default(), Vec::new());
+    for (keys, out) in [(&split.train, &mut train), (&split.test, &mut test)] {
+        let out: &mut Examples = out;
+        for key in keys {
+            match position.get(key.as_str()).and_then(|&i| embedding(i).map(|e| (i, e))) {
+                Some((i, e)) => out.push(key.clone(), items[i].1.clone(), &e),
+                None => missing.push(key.clone()),
+            }
+        }
+    }
+    (train, test, missing)
+}
+
+/// A folder of label folders with canonical paths and split keys.
+pub struct LabelledImagesRoot {
+    pub root: std::path::PathBuf,
+    pub paths: Vec<std::path::PathBuf>,
+    /// `(key, label)`: key `label/file`, relative to the root.
+    pub items: Vec<(String, String)>,
+}
+
+impl LabelledImagesRoot {
+    pub fn read(root: &Path) -> Result<Self> {
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::Msg(format!("{}: no such folder of label folders ({e})", root.display())))?;
+        let data = crate::metrics::LabelledImages::read(&root)?;
+        if data.items.is_empty() {
+            return Err(Error::Msg(format!("{}: no images in label folders (`<label>/<image>`)", root.display())));
+        }
+        let items = data.items.iter().map(|(p, l)| (key_of(&root, p).unwrap_or_default(), l.clone())).collect();
+        let paths = data.items.into_iter().map(|(p, _)| p).collect();
+        Ok(Self { root, paths, items })
+    }
 }
 
 #[cfg(test)]

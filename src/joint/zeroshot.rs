@@ -105,7 +105,7 @@ impl ZeroShot {
             }
             h.finalize()[..16].try_into().expect("16 bytes")
         };
-        let class_texts: Vec<f32> = class_texts.chunks_exact(dim).flat_map(crate::query::unit).collect();
+        let class_texts: Vec<f32> = class_texts.chunks_exact(dim).flat_map(crate::vector::unit).collect();
         let dev = Device::Cpu;
         let w = Tensor::from_slice(weights, (classes, in_dim), &dev)?;
         Ok(Self {

@@ -12,13 +12,10 @@ use std::path::Path;
 use crate::{Error, Result};
 
 mod folder;
-mod folder_model;
 pub mod memory;
 pub mod postgres;
-mod text_vectors;
 
-pub use folder::{Store, VerifyReport, WriteLock};
-pub use text_vectors::TextVectors;
+pub use folder::{Store, TextVectors, VerifyReport, WriteLock};
 
 /// What every store does: the indexer, search and the shared test suite
 /// (`tests/integration/store.rs`) see only this.

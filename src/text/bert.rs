@@ -19,7 +19,7 @@ use std::path::Path;
 use candle_core::safetensors::MmapedSafetensors;
 use rayon::prelude::*;
 
-use crate::backbone::kernels::pointwise;
+use crate::dense::dense as pointwise;
 use crate::simd::simd;
 use crate::{Error, Result};
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use imgsearch::store::postgres::PgStore;
-use imgsearch::store::{ImageStore, NewImage, NewVector, Store};
+use imgsearch::store::{ImageStore, NewImage, NewModel, NewVector, Projection, Store, StoreQuery, TextSide};
 
 use crate::pascal_images;
 
@@ -44,6 +44,74 @@ fn fresh_database(admin: &str) -> String {
     client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let (base, _) = admin.rsplit_once('/').expect("URL with a database name");
     format!("{base}/{name}")
+}
+
+/// A toy projection into a 2-d text space: the first two coordinates
+/// (times `scale`, so two fingerprints differ).
+struct FirstTwo(f32);
+
+impl Projection for FirstTwo {
+    fn in_dim(&self) -> usize {
+        3
+    }
+    fn out_dim(&self) -> usize {
+        2
+    }
+    fn fingerprint(&self) -> [u8; 16] {
+        [self.0 as u8; 16]
+    }
+    fn project(&self, embeddings: &[f32]) -> imgsearch::Result<Vec<f32>> {
+        Ok(embeddings.chunks_exact(3).flat_map(|r| [r[0] * self.0, r[1] * self.0]).collect())
+    }
+}
+
+/// The rest of the suite, on the store the first part left (`/moved/b.jpg`
+/// along y, `/c.jpg` along x, `/copy.jpg` at (3, 4, 0)): class-weighted
+/// search, text sides, models and uploads.
+fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
+    let path = |hits: Vec<(imgsearch::store::ImageRecord, f32)>| hits[0].0.path.clone();
+    // Weights that stress y move (1, 0.3, 0) from x towards (3, 4, 0).
+    assert_eq!(path(s.search(&StoreQuery::Cnn(&[1.0, 0.3, 0.0]), 1).unwrap()), "/c.jpg");
+    let weighted = StoreQuery::Weighted { embedding: &[1.0, 0.3, 0.0], weights: &[1.0, 10.0, 1.0] };
+    assert_eq!(path(s.search(&weighted, 1).unwrap()), "/copy.jpg");
+    assert_eq!(path(s.search(&StoreQuery::Cnn(&[0.0, 1.0, 0.0]), 1).unwrap()), "/moved/b.jpg");
+
+    // A text side: every image gets its vector from the stored embeddings.
+    let zero_shot = FirstTwo(1.0);
+    let side = TextSide { name: "zero-shot", model_id: None, projection: &zero_shot };
+    assert!(s.sync_text_side(&side, None).unwrap() >= 3, "every content projected");
+    assert_eq!(s.sync_text_side(&side, None).unwrap(), 0, "nothing left to project");
+    assert!(s.text_side_len(&side).unwrap() >= 3);
+    let hits = s.search(&StoreQuery::Text { side, vector: &[0.6, 0.8] }, 3).unwrap();
+    assert_eq!(hits[0].0.path, "/copy.jpg", "searched in the text side's own space");
+    assert!(hits[0].1 < 1e-3, "distance {}", hits[0].1);
+
+    // Models: none until one is saved; then it is current, with its side's vectors.
+    assert_eq!(s.model_id().unwrap(), None);
+    assert!(s.model().unwrap().is_none());
+    let trained = FirstTwo(2.0);
+    let new = NewModel { info: "{\"m\": 1}", weights: b"weights", report: "{}" };
+    let saved = s.save_model(&new, &trained).unwrap();
+    assert!(saved.rows >= 3 && !saved.location.is_empty(), "{saved:?}");
+    assert_eq!(s.model_id().unwrap(), Some(saved.id));
+    let model = s.model().unwrap().expect("the saved model");
+    assert_eq!((model.id, model.info.as_str(), model.weights.as_slice()), (saved.id, "{\"m\": 1}", &b"weights"[..]));
+    let side = TextSide { name: "trained", model_id: Some(saved.id), projection: &trained };
+    assert_eq!(path(s.search(&StoreQuery::Text { side, vector: &[1.0, 0.0] }, 1).unwrap()), "/c.jpg");
+
+    // Uploads: kept with their bytes by a store that keeps them, refused by one that keeps files.
+    let upload = image("db:uploads/cat/u.jpg", "hu", vec![1.0, 1.0, 1.0]);
+    match s.keeps_uploads() {
+        true => {
+            let key = s.add_upload(&upload, b"jpeg bytes").unwrap();
+            assert_eq!(s.by_key(key).unwrap().unwrap().path, "db:uploads/cat/u.jpg");
+            assert_eq!(s.blob("hu").unwrap().as_deref(), Some(&b"jpeg bytes"[..]));
+        }
+        false => {
+            let err = s.add_upload(&upload, b"jpeg bytes").unwrap_err().to_string();
+            assert!(err.contains("keeps uploads as files"), "{err}");
+        }
+    }
 }
 
 /// What every store must do.
@@ -112,6 +180,7 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
     assert_eq!(paths(s.recent(Some(first[1].key), 2).unwrap()), ["/moved/b.jpg"]);
     assert!(s.recent(Some(b.key), 2).unwrap().is_empty());
     drop(s);
+    text_sides_models_and_uploads(open("lite0").unwrap());
     let err = open("lite2").err().expect("another backbone is refused").to_string();
     assert!(err.contains("--backbone lite0"), "{err}");
 }
@@ -748,4 +817,35 @@ fn a_database_outage_is_a_quick_503_and_index_waits_for_it() {
     restorer.join().unwrap();
     assert_eq!(report.unwrap().embedded, 3);
     assert_eq!(store.len().unwrap(), 3);
+}
+
+/// The library facade over the in-memory store: what the CLI and the
+/// server call works on a backend that is one file under `store/`.
+#[test]
+fn the_library_searches_any_store_through_the_facade() {
+    use imgsearch::library::{Library, Settings};
+    use imgsearch::query::{Assembled, Query, Space};
+    let place = imgsearch::store::memory::MemoryPlace::default();
+    let store = imgsearch::store::memory::MemoryStore::open(&place, "lite0", 3).unwrap();
+    let settings = Settings {
+        db: "memory".into(),
+        models: imgsearch::models::models_dir(None),
+        backbone: imgsearch::backbone::Backbone::Lite0,
+        words_file: None,
+    };
+    let mut library = Library::with_store(Box::new(store), settings);
+    library
+        .store_mut()
+        .add_batch(&[image("/x.jpg", "hx", vec![1.0, 0.0, 0.0]), image("/y.jpg", "hy", vec![0.0, 1.0, 0.0])])
+        .unwrap();
+    let upkeep = library.after_add(None).unwrap();
+    assert_eq!(upkeep.graph_rows, None, "a memory store scans exactly");
+    let query = |v: Vec<f32>| Assembled { query: Query::Cnn(v), space: Space::Cnn, side: None, note: None };
+    let found = library.search(&query(vec![0.9, 0.1, 0.0]), 2, None).unwrap();
+    assert_eq!(found.iter().map(|f| (f.rank, f.path.as_str())).collect::<Vec<_>>(), [(1, "/x.jpg"), (2, "/y.jpg")]);
+    let near = library.search(&query(vec![0.9, 0.1, 0.0]), 2, Some(0.5)).unwrap();
+    assert_eq!(near.len(), 1, "max_distance drops the far one");
+    let x = library.store().by_path("/x.jpg").unwrap().unwrap();
+    assert_eq!(library.image_embedding(&x.key.to_string(), |_| unreachable!()).unwrap(), [1.0, 0.0, 0.0]);
+    assert!(library.image(-1).unwrap_err().to_string().contains("no image with key -1"));
 }

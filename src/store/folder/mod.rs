@@ -6,6 +6,9 @@
 //!   how many vector rows are committed).
 //! - `vectors.f32`: a 64-byte header, then unit-length embeddings, one row
 //!   each, appended and memory-mapped for search (nothing rebuilt at start).
+//! - Derived from the vectors and kept beside them (`derived`): the HNSW
+//!   graph (`hnsw-i8.*`), each text side's vectors (`joint/<side>.f32`,
+//!   `text_vectors`), and the trained model (`joint/model.*`, `model`).
 //!
 //! A batch is written in two steps: its vectors are appended and synced,
 //! then one SQLite transaction records the images and the new committed row
@@ -19,76 +22,32 @@
 //! committed, never from a stale view. Readers take no lock; a long-lived
 //! reader (`serve`) asks [`ImageStore::is_stale`] and [`ImageStore::refresh`]es.
 
+mod derived;
+mod lock;
+mod model;
+mod text_vectors;
+
+pub use lock::WriteLock;
+pub use text_vectors::TextVectors;
+
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use memmap2::Mmap;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-
 use super::{
     Checked, ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery, StoredModel,
-    TextSide, TextVectors,
+    TextSide,
 };
 use crate::index::HnswIndex;
 use crate::{Error, Result};
 
 const VECTORS_MAGIC: &[u8; 8] = b"IMGSVEC1";
 const VECTORS_HEADER: usize = 64;
-/// An exclusive lock on a store's `write.lock`, held while writing; released
-/// when dropped (or when the process dies: flock locks go with the file).
-pub struct WriteLock {
-    _file: std::fs::File,
-}
-
-impl WriteLock {
-    /// Waits for the lock, saying so when another process holds it.
-    pub fn acquire(dir: &Path) -> Result<Self> {
-        Self::take(dir, true).map(|l| l.expect("a blocking lock is taken"))
-    }
-
-    /// The lock if nobody holds it, else `None` at once.
-    pub fn try_acquire(dir: &Path) -> Result<Option<Self>> {
-        Self::take(dir, false)
-    }
-
-    fn take(dir: &Path, wait: bool) -> Result<Option<Self>> {
-        use std::os::fd::AsRawFd;
-        let path = dir.join("write.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let fd = file.as_raw_fd();
-        // SAFETY: flock on a file descriptor this function owns.
-        if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(Self { _file: file }));
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(Error::io(&path, err));
-        }
-        if !wait {
-            return Ok(None);
-        }
-        eprintln!("waiting for another imgsearch process writing to {} ...", dir.display());
-        loop {
-            // SAFETY: as above.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
-                return Ok(Some(Self { _file: file }));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::io(&path, err));
-            }
-        }
-    }
-}
 
 /// The embedded store.
 pub struct Store {
@@ -348,42 +307,6 @@ impl Store {
         &self.dir
     }
 
-    /// Checks every vector row against the checksum recorded when its batch was written.
-    pub fn verify_vectors(&self) -> Result<VerifyReport> {
-        use sha2::Digest;
-        let batches: Vec<(u64, u64, String)> = {
-            let conn = self.conn();
-            // A store from before checksums were kept (opened read-only, so not migrated).
-            let kept: bool = conn
-                .query_row("SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'vector_batches'", [], |r| r.get(0))
-                .map_err(|e| db_err(&self.dir, e))?;
-            if !kept {
-                return Ok(VerifyReport { checked: 0, unchecked: self.rows, damaged: Vec::new() });
-            }
-            let mut stmt = conn
-                .prepare("SELECT first_row, rows, sha256 FROM vector_batches WHERE first_row < ?1 ORDER BY first_row")
-                .map_err(|e| db_err(&self.dir, e))?;
-            let rows = stmt
-                .query_map([self.rows as i64], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?))
-                })
-                .map_err(|e| db_err(&self.dir, e))?;
-            rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(&self.dir, e))?
-        };
-        let mmap = self.mmap.as_ref().expect("vectors are mapped on open");
-        let row_bytes = self.dim as u64 * 4;
-        let (mut checked, mut damaged) = (0, Vec::new());
-        for (first, rows, sha) in batches {
-            let start = (VECTORS_HEADER as u64 + first * row_bytes) as usize;
-            let end = start + (rows * row_bytes) as usize;
-            if end > mmap.len() || format!("{:x}", sha2::Sha256::digest(&mmap[start..end])) != sha {
-                damaged.push((first, rows));
-            }
-            checked += rows;
-        }
-        Ok(VerifyReport { checked, unchecked: self.rows - checked.min(self.rows), damaged })
-    }
-
     /// The write lock of this store (also for the files derived beside it).
     pub fn write_lock(&self) -> Result<WriteLock> {
         if self.read_only {
@@ -398,46 +321,6 @@ impl Store {
     /// Whether this handle was opened by [`Store::open_read_only`].
     pub fn is_read_only(&self) -> bool {
         self.read_only
-    }
-
-    /// The store's HNSW graph kept in step with its rows, the one place
-    /// this upkeep is written (`index`, `train`, `eval` and `serve` call it):
-    /// `current` (a graph already in memory) or the saved one, extended
-    /// with the rows added since; built the first time the store reaches
-    /// [`crate::index::hnsw_min_rows`]; saved under the write lock when it
-    /// changed. A damaged saved graph is rebuilt (derived data). `None`
-    /// below the threshold.
-    pub fn updated_hnsw(&self, current: Option<crate::index::HnswIndex>) -> Result<Option<crate::index::HnswIndex>> {
-        use crate::index::{hnsw_min_rows, HnswIndex, HnswParams};
-        let rows = self.vectors().len() / self.dim;
-        if rows < hnsw_min_rows() {
-            return Ok(None);
-        }
-        let saved = match current {
-            Some(index) => Some(index),
-            None if HnswIndex::exists(&self.dir) => match HnswIndex::load(&self.dir, HnswParams::default()) {
-                Ok(index) => Some(index),
-                Err(e) => {
-                    tracing::warn!("{e}: rebuilding it");
-                    None
-                }
-            },
-            None => None,
-        };
-        let index = match saved {
-            Some(index) if index.len() == rows => return Ok(Some(index)),
-            Some(mut index) if index.len() < rows => {
-                let covered = index.len();
-                index.insert_rows(self.vectors(), self.dim, covered);
-                index
-            }
-            _ => HnswIndex::build(self.vectors(), self.dim, HnswParams::default()),
-        };
-        if !self.read_only {
-            let _lock = self.write_lock()?;
-            index.save(&self.dir)?;
-        }
-        Ok(Some(index))
     }
 
     /// The row count other processes have committed.
@@ -830,20 +713,20 @@ impl ImageStore for Store {
     }
 
     fn model_id(&self) -> Result<Option<i64>> {
-        Ok(super::folder_model::exists(&self.dir).then_some(0))
+        Ok(model::exists(&self.dir).then_some(0))
     }
 
     fn model(&self) -> Result<Option<StoredModel>> {
-        super::folder_model::load(&self.dir)
+        model::load(&self.dir)
     }
 
     fn save_model(&self, model: &NewModel<'_>, projection: &dyn Projection) -> Result<SavedModel> {
         {
             let _lock = self.write_lock()?;
-            super::folder_model::save(&self.dir, model)?;
+            model::save(&self.dir, model)?;
         }
         let side = TextSide { name: "trained", model_id: Some(0), projection };
-        let location = super::folder_model::model_dir(&self.dir).display().to_string();
+        let location = model::model_dir(&self.dir).display().to_string();
         Ok(SavedModel { id: 0, rows: self.text_side_len(&side)?, location })
     }
 
@@ -852,223 +735,5 @@ impl ImageStore for Store {
     }
 }
 
-impl Store {
-    fn is_exact(&self) -> bool {
-        self.exact.load(Ordering::Relaxed)
-    }
-
-    /// Looks for the saved HNSW graph once (a reader never builds one):
-    /// damage is a note, and searches scan exactly meanwhile.
-    fn load_hnsw(&self) {
-        if self.hnsw.read().unwrap_or_else(|e| e.into_inner()).is_some() || self.is_exact() {
-            return;
-        }
-        let mut graph = self.hnsw.write().unwrap_or_else(|e| e.into_inner());
-        if graph.is_none() {
-            *graph = Some(match HnswIndex::exists(&self.dir) {
-                true => match HnswIndex::load(&self.dir, crate::index::HnswParams::default()) {
-                    Ok(g) => Some(g),
-                    Err(e) => {
-                        eprintln!("note: {e}; searching exactly meanwhile");
-                        None
-                    }
-                },
-                false => None,
-            });
-        }
-    }
-
-    /// Where `side`'s vectors are: one file per side, so switching sides
-    /// recomputes nothing (the trained side's is `vectors.f32`).
-    pub fn text_vectors_path(&self, side: &str) -> PathBuf {
-        let file = match side {
-            "trained" => "vectors.f32".to_owned(),
-            other => format!("{other}.f32"),
-        };
-        self.dir.join("joint").join(file)
-    }
-
-    /// `side`'s vectors, made current first (new rows projected; all of
-    /// them when the projection changed).
-    fn text_vectors(&self, side: &TextSide<'_>) -> Result<Arc<TextVectors>> {
-        let fingerprint = side.projection.fingerprint();
-        if let Some(v) = self.text.read().unwrap_or_else(|e| e.into_inner()).get(side.name) {
-            if v.fingerprint() == fingerprint && v.len() == self.rows as usize {
-                return Ok(v.clone());
-            }
-        }
-        let vectors = Arc::new(TextVectors::update(self, side.projection, &self.text_vectors_path(side.name))?);
-        self.text.write().unwrap_or_else(|e| e.into_inner()).insert(side.name, vectors.clone());
-        Ok(vectors)
-    }
-
-    /// Rows of `side` already made current in this handle.
-    fn synced_text_len(&self, side: &TextSide<'_>) -> usize {
-        let text = self.text.read().unwrap_or_else(|e| e.into_inner());
-        text.get(side.name).filter(|v| v.fingerprint() == side.projection.fingerprint()).map_or(0, |v| v.len())
-    }
-
-    /// Everything [`ImageStore::verify`] checks in a folder: the vector
-    /// rows' checksums, the HNSW graph's, the model's, and each text
-    /// side's vectors against a fresh projection.
-    fn check(&self, sides: &[TextSide<'_>]) -> Result<Checked> {
-        let mut out = Checked::default();
-        let VerifyReport { checked, unchecked, damaged } = self.verify_vectors()?;
-        for (first, rows) in &damaged {
-            out.damaged.push(format!(
-                "{}: rows {first}..{} do not match their checksum",
-                self.vectors_path().display(),
-                first + rows
-            ));
-        }
-        out.sound.push(format!(
-            "vectors: {checked} rows checked, {} damaged, {unchecked} written before checksums (not checked)",
-            damaged.len()
-        ));
-        if HnswIndex::exists(&self.dir) {
-            match HnswIndex::load(&self.dir, Default::default()) {
-                Ok(h) => out.sound.push(format!("HNSW graph: {} vectors, checksums match", h.len())),
-                Err(e) => out.damaged.push(e.to_string()),
-            }
-        }
-        match super::folder_model::load(&self.dir) {
-            Ok(Some(_)) => out.sound.push("joint model: checksum matches".into()),
-            Ok(None) => {}
-            Err(e) => out.damaged.push(e.to_string()),
-        }
-        for side in sides {
-            let path = self.text_vectors_path(side.name);
-            match TextVectors::damaged_rows(self, side.projection, &path)? {
-                None => {}
-                Some(rows) if rows.is_empty() => {
-                    out.sound.push(format!("{} text vectors: {} rows recomputed, all match", side.name, self.rows()))
-                }
-                Some(rows) => out.damaged.push(format!(
-                    "{}: {} rows differ from a fresh projection (first: row {}); delete the file and it is recomputed",
-                    path.display(),
-                    rows.len(),
-                    rows[0]
-                )),
-            }
-        }
-        Ok(out)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn image(path: &str, hash: &str, e: Vec<f32>) -> NewImage {
-        NewImage {
-            path: path.into(),
-            hash: hash.into(),
-            size: 1,
-            mtime: 2,
-            label: "cat".into(),
-            vector: NewVector::Embedding(e),
-        }
-    }
-
-    #[test]
-    fn batch_round_trips_with_unit_vectors_and_norms() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
-        let keys = s.add_batch(&[image("a.jpg", "h1", vec![3.0, 4.0]), image("b.jpg", "h2", vec![0.0, 2.0])]).unwrap();
-        assert_eq!(keys.len(), 2);
-        drop(s);
-        let s = Store::open(dir.path(), "lite0", 2).unwrap();
-        let a = s.by_path("a.jpg").unwrap().unwrap();
-        assert_eq!(s.vector(a.row), &[0.6, 0.8]);
-        assert_eq!(a.norm, 5.0);
-        assert_eq!(s.len().unwrap(), 2);
-    }
-
-    #[test]
-    fn uncommitted_vector_rows_are_cut_off_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
-        s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
-        drop(s);
-        // A crash after appending a batch's vectors, before its transaction.
-        let mut f = std::fs::OpenOptions::new().append(true).open(dir.path().join("vectors.f32")).unwrap();
-        f.write_all(&[0u8; 8 * 3]).unwrap();
-        drop(f);
-        let s = Store::open(dir.path(), "lite0", 2).unwrap();
-        assert_eq!(s.vectors().len(), 2);
-        assert_eq!(std::fs::metadata(dir.path().join("vectors.f32")).unwrap().len(), 64 + 8);
-    }
-
-    #[test]
-    fn truncated_vector_file_is_reported_as_damage() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
-        s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
-        drop(s);
-        std::fs::OpenOptions::new().write(true).open(dir.path().join("vectors.f32")).unwrap().set_len(66).unwrap();
-        let err = Store::open(dir.path(), "lite0", 2).err().unwrap().to_string();
-        assert!(err.contains("damaged") && err.contains("vectors.f32"), "{err}");
-    }
-
-    /// Regression: a zero-byte `meta.sqlite`, a missing `rows` setting or
-    /// one below the rows images use truncated `vectors.f32` to its header.
-    #[test]
-    fn opening_damaged_metadata_never_cuts_the_vectors() {
-        let dir = tempfile::tempdir().unwrap();
-        let vectors = dir.path().join("vectors.f32");
-        let meta = dir.path().join("meta.sqlite");
-        let fresh = || {
-            let _ = std::fs::remove_file(&meta);
-            let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
-            s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0]), image("b.jpg", "h2", vec![0.0, 1.0])]).unwrap();
-        };
-        let damage: [(&str, &dyn Fn()); 3] = [
-            ("zero-byte meta.sqlite", &|| {
-                for f in ["meta.sqlite", "meta.sqlite-wal", "meta.sqlite-shm"] {
-                    let _ = std::fs::remove_file(dir.path().join(f));
-                }
-                std::fs::write(&meta, b"").unwrap();
-            }),
-            ("no rows setting", &|| {
-                let c = Connection::open(&meta).unwrap();
-                c.execute("DELETE FROM settings WHERE name = 'rows'", []).unwrap();
-            }),
-            ("rows below what images use", &|| {
-                let c = Connection::open(&meta).unwrap();
-                c.execute("UPDATE settings SET value = '1' WHERE name = 'rows'", []).unwrap();
-            }),
-        ];
-        for (what, harm) in damage {
-            let _ = std::fs::remove_file(&vectors);
-            fresh();
-            let before = std::fs::read(&vectors).unwrap();
-            harm();
-            let err = Store::open(dir.path(), "lite0", 2).err().unwrap_or_else(|| panic!("{what}: opened")).to_string();
-            assert!(err.contains("meta.sqlite") && err.contains("damaged"), "{what}: {err}");
-            assert_eq!(std::fs::read(&vectors).unwrap(), before, "{what}: vectors.f32 untouched");
-        }
-    }
-
-    #[test]
-    fn another_backbone_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path(), "lite0", 2).unwrap());
-        let err = Store::open(dir.path(), "lite2", 2).err().unwrap().to_string();
-        assert!(err.contains("--backbone lite0"), "{err}");
-    }
-
-    #[test]
-    fn same_content_shares_a_row_and_delete_keeps_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path(), "lite0", 2).unwrap();
-        s.add_batch(&[image("a.jpg", "h1", vec![1.0, 0.0])]).unwrap();
-        let a = s.by_path("a.jpg").unwrap().unwrap();
-        let copy =
-            NewImage { vector: NewVector::SameAs { row: a.row, norm: a.norm }, ..image("copy.jpg", "h1", vec![]) };
-        s.add_batch(&[copy]).unwrap();
-        assert_eq!(s.vectors().len(), 2, "no new row for identical content");
-        assert_eq!(s.by_hash("h1").unwrap().len(), 2);
-        s.delete(&[a.key]).unwrap();
-        assert_eq!(s.all().unwrap().iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["copy.jpg"]);
-    }
-}
+mod tests;

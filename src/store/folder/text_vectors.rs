@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{Projection, Store};
+use super::Store;
+use crate::store::Projection;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"IMGSJNT1";

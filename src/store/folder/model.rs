@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{NewModel, StoredModel};
 use crate::files::write_atomic;
+use crate::store::{NewModel, StoredModel};
 use crate::{Error, Result};
 
 /// The model directory inside a store directory.

@@ -137,52 +137,22 @@ impl PgStore {
         hashes: Option<&[String]>,
         project: Project<'_>,
     ) -> Result<usize> {
-        let mut added = 0;
-        loop {
-            if self.model_id()? != Some(model_id) {
-                // Retrained meanwhile: the new model's rows are its trainer's to write.
-                return Ok(added);
-            }
-            let rows = self.retry(|c| {
-                c.query(
-                    "SELECT v.hash, v.embedding, v.norm FROM vectors v
-                     WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
-                       AND NOT EXISTS (SELECT 1 FROM joint j WHERE j.model = $3 AND j.hash = v.hash)
-                     LIMIT $2",
-                    &[&hashes, &JOINT_BATCH, &model_id],
-                )
-            })?;
-            if rows.is_empty() {
-                return Ok(added);
-            }
-            let (hashes, projected) = self.project_rows(&rows, out_dim, project)?;
-            let written = self.retry(|c| {
-                let mut tx = c.transaction()?;
-                let insert = tx.prepare(
-                    "INSERT INTO joint(hash, model, embedding)
-                     SELECT $1, $2, $3 WHERE $2 = (SELECT MAX(id) FROM models)
-                       AND EXISTS (SELECT 1 FROM vectors WHERE hash = $1)
-                     ON CONFLICT (model, hash) DO NOTHING",
-                )?;
-                let mut n = 0;
-                for (hash, v) in hashes.iter().zip(&projected) {
-                    n += tx.execute(&insert, &[hash, &model_id, v])?;
-                }
-                tx.commit()?;
-                Ok(n)
-            });
-            let n = match written {
-                Ok(n) => n,
-                // A retrain with another width between the check and the insert.
-                Err(_) if self.model_id()? != Some(model_id) => return Ok(added),
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                // Another model is current now (or another process filled them).
-                return Ok(added);
-            }
-            added += n as usize;
-        }
+        // Retrained meanwhile: the new model's rows are its trainer's to write.
+        let current = || Ok(self.model_id()? == Some(model_id));
+        self.fill_missing(
+            "SELECT v.hash, v.embedding, v.norm FROM vectors v
+             WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
+               AND NOT EXISTS (SELECT 1 FROM joint j WHERE j.model = $3 AND j.hash = v.hash)
+             LIMIT $2",
+            "INSERT INTO joint(hash, model, embedding)
+             SELECT $1, $2, $3 WHERE $2 = (SELECT MAX(id) FROM models)
+               AND EXISTS (SELECT 1 FROM vectors WHERE hash = $1)
+             ON CONFLICT (model, hash) DO NOTHING",
+            (&model_id, &[]),
+            hashes,
+            (out_dim, project),
+            &current,
+        )
     }
 
     /// Gives stored contents (all, or only `hashes`) their vector on a text
@@ -201,41 +171,19 @@ impl PgStore {
         if !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.err(format!("bad text-side fingerprint {fingerprint}")));
         }
-        let mut added = 0;
-        loop {
-            let rows = self.retry(|c| {
-                c.query(
-                    "SELECT v.hash, v.embedding, v.norm FROM vectors v
-                     WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
-                       AND NOT EXISTS (SELECT 1 FROM text_vectors t WHERE t.fingerprint = $3 AND t.hash = v.hash)
-                     LIMIT $2",
-                    &[&hashes, &JOINT_BATCH, &fingerprint],
-                )
-            })?;
-            if rows.is_empty() {
-                break;
-            }
-            let (found, projected) = self.project_rows(&rows, out_dim, project)?;
-            let n = self.retry(|c| {
-                let mut tx = c.transaction()?;
-                let insert = tx.prepare(
-                    "INSERT INTO text_vectors(side, fingerprint, hash, embedding)
-                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM vectors WHERE hash = $3)
-                     ON CONFLICT (fingerprint, hash) DO NOTHING",
-                )?;
-                let mut n = 0;
-                for (hash, v) in found.iter().zip(&projected) {
-                    n += tx.execute(&insert, &[&side, &fingerprint, hash, v])?;
-                }
-                tx.commit()?;
-                Ok(n)
-            })?;
-            added += n as usize;
-            if n == 0 {
-                // Another process wrote them meanwhile.
-                break;
-            }
-        }
+        let added = self.fill_missing(
+            "SELECT v.hash, v.embedding, v.norm FROM vectors v
+             WHERE ($1::text[] IS NULL OR v.hash = ANY($1))
+               AND NOT EXISTS (SELECT 1 FROM text_vectors t WHERE t.fingerprint = $3 AND t.hash = v.hash)
+             LIMIT $2",
+            "INSERT INTO text_vectors(side, fingerprint, hash, embedding)
+             SELECT $4, $2, $1, $3 WHERE EXISTS (SELECT 1 FROM vectors WHERE hash = $1)
+             ON CONFLICT (fingerprint, hash) DO NOTHING",
+            (&fingerprint, &[&side]),
+            hashes,
+            (out_dim, project),
+            &|| Ok(true),
+        )?;
         if hashes.is_none() {
             let index = text_index(fingerprint);
             self.retry(|c| {
@@ -264,6 +212,57 @@ impl PgStore {
             })?;
         }
         Ok(added)
+    }
+
+    /// Fills in the rows `missing` finds (`hash, embedding, norm` of
+    /// contents without one; `$1` the hashes or NULL, `$2` a batch size,
+    /// `$3` the key), a batch at a time: projected, then written by
+    /// `insert` (`$1` hash, `$2` key, `$3` vector, then `extra`), one
+    /// transaction a batch. Stops when nothing is missing, a batch writes
+    /// nothing (another process wrote them), or `current` says the key is
+    /// no longer the one to write. Returns rows added.
+    fn fill_missing(
+        &self,
+        missing: &str,
+        insert: &str,
+        (key, extra): (&(dyn postgres::types::ToSql + Sync), &[&(dyn postgres::types::ToSql + Sync)]),
+        hashes: Option<&[String]>,
+        (out_dim, project): (usize, Project<'_>),
+        current: &dyn Fn() -> Result<bool>,
+    ) -> Result<usize> {
+        let mut added = 0;
+        loop {
+            if !current()? {
+                return Ok(added);
+            }
+            let rows = self.retry(|c| c.query(missing, &[&hashes, &JOINT_BATCH, key]))?;
+            if rows.is_empty() {
+                return Ok(added);
+            }
+            let (found, projected) = self.project_rows(&rows, out_dim, project)?;
+            let written = self.retry(|c| {
+                let mut tx = c.transaction()?;
+                let statement = tx.prepare(insert)?;
+                let mut n = 0;
+                for (hash, v) in found.iter().zip(&projected) {
+                    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![hash, key, v];
+                    params.extend_from_slice(extra);
+                    n += tx.execute(&statement, &params)?;
+                }
+                tx.commit()?;
+                Ok(n)
+            });
+            let n = match written {
+                Ok(n) => n,
+                // A retrain with another width between the check and the insert.
+                Err(_) if !current()? => return Ok(added),
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(added);
+            }
+            added += n as usize;
+        }
     }
 
     /// The `k` images nearest to `query` on the text side of projection

@@ -150,6 +150,25 @@ impl Library {
         Ok(space)
     }
 
+    /// Indexes the images under `roots` (new content embedded, moves and
+    /// copies recognised, removed files dropped; `on_progress(done, total)`
+    /// as files are embedded), then brings what is derived up to date.
+    pub fn index(
+        &mut self,
+        embedder: &crate::backbone::Embedder,
+        roots: &[PathBuf],
+        on_progress: impl FnMut(usize, usize),
+    ) -> Result<(crate::indexer::IndexReport, Upkeep)> {
+        let report = crate::indexer::index_folders(self.store.as_mut(), embedder, roots, on_progress)?;
+        let upkeep = self.after_add(None)?;
+        Ok((report, upkeep))
+    }
+
+    /// Deletes images by key (their files are not touched).
+    pub fn delete(&mut self, keys: &[i64]) -> Result<()> {
+        self.store.delete(keys)
+    }
+
     /// After images were added (all of them unknown, or the contents
     /// `hashes`): the store's graph extended, and each side of the loaded
     /// text space given their vectors.

@@ -46,8 +46,7 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
     let mut report = crate::eval::images(a.backbone, &embedder, &data, &embedded)?;
     if a.store {
         let mut library = open_library(models_dir, db, a.backbone, None, Access::Write)?;
-        index_into(library.store_mut(), &embedder, std::slice::from_ref(&data.root))?;
-        library.after_add(None)?;
+        index_into(&mut library, &embedder, std::slice::from_ref(&data.root))?;
         report["store"] = crate::eval::through_store(&library, &data, &embedded.embeddings)?;
     }
     drop(embedder);

@@ -15,19 +15,19 @@ pub struct IndexArgs {
     pub json: bool,
 }
 
-/// Indexes `folders` into `store` with a progress bar, then brings the
-/// HNSW graph and (when a model exists) the joint vectors up to date.
+/// Indexes `folders` into `library` with a progress bar ([`Library::index`]:
+/// then the store's graph and the loaded text sides are brought up to date).
 pub(super) fn index_into(
-    store: &mut dyn crate::store::ImageStore,
+    library: &mut Library,
     embedder: &Embedder,
     folders: &[PathBuf],
-) -> anyhow::Result<crate::indexer::IndexReport> {
+) -> anyhow::Result<(crate::indexer::IndexReport, crate::library::Upkeep)> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = crate::indexer::index_folders(store, embedder, folders, |done, total| {
+    let (report, upkeep) = library.index(embedder, folders, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
@@ -38,7 +38,7 @@ pub(super) fn index_into(
     for (path, reason) in &report.warnings {
         eprintln!("warning: {}: {reason}", path.display());
     }
-    Ok(report)
+    Ok((report, upkeep))
 }
 
 /// Refuses a folder that is not there before anything is opened or created.
@@ -53,13 +53,12 @@ pub(super) fn index(models_dir: &std::path::Path, db: &std::path::Path, a: Index
     check_folders(&a.folders)?;
     let embedder = load_embedder(models_dir, a.backbone)?;
     let mut library = open_library(models_dir, db, a.backbone, None, Access::Write)?;
-    let report = index_into(library.store_mut(), &embedder, &a.folders)?;
-    // Every text side's vectors for the new images, so text search starts at once.
+    // The text space first, so every text side's vectors are made for the
+    // new images and text search starts at once.
     if let Err(e) = library.text_space() {
         eprintln!("note: text-search vectors not updated ({e:#}); they are made at the first text search");
     }
-    // The embedded store keeps its own graph; a database indexes its vectors itself.
-    let upkeep = library.after_add(None)?;
+    let (report, upkeep) = index_into(&mut library, &embedder, &a.folders)?;
     let store = library.store();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -59,7 +59,7 @@ pub(super) fn serve(models_dir: &std::path::Path, db: &std::path::Path, a: Serve
     let embedder = load_embedder(models_dir, a.backbone)?;
     let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Write)?;
     if !a.folders.is_empty() {
-        let r = index_into(library.store_mut(), &embedder, &a.folders)?;
+        let (r, _) = index_into(&mut library, &embedder, &a.folders)?;
         eprintln!(
             "indexed {} new, {} unchanged, {} failed ({} images)",
             r.embedded,

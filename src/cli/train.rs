@@ -171,9 +171,8 @@ pub(super) fn train(models_dir: &std::path::Path, db: &std::path::Path, a: Train
     let words = crate::words::open(models_dir, a.vectors.as_deref())?;
     let embedder = load_embedder(models_dir, a.backbone)?;
     let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Write)?;
-    let indexed = index_into(library.store_mut(), &embedder, std::slice::from_ref(&data.root))?;
+    let (indexed, _) = index_into(&mut library, &embedder, std::slice::from_ref(&data.root))?;
     drop(embedder);
-    library.after_add(None)?;
     let store = library.store();
     let options = a.recipe.options();
     let split = crate::joint::data::read_split(a.split.as_deref(), &data.items, options.seed)?;

@@ -459,7 +459,7 @@ pub(super) async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): 
             .by_key(key)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
         // A database drops an upload's bytes with its last image.
-        engine.store_mut().delete(&[key])?;
+        engine.delete(&[key])?;
         if let Some(uploads) = &st.uploads {
             let uploads = uploads.canonicalize().unwrap_or_else(|_| uploads.clone());
             let path = crate::files::text_to_path(&r.path);

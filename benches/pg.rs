@@ -70,6 +70,7 @@ fn main() {
                     mtime: 0,
                     label: String::new(),
                     vector: NewVector::Embedding(v.to_vec()),
+                    meta: Default::default(),
                 }
             })
             .collect();
@@ -123,7 +124,7 @@ fn main() {
     let mut found = Vec::new();
     for q in joint_queries.chunks_exact(OUT) {
         let t = Instant::now();
-        let hits = store.nearest_joint(id, q, 10).unwrap();
+        let hits = store.nearest_joint(id, q, 10, &Default::default()).unwrap();
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         found.push(
             hits.iter().map(|(r, _)| r.path.rsplit('/').next().unwrap().parse::<usize>().unwrap()).collect::<Vec<_>>(),

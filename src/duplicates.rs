@@ -163,6 +163,7 @@ pub fn measure(
         mtime: 0,
         label: String::new(),
         vector: NewVector::Embedding(vector),
+        meta: Default::default(),
     };
     let mut family = HashMap::new();
     let mut copied = 0;
@@ -213,6 +214,7 @@ mod tests {
             hash: path.into(),
             size: 100,
             mtime: 0,
+            meta: Default::default(),
             label: String::new(),
             vector: NewVector::Embedding(v),
         };

@@ -33,6 +33,8 @@ pub struct IndexReport {
     pub moved: usize,
     pub copies: usize,
     pub removed: usize,
+    /// Unchanged images given their photo facts (indexed before they were kept).
+    pub dated: usize,
     /// Files or folders skipped, with the reason.
     pub failed: Vec<(PathBuf, String)>,
     /// Files indexed with a doubt (a JPEG cut short), with the reason.
@@ -219,11 +221,15 @@ pub fn index_folders(
     let mut copies: Vec<(Found, String)> = Vec::new();
     let mut moved_from: HashSet<String> = HashSet::new();
     let mut first_of_hash: HashSet<String> = HashSet::new();
+    let mut undated: Vec<(i64, crate::metadata::PhotoMeta)> = Vec::new();
     for f in found {
         let path = path_to_text(&f.path);
         if let Some(r) = by_path.get(path.as_str()) {
             if r.size == f.size && r.mtime == f.mtime {
                 report.unchanged += 1;
+                if r.meta.taken.is_none() {
+                    undated.push((r.key, crate::metadata::read(&f.path, f.mtime)));
+                }
                 continue;
             }
         }
@@ -259,6 +265,12 @@ pub fn index_folders(
         }
     }
 
+    // Photo facts for images indexed before they were kept: no re-embedding.
+    for chunk in undated.chunks(BATCH) {
+        waiting(|| store.update_meta(chunk))?;
+        report.dated += chunk.len();
+    }
+
     // Embed new content; write a batch at a time.
     let total = to_embed.len();
     let paths: Vec<PathBuf> = to_embed.iter().map(|(f, _)| f.path.clone()).collect();
@@ -277,6 +289,7 @@ pub fn index_folders(
                 mtime: f.mtime,
                 label: label_of(&f.path),
                 vector: NewVector::Embedding(e.embedding),
+                meta: crate::metadata::read(&f.path, f.mtime),
             }),
             Err(e) => report.failed.push((f.path.clone(), e.to_string())),
         }
@@ -306,6 +319,7 @@ pub fn index_folders(
                 mtime: f.mtime,
                 label: label_of(&f.path),
                 vector: NewVector::SameAs { row: original.row, norm: original.norm },
+                meta: crate::metadata::read(&f.path, f.mtime),
             }),
             None => report.failed.push((f.path, "its identical original failed to embed".into())),
         }
@@ -350,7 +364,8 @@ pub fn add_file(
         Some(original) => NewVector::SameAs { row: original.row, norm: original.norm },
         None => NewVector::Embedding(embed(&path)?),
     };
-    let image = NewImage { path: path_str.clone(), hash, size, mtime, label: label_of(&path), vector };
+    let meta = crate::metadata::read(&path, mtime);
+    let image = NewImage { path: path_str.clone(), hash, size, mtime, label: label_of(&path), vector, meta };
     store.add_batch(&[image])?;
     store.by_path(&path_str)?.ok_or_else(|| Error::Msg(format!("{path_str}: not found after adding")))
 }

@@ -18,6 +18,7 @@ pub mod index;
 pub mod indexer;
 pub mod joint;
 pub mod library;
+pub mod metadata;
 pub mod metrics;
 pub mod models;
 pub mod query;

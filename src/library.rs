@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::backbone::Backbone;
 use crate::joint::{Side, TextSpace};
 use crate::query::{Assembled, Found};
-use crate::store::{Checked, ImageRecord, ImageStore, NewModel, SavedModel};
+use crate::store::{Checked, Filter, ImageRecord, ImageStore, NewModel, SavedModel};
 use crate::{Error, Result};
 
 /// Where a library is and what it is read with.
@@ -202,14 +202,20 @@ impl Library {
         Ok(true)
     }
 
-    /// The `k` nearest images to `assembled`, farther than `max_distance`
-    /// dropped (see [`crate::query::search`]).
-    pub fn search(&self, assembled: &Assembled, k: usize, max_distance: Option<f32>) -> Result<Vec<Found>> {
+    /// The `k` nearest images to `assembled` that `filter` lets through,
+    /// farther than `max_distance` dropped (see [`crate::query::search`]).
+    pub fn search(
+        &self,
+        assembled: &Assembled,
+        k: usize,
+        max_distance: Option<f32>,
+        filter: &Filter,
+    ) -> Result<Vec<Found>> {
         let text = self.text.as_ref();
         if let (Some(loaded), Some(side)) = (text, assembled.side) {
             loaded.sync(self.store.as_ref(), side)?;
         }
-        crate::query::search(self.store.as_ref(), text.map(|l| l.space.as_ref()), assembled, k, max_distance)
+        crate::query::search(self.store.as_ref(), text.map(|l| l.space.as_ref()), assembled, k, max_distance, filter)
     }
 
     /// The raw CNN embedding of `spec`: an indexed key, an indexed file

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::store::{ImageStore, StoreQuery};
+use crate::store::{Filter, ImageStore, StoreQuery};
 use crate::Result;
 
 /// What to search with.
@@ -92,6 +92,30 @@ impl Parts {
         }
         Ok(space)
     }
+}
+
+/// A filter from what the CLI's flags and the API's parameters say: a
+/// folder (a stored path), a label, dates (`YYYY`, `YYYY-MM`,
+/// `YYYY-MM-DD`; `after` from the start of that period, `before` up to its
+/// start), a camera. Empty texts count as not given.
+pub fn filter(
+    under: Option<String>,
+    label: Option<&str>,
+    after: Option<&str>,
+    before: Option<&str>,
+    camera: Option<&str>,
+) -> Result<Filter> {
+    let given = |t: Option<&str>| t.map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned);
+    let after = given(after).map(|d| crate::metadata::parse_date(&d)).transpose()?.map(|(start, _)| start);
+    let before = given(before).map(|d| crate::metadata::parse_date(&d)).transpose()?.map(|(start, _)| start);
+    if let (Some(a), Some(b)) = (after, before) {
+        if a >= b {
+            return Err(crate::Error::BadQuery(
+                "the after date is not before the before date: nothing can match".into(),
+            ));
+        }
+    }
+    Ok(Filter { under: given(under.as_deref()), label: given(label), after, before, camera: given(camera) })
 }
 
 /// A query ready to run, with the space and text side it is in.
@@ -232,14 +256,17 @@ pub fn search(
     assembled: &Assembled,
     k: usize,
     max_distance: Option<f32>,
+    filter: &Filter,
 ) -> Result<Vec<Found>> {
     let hits = match &assembled.query {
-        Query::Cnn(q) => store.search(&StoreQuery::Cnn(q), k)?,
-        Query::Weighted { embedding, weights } => store.search(&StoreQuery::Weighted { embedding, weights }, k)?,
+        Query::Cnn(q) => store.search(&StoreQuery::Cnn(q), k, filter)?,
+        Query::Weighted { embedding, weights } => {
+            store.search(&StoreQuery::Weighted { embedding, weights }, k, filter)?
+        }
         Query::Joint(q) => {
             let text = text.ok_or_else(|| crate::Error::Msg("the text space is not loaded".into()))?;
             let projection = text.projection(assembled.side.unwrap_or(text.default_side()))?;
-            store.search(&StoreQuery::Text { side: projection.store_side(), vector: q }, k)?
+            store.search(&StoreQuery::Text { side: projection.store_side(), vector: q }, k, filter)?
         }
     };
     let results =

@@ -38,9 +38,51 @@ pub struct SearchArgs {
     /// Scan every vector instead of using an HNSW index (the local one, used above 20k images, or the database's).
     #[arg(long)]
     pub exact: bool,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which images a search may return (all when none is given).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
+    /// Only images under this folder.
+    #[arg(long, value_name = "FOLDER")]
+    pub under: Option<PathBuf>,
+    /// Only images with this label (their folder's name).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Only images taken on or after this date: YYYY, YYYY-MM or YYYY-MM-DD
+    /// (the EXIF date, else the file's modification time).
+    #[arg(long, value_name = "DATE")]
+    pub after: Option<String>,
+    /// Only images taken before this date (`--after 2023 --before 2024`: in 2023).
+    #[arg(long, value_name = "DATE")]
+    pub before: Option<String>,
+    /// Only images whose camera make or model contains this (any case).
+    #[arg(long)]
+    pub camera: Option<String>,
+}
+
+impl FilterArgs {
+    /// The filter these flags say; a folder that is not there is an error.
+    pub(super) fn filter(&self) -> anyhow::Result<crate::store::Filter> {
+        let under = match &self.under {
+            Some(f) => Some(crate::files::path_to_text(
+                &f.canonicalize().with_context(|| format!("--under {}: no such folder", f.display()))?,
+            )),
+            None => None,
+        };
+        Ok(crate::query::filter(
+            under,
+            self.label.as_deref(),
+            self.after.as_deref(),
+            self.before.as_deref(),
+            self.camera.as_deref(),
+        )?)
+    }
 }
 
 pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: SearchArgs) -> anyhow::Result<()> {
@@ -51,6 +93,7 @@ pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: Sear
     }
     let parts = Parts { image: a.image.is_some(), text: a.text.is_some(), class: a.class.is_some(), space: a.space };
     let space = parts.space()?;
+    let filter = a.filter.filter()?;
     let mut library = open_library(models_dir, db, a.backbone, a.vectors.as_deref(), Access::Read)?;
     library.store().set_exact(a.exact);
     // The network is loaded only for a new query file or class weights.
@@ -77,7 +120,7 @@ pub(super) fn search(models_dir: &std::path::Path, db: &std::path::Path, a: Sear
     if let Some(note) = &assembled.note {
         eprintln!("note: {note}");
     }
-    let found = library.search(&assembled, a.k, a.max_distance)?;
+    let found = library.search(&assembled, a.k, a.max_distance, &filter)?;
     let answer = SearchAnswer::new(&assembled, found, crate::query::Found::hit_with_path);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);

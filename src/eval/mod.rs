@@ -124,7 +124,7 @@ pub fn through_store(
         let query = crate::query::Query::Cnn(embeddings[i].clone().expect("usable"));
         let assembled = crate::query::Assembled { query, space: crate::query::Space::Cnn, side: None, note: None };
         let start = std::time::Instant::now();
-        let found = library.search(&assembled, 11, None)?;
+        let found = library.search(&assembled, 11, None, &Default::default())?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
         let others: Vec<&str> = found.iter().map(|f| f.path.as_str()).filter(|p| *p != me).take(10).collect();
         precision +=

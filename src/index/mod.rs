@@ -85,6 +85,59 @@ impl<'a> ExactIndex<'a> {
         })
     }
 
+    /// The `k` nearest to `query` among `rows` only (a filtered search:
+    /// the cost follows `rows.len()`, not the whole set).
+    pub fn search_among(&self, query: &[f32], rows: &[usize], k: usize) -> Vec<Hit> {
+        let q = crate::vector::unit(query);
+        if crate::vector::norm(&q) == 0.0 {
+            return Vec::new();
+        }
+        self.top_k_among(rows, k, |v| dot(v, &q))
+    }
+
+    /// [`ExactIndex::search_weighted`] among `rows` only.
+    pub fn search_weighted_among(&self, query: &[f32], weights: &[f32], rows: &[usize], k: usize) -> Vec<Hit> {
+        let qw2: Vec<f32> = query.iter().zip(weights).map(|(q, w)| q * w * w).collect();
+        let q_norm = query.iter().zip(weights).map(|(q, w)| (q * w) * (q * w)).sum::<f32>().sqrt();
+        let w2: Vec<f32> = weights.iter().map(|w| w * w).collect();
+        if q_norm == 0.0 {
+            return Vec::new();
+        }
+        self.top_k_among(rows, k, |v| {
+            let (dot, vv) = dot_and_weighted_norm(v, &qw2, &w2);
+            if vv > 0.0 {
+                dot / (q_norm * vv.sqrt())
+            } else {
+                -1.0
+            }
+        })
+    }
+
+    /// The top `k` of `rows` by `score` (a cosine; NaN ranks last).
+    fn top_k_among(&self, rows: &[usize], k: usize, score: impl Fn(&[f32]) -> f32 + Sync) -> Vec<Hit> {
+        let n = self.vectors.len() / self.dim;
+        let mut scored: Vec<Worst> = simd(
+            #[inline(always)]
+            || {
+                rows.par_iter()
+                    .filter(|&&r| r < n)
+                    .map(|&r| {
+                        let s = score(&self.vectors[r * self.dim..(r + 1) * self.dim]);
+                        Worst(if s.is_nan() { f32::NEG_INFINITY } else { s }, r)
+                    })
+                    .collect()
+            },
+        );
+        // `Worst` orders the best first.
+        if scored.len() > k && k > 0 {
+            scored.select_nth_unstable_by(k - 1, |a, b| a.cmp(b).reverse());
+            scored.truncate(k);
+        }
+        scored.sort_by(|a, b| a.cmp(b).reverse());
+        scored.truncate(k);
+        scored.into_iter().map(|Worst(s, id)| Hit { id, distance: angular(s) }).collect()
+    }
+
     /// Scores rows in parallel chunks with `score(rows, out)` (cosines) and keeps the top `k`.
     fn top_k(&self, k: usize, score: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<Hit> {
         const CHUNK: usize = 2048;

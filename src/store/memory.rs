@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::collections::HashMap;
 
 use super::{
-    ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery, StoredModel, TextSide,
+    Filter, ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery, StoredModel,
+    TextSide,
 };
 use crate::{Error, Result};
 
@@ -161,6 +162,7 @@ impl ImageStore for MemoryStore {
                     label: image.label.clone(),
                     row,
                     norm,
+                    meta: image.meta.clone(),
                 };
                 c.images.insert(key, record);
                 keys.push(key);
@@ -178,12 +180,23 @@ impl ImageStore for MemoryStore {
         Ok(())
     }
 
+    fn update_meta(&mut self, facts: &[(i64, crate::metadata::PhotoMeta)]) -> Result<()> {
+        self.with(|c| {
+            for (key, meta) in facts {
+                if let Some(r) = c.images.get_mut(key) {
+                    r.meta = meta.clone();
+                }
+            }
+        });
+        Ok(())
+    }
+
     fn delete(&mut self, keys: &[i64]) -> Result<()> {
         self.with(|c| keys.iter().for_each(|k| drop(c.images.remove(k))));
         Ok(())
     }
 
-    fn search(&self, query: &StoreQuery<'_>, want: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>> {
         // A plain scan: every image's vector in the query's space against it.
         let (q, weights, text) = match query {
             StoreQuery::Cnn(q) => (crate::vector::unit(q), None, None),
@@ -212,6 +225,7 @@ impl ImageStore for MemoryStore {
             let mut hits: Vec<(ImageRecord, f32)> = c
                 .images
                 .values()
+                .filter(|r| filter.matches(r))
                 .map(|r| {
                     let cos: f32 = vector_of(r).iter().zip(&q).map(|(a, b)| a * b).sum();
                     (r.clone(), crate::vector::distance(cos))

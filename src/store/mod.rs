@@ -44,14 +44,20 @@ pub trait ImageStore: Send + Sync {
     fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()>;
     /// Deletes images by key, atomically.
     fn delete(&mut self, keys: &[i64]) -> Result<()>;
+    /// Records images' photo facts (date taken, camera, size) by key, in one
+    /// transaction: filled in for images indexed before they were kept,
+    /// without re-embedding.
+    fn update_meta(&mut self, facts: &[(i64, crate::metadata::PhotoMeta)]) -> Result<()>;
     /// The `want` images nearest to `query`, nearest first, searched where
     /// the vectors are (the store's own index unless [`ImageStore::set_exact`]).
     /// A text query needs its side made current first
     /// ([`ImageStore::sync_text_side`]). Rows no image uses are skipped.
-    fn search(&self, query: &StoreQuery<'_>, want: usize) -> Result<Vec<(ImageRecord, f32)>>;
+    /// Only images `filter` lets through count, inside the index search
+    /// (so `want` come back whenever that many match).
+    fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>>;
     /// The `k` images nearest to a CNN embedding `query` (any length), nearest first.
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
-        let mut hits = self.search(&StoreQuery::Cnn(query), k)?;
+        let mut hits = self.search(&StoreQuery::Cnn(query), k, &Filter::default())?;
         hits.truncate(k);
         Ok(hits)
     }
@@ -162,6 +168,42 @@ impl TextSide<'_> {
     }
 }
 
+/// Which images a search may return; the default lets every image through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Under this folder: a stored path (`/photos/2023` keeps
+    /// `/photos/2023/a.jpg` and `/photos/2023/trip/b.jpg`).
+    pub under: Option<String>,
+    /// With this label (the parent folder's name).
+    pub label: Option<String>,
+    /// Taken at or after (Unix seconds).
+    pub after: Option<i64>,
+    /// Taken before (Unix seconds).
+    pub before: Option<i64>,
+    /// The camera's make or model contains this (any case).
+    pub camera: Option<String>,
+}
+
+impl Filter {
+    /// Whether it lets every image through.
+    pub fn is_empty(&self) -> bool {
+        self == &Filter::default()
+    }
+
+    /// Whether `image` passes. An image without a date fails a date bound;
+    /// one without a camera fails a camera filter.
+    pub fn matches(&self, image: &ImageRecord) -> bool {
+        let under = self.under.as_deref().map(|u| u.trim_end_matches('/'));
+        under.is_none_or(|u| image.path.strip_prefix(u).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+            && self.label.as_deref().is_none_or(|l| image.label == l)
+            && self.after.is_none_or(|a| image.meta.taken.is_some_and(|t| t >= a))
+            && self.before.is_none_or(|b| image.meta.taken.is_some_and(|t| t < b))
+            && self.camera.as_deref().is_none_or(|c| {
+                image.meta.camera.as_deref().is_some_and(|m| m.to_lowercase().contains(&c.to_lowercase()))
+            })
+    }
+}
+
 /// What a store searches with.
 pub enum StoreQuery<'a> {
     /// A CNN embedding (any length: the cosine ignores it).
@@ -235,6 +277,8 @@ pub struct ImageRecord {
     pub row: u64,
     /// The embedding's norm (raw embedding = unit row * norm).
     pub norm: f32,
+    /// When it was taken, the camera, the pixel size.
+    pub meta: crate::metadata::PhotoMeta,
 }
 
 /// An image to add: its file facts and either a new embedding or the row of
@@ -247,6 +291,8 @@ pub struct NewImage {
     pub mtime: i64,
     pub label: String,
     pub vector: NewVector,
+    /// When it was taken, the camera, the pixel size.
+    pub meta: crate::metadata::PhotoMeta,
 }
 
 impl NewImage {

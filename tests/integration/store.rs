@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use imgsearch::store::postgres::PgStore;
-use imgsearch::store::{ImageStore, NewImage, NewModel, NewVector, Projection, Store, StoreQuery, TextSide};
+use imgsearch::store::{Filter, ImageStore, NewImage, NewModel, NewVector, Projection, Store, StoreQuery, TextSide};
 
 use crate::pascal_images;
 
@@ -20,6 +20,7 @@ fn image(path: &str, hash: &str, e: Vec<f32>) -> NewImage {
         mtime: 2,
         label: "cat".into(),
         vector: NewVector::Embedding(e),
+        meta: Default::default(),
     }
 }
 
@@ -71,10 +72,10 @@ impl Projection for FirstTwo {
 fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
     let path = |hits: Vec<(imgsearch::store::ImageRecord, f32)>| hits[0].0.path.clone();
     // Weights that stress y move (1, 0.3, 0) from x towards (3, 4, 0).
-    assert_eq!(path(s.search(&StoreQuery::Cnn(&[1.0, 0.3, 0.0]), 1).unwrap()), "/c.jpg");
+    assert_eq!(path(s.search(&StoreQuery::Cnn(&[1.0, 0.3, 0.0]), 1, &Filter::default()).unwrap()), "/c.jpg");
     let weighted = StoreQuery::Weighted { embedding: &[1.0, 0.3, 0.0], weights: &[1.0, 10.0, 1.0] };
-    assert_eq!(path(s.search(&weighted, 1).unwrap()), "/copy.jpg");
-    assert_eq!(path(s.search(&StoreQuery::Cnn(&[0.0, 1.0, 0.0]), 1).unwrap()), "/moved/b.jpg");
+    assert_eq!(path(s.search(&weighted, 1, &Filter::default()).unwrap()), "/copy.jpg");
+    assert_eq!(path(s.search(&StoreQuery::Cnn(&[0.0, 1.0, 0.0]), 1, &Filter::default()).unwrap()), "/moved/b.jpg");
 
     // A text side: every image gets its vector from the stored embeddings.
     let zero_shot = FirstTwo(1.0);
@@ -82,7 +83,7 @@ fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
     assert!(s.sync_text_side(&side, None).unwrap() >= 3, "every content projected");
     assert_eq!(s.sync_text_side(&side, None).unwrap(), 0, "nothing left to project");
     assert!(s.text_side_len(&side).unwrap() >= 3);
-    let hits = s.search(&StoreQuery::Text { side, vector: &[0.6, 0.8] }, 3).unwrap();
+    let hits = s.search(&StoreQuery::Text { side, vector: &[0.6, 0.8] }, 3, &Filter::default()).unwrap();
     assert_eq!(hits[0].0.path, "/copy.jpg", "searched in the text side's own space");
     assert!(hits[0].1 < 1e-3, "distance {}", hits[0].1);
 
@@ -97,7 +98,10 @@ fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
     let model = s.model().unwrap().expect("the saved model");
     assert_eq!((model.id, model.info.as_str(), model.weights.as_slice()), (saved.id, "{\"m\": 1}", &b"weights"[..]));
     let side = TextSide { name: "trained", model_id: Some(saved.id), projection: &trained };
-    assert_eq!(path(s.search(&StoreQuery::Text { side, vector: &[1.0, 0.0] }, 1).unwrap()), "/c.jpg");
+    assert_eq!(
+        path(s.search(&StoreQuery::Text { side, vector: &[1.0, 0.0] }, 1, &Filter::default()).unwrap()),
+        "/c.jpg"
+    );
 
     // Uploads: kept with their bytes by a store that keeps them, refused by one that keeps files.
     let upload = image("db:uploads/cat/u.jpg", "hu", vec![1.0, 1.0, 1.0]);
@@ -112,6 +116,70 @@ fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
             assert!(err.contains("keeps uploads as files"), "{err}");
         }
     }
+}
+
+/// Filters run inside the search: `k` results whenever `k` images pass,
+/// on every search kind.
+fn filters(mut s: Box<dyn ImageStore>) {
+    use imgsearch::metadata::{unix_seconds, PhotoMeta};
+    // 40 images around the x axis: under /f/a or /f/b, taken in 2022 or
+    // 2023, by a Canon or an iPhone (or no camera).
+    let images: Vec<NewImage> = (0..40)
+        .map(|i| {
+            let folder = if i % 2 == 0 { "a" } else { "b" };
+            let year = if i % 4 < 2 { 2022 } else { 2023 };
+            let camera = match i % 5 {
+                0 => Some("Canon EOS 5D".to_owned()),
+                1 | 2 => Some("Apple iPhone 12".to_owned()),
+                _ => None,
+            };
+            let meta = PhotoMeta { taken: Some(unix_seconds(year, 6, 1) + i), camera, width: None, height: None };
+            NewImage {
+                label: folder.into(),
+                meta,
+                ..image(&format!("/f/{folder}/{i}.jpg"), &format!("f{i}"), vec![1.0, i as f32 * 0.01, 0.5])
+            }
+        })
+        .collect();
+    s.add_batch(&images).unwrap();
+    let matches = |f: &Filter| images.iter().filter(|i| f.matches(&s.by_path(&i.path).unwrap().unwrap())).count();
+    let filters = [
+        Filter { under: Some("/f/a".into()), ..Default::default() },
+        Filter { label: Some("b".into()), ..Default::default() },
+        Filter { after: Some(unix_seconds(2023, 1, 1)), ..Default::default() },
+        Filter { before: Some(unix_seconds(2023, 1, 1)), camera: Some("iphone".into()), ..Default::default() },
+        Filter {
+            under: Some("/f/b/".into()),
+            after: Some(unix_seconds(2023, 1, 1)),
+            camera: Some("CANON".into()),
+            ..Default::default()
+        },
+        Filter { under: Some("/f/a".into()), label: Some("b".into()), ..Default::default() },
+    ];
+    let zero_shot = FirstTwo(1.0);
+    let side = TextSide { name: "zero-shot", model_id: None, projection: &zero_shot };
+    s.sync_text_side(&side, None).unwrap();
+    let queries = [
+        StoreQuery::Cnn(&[1.0, 0.0, 0.5]),
+        StoreQuery::Weighted { embedding: &[1.0, 0.0, 0.5], weights: &[1.0, 2.0, 1.0] },
+        StoreQuery::Text { side, vector: &[1.0, 0.1] },
+    ];
+    for f in &filters {
+        let passing = matches(f);
+        for q in &queries {
+            let hits = s.search(q, 5, f).unwrap();
+            assert_eq!(hits.len().min(5), passing.min(5), "{f:?}: {passing} pass");
+            assert!(hits.iter().all(|(r, _)| f.matches(r)), "{f:?}: every hit passes");
+        }
+    }
+    assert_eq!(matches(&filters[5]), 0, "a folder and another label: nothing");
+    assert_eq!(matches(&filters[4]), 2, "the narrow filter lets two through");
+    // Photo facts are kept and can be filled in later.
+    let key = s.by_path("/f/a/0.jpg").unwrap().unwrap().key;
+    let later = PhotoMeta { taken: Some(7), camera: Some("Nikon D90".into()), width: Some(640), height: Some(480) };
+    s.update_meta(&[(key, later.clone())]).unwrap();
+    assert_eq!(s.by_key(key).unwrap().unwrap().meta, later);
+    assert_eq!(s.by_path("/f/b/1.jpg").unwrap().unwrap().meta.camera.as_deref(), Some("Apple iPhone 12"));
 }
 
 /// What every store must do.
@@ -181,6 +249,7 @@ fn shared_suite(open: &dyn Fn(&str) -> imgsearch::Result<Box<dyn ImageStore>>) {
     assert!(s.recent(Some(b.key), 2).unwrap().is_empty());
     drop(s);
     text_sides_models_and_uploads(open("lite0").unwrap());
+    filters(open("lite0").unwrap());
     let err = open("lite2").err().expect("another backbone is refused").to_string();
     assert!(err.contains("--backbone lite0"), "{err}");
 }
@@ -301,7 +370,7 @@ fn postgres_keeps_models_joint_embeddings_and_uploads() {
     let paths =
         |hits: Vec<(imgsearch::store::ImageRecord, f32)>| hits.into_iter().map(|(r, _)| r.path).collect::<Vec<_>>();
     assert_eq!(paths(s.nearest(&[1.0, 0.0, 0.0], 3).unwrap()), ["/a.jpg", "/c.jpg", "/b.jpg"]);
-    let weighted = s.nearest_weighted(&[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0], 3).unwrap();
+    let weighted = s.nearest_weighted(&[1.0, 0.0, 0.0], &[1.0, 1.0, 0.0], 3, &Default::default()).unwrap();
     assert_eq!(paths(weighted.clone()), ["/c.jpg", "/a.jpg", "/b.jpg"]);
     assert!(weighted[0].1.abs() < 1e-3, "c is (1, 0) once weighted: {}", weighted[0].1);
 
@@ -312,7 +381,7 @@ fn postgres_keeps_models_joint_embeddings_and_uploads() {
     assert_eq!((s.model_id().unwrap(), rows, s.joint_len().unwrap()), (Some(id), 3, 3));
     let m = s.model().unwrap().unwrap();
     assert_eq!((m.id, m.info.as_str(), m.weights.as_slice()), (id, "{\"m\": 1}", b"weights".as_slice()));
-    let joint = s.nearest_joint(id, &[1.0, 0.0], 3).unwrap();
+    let joint = s.nearest_joint(id, &[1.0, 0.0], 3, &Default::default()).unwrap();
     assert_eq!(paths(joint.clone()), ["/c.jpg", "/a.jpg", "/b.jpg"]);
     assert!(joint[0].1.abs() < 1e-3);
 
@@ -320,7 +389,7 @@ fn postgres_keeps_models_joint_embeddings_and_uploads() {
     s.add_batch(&[image("/d.jpg", "hd", vec![-1.0, 0.0, 0.0])]).unwrap();
     assert_eq!(s.sync_joint(id, 2, Some(&["hd".to_owned()]), &first_two).unwrap(), 1);
     assert_eq!(s.sync_joint(id, 2, None, &first_two).unwrap(), 0);
-    assert_eq!(s.nearest_joint(id, &[-1.0, 0.0], 1).unwrap()[0].0.path, "/d.jpg");
+    assert_eq!(s.nearest_joint(id, &[-1.0, 0.0], 1, &Default::default()).unwrap()[0].0.path, "/d.jpg");
 
     // Retraining replaces every joint embedding at once; a process still on
     // the old model cannot add rows to the new space.
@@ -330,7 +399,7 @@ fn postgres_keeps_models_joint_embeddings_and_uploads() {
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let left: i64 = client.query_one("SELECT COUNT(*) FROM joint WHERE model = $1", &[&id]).unwrap().get(0);
     assert_eq!((left, s.joint_len().unwrap()), (0, 4), "the old model's rows are gone");
-    assert_eq!(s.nearest_joint(id2, &[0.0, 0.0, 1.0], 1).unwrap()[0].0.path, "/c.jpg");
+    assert_eq!(s.nearest_joint(id2, &[0.0, 0.0, 1.0], 1, &Default::default()).unwrap()[0].0.path, "/c.jpg");
     s.add_batch(&[image("/e.jpg", "he", vec![0.0, -1.0, 0.0])]).unwrap();
     assert_eq!(s.sync_joint(id, 2, None, &first_two).unwrap(), 0, "a stale model writes nothing");
     assert_eq!(s.sync_joint(id2, 3, None, &all_three).unwrap(), 1);
@@ -841,9 +910,9 @@ fn the_library_searches_any_store_through_the_facade() {
     let upkeep = library.after_add(None).unwrap();
     assert_eq!(upkeep.graph_rows, None, "a memory store scans exactly");
     let query = |v: Vec<f32>| Assembled { query: Query::Cnn(v), space: Space::Cnn, side: None, note: None };
-    let found = library.search(&query(vec![0.9, 0.1, 0.0]), 2, None).unwrap();
+    let found = library.search(&query(vec![0.9, 0.1, 0.0]), 2, None, &Filter::default()).unwrap();
     assert_eq!(found.iter().map(|f| (f.rank, f.path.as_str())).collect::<Vec<_>>(), [(1, "/x.jpg"), (2, "/y.jpg")]);
-    let near = library.search(&query(vec![0.9, 0.1, 0.0]), 2, Some(0.5)).unwrap();
+    let near = library.search(&query(vec![0.9, 0.1, 0.0]), 2, Some(0.5), &Filter::default()).unwrap();
     assert_eq!(near.len(), 1, "max_distance drops the far one");
     let x = library.store().by_path("/x.jpg").unwrap().unwrap();
     assert_eq!(library.image_embedding(&x.key.to_string(), |_| unreachable!()).unwrap(), [1.0, 0.0, 0.0]);

@@ -39,6 +39,7 @@ pub(super) fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>
         space: asked,
     };
     let space = parts.space()?;
+    let filter = p.filter()?;
     let class_weights = match &p.class {
         Some(spec) => {
             let c = crate::backbone::resolve_class(spec)?;
@@ -72,7 +73,7 @@ pub(super) fn run_search(state: &State, p: SearchParams, upload: Option<(Vec<u8>
     };
     let joint = if space == Space::Joint { Some(space_of(&engine)?) } else { None };
     let assembled = query::assemble(space, image.clone(), text, class_weights, requested_side, joint.as_deref())?;
-    let found = engine.search(&assembled, k, p.max_distance)?;
+    let found = engine.search(&assembled, k, p.max_distance, &filter)?;
     let mut answer = SearchAnswer::new(&assembled, found, |f| {
         let o = image_out(f.key, &f.label, &f.path);
         Hit {
@@ -197,6 +198,11 @@ pub(super) async fn search_post(
         space: field(&form, "space")?,
         tags: field(&form, "tags")?,
         text_side: field(&form, "text_side")?,
+        under: field(&form, "under")?,
+        label: field(&form, "label")?,
+        after: field(&form, "after")?,
+        before: field(&form, "before")?,
+        camera: field(&form, "camera")?,
     };
     let image = form.image;
     blocking(&state, move |st| run_search(st, p, image).map(Json)).await
@@ -500,6 +506,7 @@ pub(super) fn add_to_database(
         hash: hash.to_owned(),
         size: bytes.len() as u64,
         mtime: now,
+        meta: crate::metadata::of_bytes(bytes, now),
         label: label.to_owned(),
         vector,
     };

@@ -79,6 +79,29 @@ pub struct SearchParams {
     pub tags: Option<bool>,
     /// `zero-shot`, `trained` or `fused` (default: fused once a model is trained, else zero-shot).
     pub text_side: Option<String>,
+    /// Only images under this folder (a path on the server).
+    pub under: Option<String>,
+    /// Only images with this label (their folder's name).
+    pub label: Option<String>,
+    /// Only images taken on or after this date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`).
+    pub after: Option<String>,
+    /// Only images taken before this date.
+    pub before: Option<String>,
+    /// Only images whose camera make or model contains this.
+    pub camera: Option<String>,
+}
+
+impl SearchParams {
+    /// The filter these parameters say.
+    pub fn filter(&self) -> crate::Result<crate::store::Filter> {
+        crate::query::filter(
+            self.under.clone(),
+            self.label.as_deref(),
+            self.after.as_deref(),
+            self.before.as_deref(),
+            self.camera.as_deref(),
+        )
+    }
 }
 
 /// `POST /api/search`: an uploaded image and the fields of [`SearchParams`].
@@ -94,6 +117,11 @@ pub struct SearchForm {
     space: Option<String>,
     tags: Option<bool>,
     text_side: Option<String>,
+    under: Option<String>,
+    label: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+    camera: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]

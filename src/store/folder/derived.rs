@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::{db_err, Store, VerifyReport, VECTORS_HEADER};
 use crate::index::HnswIndex;
 use crate::store::{Checked, TextSide, TextVectors};
+use crate::store::{Filter, ImageRecord};
 use crate::Result;
 
 impl Store {
@@ -110,6 +111,32 @@ impl Store {
                 false => None,
             });
         }
+    }
+
+    /// The rows of the images `filter` lets through, sorted.
+    pub(super) fn rows_matching(&self, filter: &Filter) -> Result<Vec<usize>> {
+        let records = self.cached_records()?;
+        let mut rows: Vec<usize> = records.iter().filter(|r| filter.matches(r)).map(|r| r.row as usize).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        Ok(rows)
+    }
+
+    /// Every record, read again only after a write (this handle's, or
+    /// another process's: SQLite's `data_version`).
+    fn cached_records(&self) -> Result<Arc<Vec<ImageRecord>>> {
+        let data_version: i64 =
+            self.conn().query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| db_err(&self.dir, e))?;
+        let generation = (self.writes.load(Ordering::Relaxed), data_version);
+        let mut cache = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, records)) = &*cache {
+            if *g == generation {
+                return Ok(records.clone());
+            }
+        }
+        let records = Arc::new(self.all()?);
+        *cache = Some((generation, records.clone()));
+        Ok(records)
     }
 
     /// Where `side`'s vectors are: one file per side, so switching sides

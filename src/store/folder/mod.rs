@@ -40,14 +40,24 @@ use memmap2::Mmap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Checked, ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery, StoredModel,
-    TextSide,
+    Checked, Filter, ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery,
+    StoredModel, TextSide,
 };
 use crate::index::HnswIndex;
 use crate::{Error, Result};
 
 const VECTORS_MAGIC: &[u8; 8] = b"IMGSVEC1";
 const VECTORS_HEADER: usize = 64;
+
+/// At most this many rows passing a filter are scored exactly; more walk
+/// the HNSW graph with the filter.
+const EXACT_FILTERED_ROWS: usize = 4096;
+
+/// The `SELECT` of an image record.
+const COLUMNS: &str = "SELECT key, path, hash, size, mtime, label, row, norm, taken, camera, width, height FROM images";
+/// The same on a store made before photo facts were kept.
+const COLUMNS_BEFORE_META: &str =
+    "SELECT key, path, hash, size, mtime, label, row, norm, NULL, NULL, NULL, NULL FROM images";
 
 /// The embedded store.
 pub struct Store {
@@ -60,13 +70,23 @@ pub struct Store {
     mmap: Option<Mmap>,
     /// Opened by [`Store::open_read_only`]: nothing is created, cut or written.
     read_only: bool,
+    /// The `SELECT` of a record ([`COLUMNS`], or with empty photo facts on
+    /// a store made before them, opened read-only).
+    columns: &'static str,
     /// The HNSW graph over the vectors: `None` until first looked for.
     hnsw: RwLock<Option<Option<HnswIndex>>>,
     /// Searches scan every vector ([`ImageStore::set_exact`]).
     exact: AtomicBool,
     /// Each text side's image vectors, by side name, once made current.
     text: RwLock<HashMap<&'static str, Arc<TextVectors>>>,
+    /// Every record, for filters, with the [`Store::generation`] it was read at.
+    records: std::sync::Mutex<Option<CachedRecords>>,
+    /// Bumped by every write through this handle.
+    writes: std::sync::atomic::AtomicU64,
 }
+
+/// Every record, with the generation it was read at (this handle's writes, SQLite's `data_version`).
+type CachedRecords = ((u64, i64), Arc<Vec<ImageRecord>>);
 
 /// What [`Store::verify_vectors`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +213,25 @@ impl Store {
             )
             .map_err(trouble)?;
         }
+        // Photo facts (schema 2): added to a store made before them; a
+        // reader of such a store sees them empty until a writer adds them.
+        let has_meta = |conn: &Connection| conn.prepare("SELECT taken FROM images LIMIT 0").is_ok();
+        if !read_only && !has_meta(&conn) {
+            let added = conn.execute_batch(
+                "ALTER TABLE images ADD COLUMN taken INTEGER;
+                 ALTER TABLE images ADD COLUMN camera TEXT;
+                 ALTER TABLE images ADD COLUMN width INTEGER;
+                 ALTER TABLE images ADD COLUMN height INTEGER;",
+            );
+            // Another process opening the store at the same moment may have added them.
+            if !has_meta(&conn) {
+                added.map_err(trouble)?;
+            }
+        }
+        if !read_only {
+            conn.execute_batch("CREATE INDEX IF NOT EXISTS images_taken ON images(taken);").map_err(trouble)?;
+        }
+        let columns = if has_meta(&conn) { COLUMNS } else { COLUMNS_BEFORE_META };
         let setting = |name: &str| -> Result<Option<String>> {
             conn.query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| r.get(0))
                 .optional()
@@ -243,9 +282,12 @@ impl Store {
             rows,
             mmap: None,
             read_only,
+            columns,
             hnsw: RwLock::new(None),
             exact: AtomicBool::new(false),
             text: RwLock::new(HashMap::new()),
+            records: std::sync::Mutex::new(None),
+            writes: std::sync::atomic::AtomicU64::new(0),
         };
         if read_only {
             store.open_vectors(false)?;
@@ -385,36 +427,40 @@ impl Store {
                     label: r.get(5)?,
                     row: r.get::<_, i64>(6)? as u64,
                     norm: r.get::<_, f64>(7)? as f32,
+                    meta: crate::metadata::PhotoMeta {
+                        taken: r.get(8)?,
+                        camera: r.get(9)?,
+                        width: r.get(10)?,
+                        height: r.get(11)?,
+                    },
                 })
             })
             .map_err(|e| db_err(&self.dir, e))?;
         rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(&self.dir, e))
     }
 
-    const COLUMNS: &'static str = "SELECT key, path, hash, size, mtime, label, row, norm FROM images";
-
     /// Every image, by key.
     pub fn all(&self) -> Result<Vec<ImageRecord>> {
-        self.records(&format!("{} ORDER BY key", Self::COLUMNS), [])
+        self.records(&format!("{} ORDER BY key", self.columns), [])
     }
 
     pub fn by_key(&self, key: i64) -> Result<Option<ImageRecord>> {
-        Ok(self.records(&format!("{} WHERE key = ?1", Self::COLUMNS), [key])?.pop())
+        Ok(self.records(&format!("{} WHERE key = ?1", self.columns), [key])?.pop())
     }
 
     pub fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
-        Ok(self.records(&format!("{} WHERE path = ?1", Self::COLUMNS), [path])?.pop())
+        Ok(self.records(&format!("{} WHERE path = ?1", self.columns), [path])?.pop())
     }
 
     pub fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
         self.records(
-            &format!("{} WHERE key < ?1 ORDER BY key DESC LIMIT ?2", Self::COLUMNS),
+            &format!("{} WHERE key < ?1 ORDER BY key DESC LIMIT ?2", self.columns),
             [before.unwrap_or(i64::MAX), limit.min(i64::MAX as usize) as i64],
         )
     }
 
     pub fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
-        self.records(&format!("{} WHERE hash = ?1 ORDER BY key", Self::COLUMNS), [hash])
+        self.records(&format!("{} WHERE hash = ?1 ORDER BY key", self.columns), [hash])
     }
 
     /// The images behind an index's hits, nearest first, at least `k` when
@@ -424,6 +470,7 @@ impl Store {
     pub fn images_for_hits(
         &self,
         k: usize,
+        filter: &Filter,
         search: impl Fn(usize) -> Vec<crate::index::Hit>,
     ) -> Result<Vec<(ImageRecord, f32)>> {
         let mut want = k + 8;
@@ -432,8 +479,13 @@ impl Store {
             let distance: std::collections::HashMap<u64, f32> =
                 hits.iter().map(|h| (h.id as u64, h.distance)).collect();
             let rows: Vec<u64> = hits.iter().map(|h| h.id as u64).collect();
-            let out: Vec<(ImageRecord, f32)> =
-                self.by_rows(&rows)?.into_iter().map(|r| (distance[&r.row], r)).map(|(d, r)| (r, d)).collect();
+            let out: Vec<(ImageRecord, f32)> = self
+                .by_rows(&rows)?
+                .into_iter()
+                .filter(|r| filter.matches(r))
+                .map(|r| (distance[&r.row], r))
+                .map(|(d, r)| (r, d))
+                .collect();
             if out.len() >= k || hits.len() < want {
                 return Ok(out);
             }
@@ -446,7 +498,7 @@ impl Store {
     pub fn by_rows(&self, rows: &[u64]) -> Result<Vec<ImageRecord>> {
         let mut out = Vec::new();
         for &row in rows {
-            out.extend(self.records(&format!("{} WHERE row = ?1 ORDER BY key", Self::COLUMNS), [row as i64])?);
+            out.extend(self.records(&format!("{} WHERE row = ?1 ORDER BY key", self.columns), [row as i64])?);
         }
         Ok(out)
     }
@@ -488,6 +540,7 @@ impl Store {
     /// Adds a batch atomically: vectors appended and synced, then one transaction.
     /// Returns the new images' keys.
     pub fn add_batch(&mut self, images: &[NewImage]) -> Result<Vec<i64>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let _lock = self.write_lock()?;
         // Rows are assigned from what is committed now, whoever wrote it.
         self.catch_up(true)?;
@@ -522,9 +575,11 @@ impl Store {
             let mut fresh = new_rows.iter();
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO images(path, hash, size, mtime, label, row, norm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO images(path, hash, size, mtime, label, row, norm, taken, camera, width, height)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT(path) DO UPDATE SET hash = excluded.hash, size = excluded.size, mtime = excluded.mtime,
-                         label = excluded.label, row = excluded.row, norm = excluded.norm
+                         label = excluded.label, row = excluded.row, norm = excluded.norm, taken = excluded.taken,
+                         camera = excluded.camera, width = excluded.width, height = excluded.height
                      RETURNING key",
                 )
                 .map_err(|e| db_err(&self.dir, e))?;
@@ -535,7 +590,19 @@ impl Store {
                 };
                 let key: i64 = insert
                     .query_row(
-                        params![img.path, img.hash, img.size as i64, img.mtime, img.label, row as i64, norm as f64],
+                        params![
+                            img.path,
+                            img.hash,
+                            img.size as i64,
+                            img.mtime,
+                            img.label,
+                            row as i64,
+                            norm as f64,
+                            img.meta.taken,
+                            img.meta.camera,
+                            img.meta.width,
+                            img.meta.height
+                        ],
                         |r| r.get(0),
                     )
                     .map_err(|e| db_err(&self.dir, e))?;
@@ -554,6 +621,7 @@ impl Store {
 
     /// Records that an image moved (same content, new path): no re-embedding.
     pub fn update_location(&mut self, key: i64, path: &str, size: u64, mtime: i64, label: &str) -> Result<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let _lock = self.write_lock()?;
         self.conn()
             .execute(
@@ -564,8 +632,26 @@ impl Store {
         Ok(())
     }
 
+    /// Records images' photo facts by key, in one transaction (filled in
+    /// for images indexed before they were kept).
+    pub fn update_meta(&mut self, facts: &[(i64, crate::metadata::PhotoMeta)]) -> Result<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let _lock = self.write_lock()?;
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        let tx = conn.transaction().map_err(|e| db_err(&self.dir, e))?;
+        for (key, m) in facts {
+            tx.execute(
+                "UPDATE images SET taken = ?2, camera = ?3, width = ?4, height = ?5 WHERE key = ?1",
+                params![key, m.taken, m.camera, m.width, m.height],
+            )
+            .map_err(|e| db_err(&self.dir, e))?;
+        }
+        tx.commit().map_err(|e| db_err(&self.dir, e))
+    }
+
     /// Deletes images by key, in one transaction.
     pub fn delete(&mut self, keys: &[i64]) -> Result<()> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         let _lock = self.write_lock()?;
         let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction().map_err(|e| db_err(&self.dir, e))?;
@@ -645,6 +731,10 @@ impl ImageStore for Store {
         Store::delete(self, keys)
     }
 
+    fn update_meta(&mut self, facts: &[(i64, crate::metadata::PhotoMeta)]) -> Result<()> {
+        Store::update_meta(self, facts)
+    }
+
     fn vector_rows(&self) -> Result<u64> {
         Ok(self.rows())
     }
@@ -657,32 +747,48 @@ impl ImageStore for Store {
         matches!(*self.hnsw.read().unwrap_or_else(|e| e.into_inner()), Some(Some(_))) && !self.is_exact()
     }
 
-    fn search(&self, query: &StoreQuery<'_>, want: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>> {
         use crate::index::{ExactIndex, VectorIndex};
+        // A filter becomes the rows it lets through, searched inside the index.
+        let among = if filter.is_empty() { None } else { Some(self.rows_matching(filter)?) };
         match query {
             StoreQuery::Weighted { embedding, weights } => {
                 let exact = ExactIndex::new(self.vectors(), self.dim);
-                self.images_for_hits(want, |w| exact.search_weighted(embedding, weights, w))
+                self.images_for_hits(want, filter, |w| match &among {
+                    Some(rows) => exact.search_weighted_among(embedding, weights, rows, w),
+                    None => exact.search_weighted(embedding, weights, w),
+                })
             }
             StoreQuery::Cnn(q) => {
                 self.load_hnsw();
                 let graph = self.hnsw.read().unwrap_or_else(|e| e.into_inner());
                 let rows = self.rows as usize;
-                match graph.as_ref().and_then(|g| g.as_ref()).filter(|g| g.len() == rows && !self.is_exact()) {
-                    Some(g) => {
+                let graph = graph.as_ref().and_then(|g| g.as_ref()).filter(|g| g.len() == rows && !self.is_exact());
+                let exact = ExactIndex::new(self.vectors(), self.dim);
+                match (graph, &among) {
+                    // Few rows pass: scoring them is cheaper than walking the graph.
+                    (None, Some(rows)) => self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w)),
+                    (_, Some(rows)) if rows.len() <= EXACT_FILTERED_ROWS => {
+                        self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w))
+                    }
+                    (Some(g), Some(rows)) => {
                         let reranked = g.over(self.vectors(), self.dim);
-                        self.images_for_hits(want, |w| reranked.search(q, w))
+                        self.images_for_hits(want, filter, |w| reranked.search_among(q, rows, w))
                     }
-                    None => {
-                        let exact = ExactIndex::new(self.vectors(), self.dim);
-                        self.images_for_hits(want, |w| exact.search(q, w))
+                    (Some(g), None) => {
+                        let reranked = g.over(self.vectors(), self.dim);
+                        self.images_for_hits(want, filter, |w| reranked.search(q, w))
                     }
+                    (None, None) => self.images_for_hits(want, filter, |w| exact.search(q, w)),
                 }
             }
             StoreQuery::Text { side, vector } => {
                 let vectors = self.text_vectors(side)?;
                 let exact = ExactIndex::new(vectors.vectors(), vectors.dim());
-                self.images_for_hits(want, |w| exact.search(vector, w))
+                self.images_for_hits(want, filter, |w| match &among {
+                    Some(rows) => exact.search_among(vector, rows, w),
+                    None => exact.search(vector, w),
+                })
             }
         }
     }

@@ -10,6 +10,7 @@ fn image(path: &str, hash: &str, e: Vec<f32>) -> NewImage {
         mtime: 2,
         label: "cat".into(),
         vector: NewVector::Embedding(e),
+        meta: Default::default(),
     }
 }
 

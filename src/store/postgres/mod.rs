@@ -44,7 +44,8 @@ mod text;
 pub use text::Project;
 
 use super::{
-    Checked, ImageRecord, ImageStore, NewImage, NewModel, Projection, SavedModel, StoreQuery, StoredModel, TextSide,
+    Checked, Filter, ImageRecord, ImageStore, NewImage, NewModel, Projection, SavedModel, StoreQuery, StoredModel,
+    TextSide,
 };
 use crate::{Error, Result};
 
@@ -52,7 +53,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -132,6 +133,12 @@ fn migrations(dim: usize) -> Vec<String> {
              embedding vector NOT NULL,
              PRIMARY KEY (fingerprint, hash));
          CREATE INDEX text_vectors_hash ON text_vectors(hash);"
+            .to_owned(),
+        // Version 4: each image's photo facts (filled in by `index` for
+        // images indexed before), and an index for date filters and browsing.
+        "ALTER TABLE images ADD COLUMN taken BIGINT, ADD COLUMN camera TEXT,
+             ADD COLUMN width INTEGER, ADD COLUMN height INTEGER;
+         CREATE INDEX images_taken ON images(taken);"
             .to_owned(),
     ]
 }
@@ -326,7 +333,7 @@ fn redact(url: &str) -> String {
     }
 }
 
-const COLUMNS: &str = "SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, v.id, v.norm FROM images i JOIN vectors v ON v.hash = i.hash";
+const COLUMNS: &str = "SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, v.id, v.norm, i.taken, i.camera, i.width, i.height FROM images i JOIN vectors v ON v.hash = i.hash";
 
 fn record(r: &postgres::Row) -> ImageRecord {
     record_at(r, 0)
@@ -343,6 +350,12 @@ fn record_at(r: &postgres::Row, at: usize) -> ImageRecord {
         label: r.get(at + 5),
         row: r.get::<_, i64>(at + 6) as u64,
         norm: r.get(at + 7),
+        meta: crate::metadata::PhotoMeta {
+            taken: r.get(at + 8),
+            camera: r.get(at + 9),
+            width: r.get::<_, Option<i32>>(at + 10).map(|w| w as u32),
+            height: r.get::<_, Option<i32>>(at + 11).map(|h| h as u32),
+        },
     }
 }
 
@@ -418,9 +431,11 @@ impl ImageStore for PgStore {
                 tx.execute(&insert_vector, &[hash, norm, v])?;
             }
             let insert = tx.prepare(
-                "INSERT INTO images(path, hash, size, mtime, label) VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO images(path, hash, size, mtime, label, taken, camera, width, height)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (path) DO UPDATE SET hash = excluded.hash, size = excluded.size,
-                     mtime = excluded.mtime, label = excluded.label
+                     mtime = excluded.mtime, label = excluded.label, taken = excluded.taken,
+                     camera = excluded.camera, width = excluded.width, height = excluded.height
                  RETURNING key",
             )?;
             // The contents these paths held before: a replaced one may be orphaned.
@@ -429,7 +444,12 @@ impl ImageStore for PgStore {
                 tx.query("SELECT hash FROM images WHERE path = ANY($1)", &[&paths])?.iter().map(|r| r.get(0)).collect();
             let mut keys = Vec::with_capacity(images.len());
             for img in images {
-                let row = tx.query_one(&insert, &[&img.path, &img.hash, &(img.size as i64), &img.mtime, &img.label])?;
+                let (m, size) = (&img.meta, img.size as i64);
+                let (w, h) = (m.width.map(|w| w as i32), m.height.map(|h| h as i32));
+                let row = tx.query_one(
+                    &insert,
+                    &[&img.path, &img.hash, &size, &img.mtime, &img.label, &m.taken, &m.camera, &w, &h],
+                )?;
                 keys.push(row.get(0));
             }
             tx.execute(GC_VECTORS, &[&before])?;
@@ -446,6 +466,19 @@ impl ImageStore for PgStore {
             )
         })?;
         Ok(())
+    }
+
+    fn update_meta(&mut self, facts: &[(i64, crate::metadata::PhotoMeta)]) -> Result<()> {
+        self.retry(|c| {
+            let mut tx = c.transaction()?;
+            let update =
+                tx.prepare("UPDATE images SET taken = $2, camera = $3, width = $4, height = $5 WHERE key = $1")?;
+            for (key, m) in facts {
+                let (w, h) = (m.width.map(|w| w as i32), m.height.map(|h| h as i32));
+                tx.execute(&update, &[key, &m.taken, &m.camera, &w, &h])?;
+            }
+            tx.commit()
+        })
     }
 
     fn delete(&mut self, keys: &[i64]) -> Result<()> {
@@ -465,20 +498,22 @@ impl ImageStore for PgStore {
         PgStore::ping(self)
     }
 
-    fn search(&self, query: &StoreQuery<'_>, want: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>> {
         match query {
             StoreQuery::Cnn(q) => {
                 let Some(q) = unit_vector(q) else { return Ok(Vec::new()) };
                 self.nearest_by(
-                    "SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors ORDER BY embedding <=> $1 LIMIT $2",
+                    "SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors WHERE TRUE {filter}
+                     ORDER BY embedding <=> $1 LIMIT $2",
                     &[&q],
                     want,
+                    filter,
                 )
             }
-            StoreQuery::Weighted { embedding, weights } => self.nearest_weighted(embedding, weights, want),
+            StoreQuery::Weighted { embedding, weights } => self.nearest_weighted(embedding, weights, want, filter),
             StoreQuery::Text { side, vector } => match trained_model(side) {
-                Some(id) => self.nearest_joint(id, vector, want),
-                None => self.nearest_text(&side.fingerprint_hex(), vector, want),
+                Some(id) => self.nearest_joint(id, vector, want, filter),
+                None => self.nearest_text(&side.fingerprint_hex(), vector, want, filter),
             },
         }
     }

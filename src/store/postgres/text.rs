@@ -6,7 +6,7 @@
 use pgvector::Vector;
 
 use super::{record_at, unit_vector, PgStore, DEFAULT_EF_SEARCH};
-use crate::store::{ImageRecord, NewImage, StoredModel};
+use crate::store::{Filter, ImageRecord, NewImage, StoredModel};
 use crate::{Error, Result};
 
 /// Projects raw CNN embeddings (`[n, dim]`, row-major) into the joint space.
@@ -267,7 +267,13 @@ impl PgStore {
 
     /// The `k` images nearest to `query` on the text side of projection
     /// `fingerprint` (its HNSW index in the database).
-    pub fn nearest_text(&self, fingerprint: &str, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    pub fn nearest_text(
+        &self,
+        fingerprint: &str,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(ImageRecord, f32)>> {
         if !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.err(format!("bad text-side fingerprint {fingerprint}")));
         }
@@ -277,12 +283,13 @@ impl PgStore {
             &format!(
                 "SELECT v.id, t.hash, v.norm, t.d FROM (
                      SELECT hash, embedding::vector({d}) <=> $1 AS d FROM text_vectors
-                     WHERE fingerprint = '{fingerprint}'
+                     WHERE fingerprint = '{fingerprint}' {{filter}}
                      ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) t
                  JOIN vectors v ON v.hash = t.hash"
             ),
             &[&q],
             k,
+            filter,
         )
     }
 
@@ -304,7 +311,13 @@ impl PgStore {
 
     /// The `k` images nearest to `query` in model `model_id`'s joint space
     /// (its HNSW index in the database).
-    pub fn nearest_joint(&self, model_id: i64, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    pub fn nearest_joint(
+        &self,
+        model_id: i64,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(ImageRecord, f32)>> {
         let Some(q) = unit_vector(query) else { return Ok(Vec::new()) };
         let d = query.len();
         // The expression and the predicate match the model's partial index
@@ -312,37 +325,49 @@ impl PgStore {
         self.nearest_by(
             &format!(
                 "SELECT v.id, j.hash, v.norm, j.d FROM (
-                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM joint WHERE model = {model_id}
+                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM joint WHERE model = {model_id} {{filter}}
                      ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) j
                  JOIN vectors v ON v.hash = j.hash"
             ),
             &[&q],
             k,
+            filter,
         )
     }
 
     /// The `k` images nearest to `query` with both sides multiplied by
     /// `weights` (one ImageNet class's row): an exact scan, as in the
     /// embedded store, since no index holds reweighted vectors.
-    pub fn nearest_weighted(&self, query: &[f32], weights: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
+    pub fn nearest_weighted(
+        &self,
+        query: &[f32],
+        weights: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(ImageRecord, f32)>> {
         let qw: Vec<f32> = query.iter().zip(weights).map(|(q, w)| q * w).collect();
         let Some(qw) = unit_vector(&qw) else { return Ok(Vec::new()) };
         let w = Vector::from(weights.to_vec());
         self.nearest_by(
-            "SELECT id, hash, norm, (embedding * $3) <=> $1 AS d FROM vectors ORDER BY (embedding * $3) <=> $1 LIMIT $2",
+            "SELECT id, hash, norm, (embedding * $3) <=> $1 AS d FROM vectors WHERE TRUE {filter}
+             ORDER BY (embedding * $3) <=> $1 LIMIT $2",
             &[&qw, &w],
             k,
+            filter,
         )
     }
 
     /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
-    /// (the query) and `$2` (the limit), plus `extra` from `$3` on; its
-    /// hits are joined with their images, nearest first.
+    /// (the query) and `$2` (the limit), plus `extra` from `$3` on, with
+    /// `{filter}` where the filter's condition on `hash` goes; its hits are
+    /// joined with their images, nearest first. A filter runs inside the
+    /// index scan (pgvector's iterative scan goes on until `k` pass).
     pub(super) fn nearest_by(
         &self,
         inner: &str,
         args: &[&(dyn postgres::types::ToSql + Sync)],
         k: usize,
+        filter: &Filter,
     ) -> Result<Vec<(ImageRecord, f32)>> {
         if k == 0 {
             return Ok(Vec::new());
@@ -356,18 +381,29 @@ impl PgStore {
         let limit = k as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![args[0], &limit];
         params.extend_from_slice(&args[1..]);
+        let (conditions, values) = filter_sql(filter, params.len() + 1);
+        params.extend(values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)));
+        let (inner_filter, outer_filter) = match conditions.is_empty() {
+            true => (String::new(), String::new()),
+            false => {
+                (format!("AND hash IN (SELECT i.hash FROM images i WHERE {conditions})"), format!("AND {conditions}"))
+            }
+        };
+        let inner = inner.replace("{filter}", &inner_filter);
         let sql = format!(
             "WITH nn AS ({inner})
-             SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm
-             FROM nn JOIN images i ON i.hash = nn.hash ORDER BY nn.d, i.key"
+             SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm,
+                    i.taken, i.camera, i.width, i.height
+             FROM nn JOIN images i ON i.hash = nn.hash {outer_filter} ORDER BY nn.d, i.key"
         );
+        let iterative = if conditions.is_empty() { "" } else { "SET LOCAL hnsw.iterative_scan = strict_order;" };
         // The HNSW index answers the inner query; the join only names them.
         let rows = self.retry(|c| {
-            if ef == DEFAULT_EF_SEARCH && exact.is_empty() {
+            if ef == DEFAULT_EF_SEARCH && exact.is_empty() && iterative.is_empty() {
                 return c.query(&sql, &params);
             }
             let mut tx = c.transaction()?;
-            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}; {exact}"))?;
+            tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}; {exact} {iterative}"))?;
             let rows = tx.query(&sql, &params)?;
             tx.commit()?;
             Ok(rows)
@@ -386,6 +422,8 @@ impl PgStore {
     /// Adds an uploaded image with its bytes, in one transaction, so any
     /// replica can serve the original. Returns its key.
     pub fn add_upload(&self, image: &NewImage, bytes: &[u8]) -> Result<i64> {
+        let (m, size) = (&image.meta, image.size as i64);
+        let (w, h) = (m.width.map(|w| w as i32), m.height.map(|h| h as i32));
         let fresh = image.unit_embedding(self.dim)?.map(|(u, n)| (n, Vector::from(u)));
         self.retry(|c| {
             let mut tx = c.transaction()?;
@@ -401,9 +439,10 @@ impl PgStore {
             )?;
             let key: i64 = tx
                 .query_one(
-                    "INSERT INTO images(path, hash, size, mtime, label) VALUES ($1, $2, $3, $4, $5)
+                    "INSERT INTO images(path, hash, size, mtime, label, taken, camera, width, height)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (path) DO UPDATE SET label = excluded.label RETURNING key",
-                    &[&image.path, &image.hash, &(image.size as i64), &image.mtime, &image.label],
+                    &[&image.path, &image.hash, &size, &image.mtime, &image.label, &m.taken, &m.camera, &w, &h],
                 )?
                 .get(0);
             tx.commit()?;
@@ -420,4 +459,33 @@ impl PgStore {
 /// The partial HNSW index of one text-side projection.
 fn text_index(fingerprint: &str) -> String {
     format!("text_hnsw_{}", &fingerprint[..fingerprint.len().min(16)])
+}
+
+/// A filter as SQL conditions on `images i`, its parameters numbered from
+/// `first`; empty for no filter.
+fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn postgres::types::ToSql + Sync>>) {
+    let mut conditions = Vec::new();
+    let mut values: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
+    let mut next = |value: Box<dyn postgres::types::ToSql + Sync>| {
+        values.push(value);
+        first + values.len() - 1
+    };
+    if let Some(under) = &filter.under {
+        let under = under.trim_end_matches('/').to_owned();
+        let n = next(Box::new(under));
+        conditions.push(format!("(i.path = ${n} OR left(i.path, length(${n}) + 1) = ${n} || '/')"));
+    }
+    if let Some(label) = &filter.label {
+        conditions.push(format!("i.label = ${}", next(Box::new(label.clone()))));
+    }
+    if let Some(after) = filter.after {
+        conditions.push(format!("i.taken >= ${}", next(Box::new(after))));
+    }
+    if let Some(before) = filter.before {
+        conditions.push(format!("i.taken < ${}", next(Box::new(before))));
+    }
+    if let Some(camera) = &filter.camera {
+        conditions.push(format!("strpos(lower(i.camera), lower(${})) > 0", next(Box::new(camera.clone()))));
+    }
+    (conditions.join(" AND "), values)
 }

@@ -107,8 +107,23 @@ try {
   await page.waitForSelector(".hit");
   const browsed = await page.locator(".hit").count();
   if (browsed !== 51) fail("the browse grid shows " + browsed + " of 51 images");
-  if (!(await page.textContent("#query")).includes("most recently added")) fail("browse heading: " + (await page.textContent("#query")));
+  if (!(await page.textContent("#query")).includes("most recently taken")) fail("browse heading: " + (await page.textContent("#query")));
   await page.screenshot({ path: path.join(shots, "browse.png") });
+
+  // A filter narrows the browse grid (and every search) inside the store's search.
+  await page.fill("#f-label", "dog");
+  await page.press("#f-label", "Tab");
+  await page.waitForFunction(() => {
+    const labels = [...document.querySelectorAll(".hit .label")].map((e) => e.textContent);
+    return labels.length > 0 && labels.length < 51 && labels.every((l) => l === "dog");
+  });
+  await page.fill("#f-after", "1971");
+  await page.fill("#f-before", "1970");
+  await page.press("#f-before", "Tab");
+  await page.waitForFunction(() => document.getElementById("error").textContent.includes("nothing can match"));
+  for (const f of ["#f-label", "#f-after", "#f-before"]) await page.fill(f, "");
+  await page.press("#f-before", "Tab");
+  await page.waitForFunction(() => document.querySelectorAll(".hit").length === 51);
 
   // Words -> images; the URL keeps the search.
   await page.fill("#text", "dog");
@@ -133,7 +148,7 @@ try {
   await page.waitForFunction(() => document.getElementById("query").textContent.includes("dog"));
   if ((await page.inputValue("#text")) !== "dog") fail("a reload lost the query");
   await page.goBack();
-  await page.waitForFunction(() => document.getElementById("query").textContent.includes("most recently added"));
+  await page.waitForFunction(() => document.getElementById("query").textContent.includes("most recently taken"));
   await page.goForward();
   await page.waitForFunction(() => document.getElementById("query").textContent.includes("dog"));
 
@@ -169,7 +184,7 @@ try {
   await page.goto(base + "/?q=dog");
   await page.waitForSelector(".hit");
   const reached = new Set();
-  for (let i = 0; i < 10; i++) {
+  for (let i = 0; i < 14; i++) {
     await page.keyboard.press("Tab");
     reached.add(await page.evaluate(() => document.activeElement.id || document.activeElement.className));
   }

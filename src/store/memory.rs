@@ -103,11 +103,6 @@ impl ImageStore for MemoryStore {
         Ok(self.with(|c| c.images.get(&key).cloned()))
     }
 
-    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
-        let before = before.unwrap_or(i64::MAX);
-        Ok(self.with(|c| c.images.range(..before).rev().take(limit).map(|(_, r)| r.clone()).collect()))
-    }
-
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
         Ok(self.with(|c| c.images.values().find(|r| r.path == path).cloned()))
     }

@@ -28,7 +28,15 @@ pub trait ImageStore: Send + Sync {
     fn by_key(&self, key: i64) -> Result<Option<ImageRecord>>;
     /// Up to `limit` images, most recently added first, with keys below
     /// `before` when given (the key of the last one seen: a page cursor).
-    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>>;
+    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
+        self.list(Sort::Added, before.map(|key| Cursor { taken: None, key }), limit, &Filter::default())
+    }
+    /// A page of the images `filter` lets through, newest first by `sort`,
+    /// after `cursor` (the last one seen). By default a scan of every
+    /// record; a store with an index on the order answers it there.
+    fn list(&self, sort: Sort, cursor: Option<Cursor>, limit: usize, filter: &Filter) -> Result<Vec<ImageRecord>> {
+        Ok(list_records(self.all()?, sort, cursor, limit, filter))
+    }
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>>;
     /// Images with this content, by key.
     fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>>;
@@ -202,6 +210,79 @@ impl Filter {
                 image.meta.camera.as_deref().is_some_and(|m| m.to_lowercase().contains(&c.to_lowercase()))
             })
     }
+}
+
+/// How a listing is ordered, newest first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Sort {
+    /// By when it was added (its key).
+    #[default]
+    Added,
+    /// By when it was taken (images without a date last).
+    Date,
+}
+
+/// Where a page of a listing starts: after this image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Its date (by [`Sort::Date`]).
+    pub taken: Option<i64>,
+    pub key: i64,
+}
+
+impl Cursor {
+    /// The cursor after `image` in `sort` order.
+    pub fn after(image: &ImageRecord, sort: Sort) -> Self {
+        Cursor { taken: (sort == Sort::Date).then_some(image.meta.taken).flatten(), key: image.key }
+    }
+
+    /// As text for a URL: `key`, or `taken_key` by date (`none_key` without a date).
+    pub fn to_text(&self, sort: Sort) -> String {
+        match sort {
+            Sort::Added => self.key.to_string(),
+            Sort::Date => format!("{}_{}", self.taken.map_or("none".into(), |t| t.to_string()), self.key),
+        }
+    }
+
+    /// [`Cursor::to_text`] read back; anything else is an error naming it.
+    pub fn parse(text: &str, sort: Sort) -> Result<Self> {
+        let bad = || {
+            Error::BadQuery(format!("cursor \"{text}\" is not one this server gave (pass next_cursor back as it is)"))
+        };
+        match sort {
+            Sort::Added => Ok(Cursor { taken: None, key: text.parse().map_err(|_| bad())? }),
+            Sort::Date => {
+                let (taken, key) = text.split_once('_').ok_or_else(bad)?;
+                let taken = if taken == "none" { None } else { Some(taken.parse().map_err(|_| bad())?) };
+                Ok(Cursor { taken, key: key.parse().map_err(|_| bad())? })
+            }
+        }
+    }
+
+    /// The order key, newest first: (date, key); no date sorts below any.
+    fn rank(&self, sort: Sort) -> (i64, i64) {
+        match sort {
+            Sort::Added => (0, self.key),
+            Sort::Date => (self.taken.unwrap_or(i64::MIN), self.key),
+        }
+    }
+}
+
+/// A page of `records`: `filter`ed, newest first by `sort`, after `cursor`.
+pub fn list_records(
+    records: impl IntoIterator<Item = ImageRecord>,
+    sort: Sort,
+    cursor: Option<Cursor>,
+    limit: usize,
+    filter: &Filter,
+) -> Vec<ImageRecord> {
+    let rank = |r: &ImageRecord| Cursor::after(r, sort).rank(sort);
+    let mut out: Vec<ImageRecord> =
+        records.into_iter().filter(|r| filter.matches(r) && cursor.is_none_or(|c| rank(r) < c.rank(sort))).collect();
+    out.sort_by_key(|r| std::cmp::Reverse(rank(r)));
+    out.truncate(limit);
+    out
 }
 
 /// What a store searches with.

@@ -579,10 +579,24 @@ async fn browsing_caching_ranges_and_compression() {
     assert_eq!(first["total"], 3);
     let keys: Vec<i64> = first["images"].as_array().unwrap().iter().map(|i| i["key"].as_i64().unwrap()).collect();
     assert_eq!(keys, [3, 2]);
-    let cursor = first["next_cursor"].as_i64().unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
     let rest = get(&format!("/api/images?limit=2&cursor={cursor}"), &[]).await.json();
     assert_eq!(rest["images"][0]["key"], 1);
     assert!(rest["next_cursor"].is_null());
+    // By date taken (the files' times here: photo2 is newest), filtered, paged.
+    let by_date = get("/api/images?limit=1&sort=date", &[]).await.json();
+    assert_eq!(by_date["images"][0]["key"], 3, "{by_date}");
+    let cursor = by_date["next_cursor"].as_str().unwrap().to_owned();
+    let next = get(&format!("/api/images?limit=5&sort=date&cursor={cursor}"), &[]).await.json();
+    let keys: Vec<i64> = next["images"].as_array().unwrap().iter().map(|i| i["key"].as_i64().unwrap()).collect();
+    assert_eq!(keys, [2, 1]);
+    let none = get("/api/images?sort=date&before=1971", &[]).await.json();
+    assert!(none["images"].as_array().unwrap().is_empty(), "nothing was taken before 1971: {none}");
+    assert_eq!(get("/api/images?sort=date&after=someday", &[]).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(get("/api/images?sort=date&cursor=12", &[]).await.status, StatusCode::BAD_REQUEST);
+    // Searches take the same filters: nothing before 1971, everything after it.
+    assert_eq!(get("/api/search?key=1&before=1971", &[]).await.json()["results"].as_array().unwrap().len(), 0);
+    assert_eq!(get("/api/search?key=1&after=1971&k=5", &[]).await.json()["results"].as_array().unwrap().len(), 3);
     assert_eq!(get("/api/images?limit=0", &[]).await.status, StatusCode::BAD_REQUEST);
     let info = get("/api/images/1", &[]).await.json();
     assert_eq!(info["path"].as_str().unwrap(), g.files[0].canonicalize().unwrap().to_str().unwrap());

@@ -1,6 +1,7 @@
 //! The handlers: search, tags, words, classes, status and probes, adding, listing and deleting images.
 
 use super::*;
+use crate::store::Cursor;
 
 /// The loaded text space (zero-shot at least).
 pub(super) fn space_of(engine: &Library) -> ApiResult<std::sync::Arc<crate::joint::TextSpace>> {
@@ -432,8 +433,8 @@ pub(super) async fn image_info(
     .await
 }
 
-/// The collection a page at a time, most recently added first (the page's
-/// browse grid).
+/// The collection a page at a time, newest first (by when added, or by when
+/// taken), filtered like searches (the page's browse grid).
 #[utoipa::path(get, path = "/api/images", params(PageParams), responses((status = 200, body = ImagePage), (status = 400, body = ErrorOut)))]
 pub(super) async fn list_images(
     Shared(state): Shared<AppState>,
@@ -444,11 +445,20 @@ pub(super) async fn list_images(
         return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_K}, got {limit}")));
     }
     blocking(&state, move |st| {
+        let sort = p.sort.unwrap_or_default();
+        let cursor = p.cursor.as_deref().map(|c| Cursor::parse(c, sort)).transpose()?;
+        let filter = crate::query::filter(
+            p.under.clone(),
+            p.label.as_deref(),
+            p.after.as_deref(),
+            p.before.as_deref(),
+            p.camera.as_deref(),
+        )?;
         let engine = read(&st.engine);
-        let mut records = engine.store().recent(p.cursor, limit + 1)?;
+        let mut records = engine.store().list(sort, cursor, limit + 1, &filter)?;
         let more = records.len() > limit;
         records.truncate(limit);
-        let next_cursor = if more { records.last().map(|r| r.key) } else { None };
+        let next_cursor = if more { records.last().map(|r| Cursor::after(r, sort).to_text(sort)) } else { None };
         let images = records.iter().map(|r| image_out(r.key, &r.label, &r.path)).collect();
         Ok(Json(ImagePage { images, next_cursor, total: engine.store().len()? }))
     })

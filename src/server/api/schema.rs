@@ -40,12 +40,12 @@ pub struct ImageOut {
     pub path: Option<String>,
 }
 
-/// A page of the collection, most recently added first.
+/// A page of the collection, newest first.
 #[derive(Serialize, ToSchema)]
 pub struct ImagePage {
     pub images: Vec<ImageOut>,
-    /// Pass as `cursor` for the next page; absent on the last one.
-    pub next_cursor: Option<i64>,
+    /// Pass as `cursor` (with the same `sort`) for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
     /// Images in the collection.
     pub total: usize,
 }
@@ -56,7 +56,19 @@ pub struct PageParams {
     /// Images per page, 1-1000 (default 60).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page.
-    pub cursor: Option<i64>,
+    pub cursor: Option<String>,
+    /// `added` (default: most recently added first) or `date` (most recently taken first).
+    pub sort: Option<crate::store::Sort>,
+    /// Only images under this folder (a path on the server).
+    pub under: Option<String>,
+    /// Only images with this label.
+    pub label: Option<String>,
+    /// Only images taken on or after this date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`).
+    pub after: Option<String>,
+    /// Only images taken before this date.
+    pub before: Option<String>,
+    /// Only images whose camera make or model contains this.
+    pub camera: Option<String>,
 }
 
 /// Search parameters (query string, or the fields of a multipart form).

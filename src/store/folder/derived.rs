@@ -124,7 +124,7 @@ impl Store {
 
     /// Every record, read again only after a write (this handle's, or
     /// another process's: SQLite's `data_version`).
-    fn cached_records(&self) -> Result<Arc<Vec<ImageRecord>>> {
+    pub(super) fn cached_records(&self) -> Result<Arc<Vec<ImageRecord>>> {
         let data_version: i64 =
             self.conn().query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| db_err(&self.dir, e))?;
         let generation = (self.writes.load(Ordering::Relaxed), data_version);

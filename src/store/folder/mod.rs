@@ -40,8 +40,8 @@ use memmap2::Mmap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    Checked, Filter, ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, StoreQuery,
-    StoredModel, TextSide,
+    Checked, Cursor, Filter, ImageRecord, ImageStore, NewImage, NewModel, NewVector, Projection, SavedModel, Sort,
+    StoreQuery, StoredModel, TextSide,
 };
 use crate::index::HnswIndex;
 use crate::{Error, Result};
@@ -452,13 +452,6 @@ impl Store {
         Ok(self.records(&format!("{} WHERE path = ?1", self.columns), [path])?.pop())
     }
 
-    pub fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
-        self.records(
-            &format!("{} WHERE key < ?1 ORDER BY key DESC LIMIT ?2", self.columns),
-            [before.unwrap_or(i64::MAX), limit.min(i64::MAX as usize) as i64],
-        )
-    }
-
     pub fn by_hash(&self, hash: &str) -> Result<Vec<ImageRecord>> {
         self.records(&format!("{} WHERE hash = ?1 ORDER BY key", self.columns), [hash])
     }
@@ -699,8 +692,9 @@ impl ImageStore for Store {
         Store::by_key(self, key)
     }
 
-    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
-        Store::recent(self, before, limit)
+    fn list(&self, sort: Sort, cursor: Option<Cursor>, limit: usize, filter: &Filter) -> Result<Vec<ImageRecord>> {
+        // Over the records kept in memory for filters (read again after any write).
+        Ok(super::list_records(self.cached_records()?.iter().cloned(), sort, cursor, limit, filter))
     }
 
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {

@@ -44,8 +44,8 @@ mod text;
 pub use text::Project;
 
 use super::{
-    Checked, Filter, ImageRecord, ImageStore, NewImage, NewModel, Projection, SavedModel, StoreQuery, StoredModel,
-    TextSide,
+    Checked, Cursor, Filter, ImageRecord, ImageStore, NewImage, NewModel, Projection, SavedModel, Sort, StoreQuery,
+    StoredModel, TextSide,
 };
 use crate::{Error, Result};
 
@@ -388,9 +388,22 @@ impl ImageStore for PgStore {
         Ok(self.records(&format!("{COLUMNS} WHERE i.key = $1"), &[&key])?.pop())
     }
 
-    fn recent(&self, before: Option<i64>, limit: usize) -> Result<Vec<ImageRecord>> {
-        let (before, limit) = (before.unwrap_or(i64::MAX), limit.min(i64::MAX as usize) as i64);
-        self.records(&format!("{COLUMNS} WHERE i.key < $1 ORDER BY i.key DESC LIMIT $2"), &[&before, &limit])
+    fn list(&self, sort: Sort, cursor: Option<Cursor>, limit: usize, filter: &Filter) -> Result<Vec<ImageRecord>> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let c = cursor.unwrap_or(Cursor { taken: Some(i64::MAX), key: i64::MAX });
+        let (taken, key) = (c.taken.unwrap_or(i64::MIN), c.key);
+        let (conditions, values) = text::filter_sql(filter, 4);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&taken, &key, &limit];
+        params.extend(values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)));
+        let filtered = if conditions.is_empty() { String::new() } else { format!("AND {conditions}") };
+        let (after, order) = match sort {
+            Sort::Added => ("i.key < $2 AND $1::bigint IS NOT NULL", "i.key DESC"),
+            Sort::Date => (
+                "(COALESCE(i.taken, -9223372036854775808), i.key) < ($1, $2)",
+                "COALESCE(i.taken, -9223372036854775808) DESC, i.key DESC",
+            ),
+        };
+        self.records(&format!("{COLUMNS} WHERE {after} {filtered} ORDER BY {order} LIMIT $3"), &params)
     }
 
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {

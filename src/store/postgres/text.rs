@@ -463,7 +463,7 @@ fn text_index(fingerprint: &str) -> String {
 
 /// A filter as SQL conditions on `images i`, its parameters numbered from
 /// `first`; empty for no filter.
-fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn postgres::types::ToSql + Sync>>) {
+pub(super) fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn postgres::types::ToSql + Sync>>) {
     let mut conditions = Vec::new();
     let mut values: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
     let mut next = |value: Box<dyn postgres::types::ToSql + Sync>| {

@@ -499,3 +499,100 @@ fn verify_finds_a_flipped_bit_in_the_vectors() {
     assert!(!damaged.status.success());
     assert!(err.contains("zero-shot.f32") && err.contains("1 rows differ") && err.contains("row 1"), "{err}");
 }
+
+/// A JPEG with an EXIF block (camera, date taken) at `path`.
+fn jpeg_with_exif(path: &Path, shade: u8, camera: Option<(&str, &str)>, taken: Option<&str>) {
+    use exif::{Field, In, Tag, Value};
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([shade, (x * 3) as u8, (y * 5) as u8]));
+    let mut jpeg = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    let mut fields = Vec::new();
+    if let Some((make, model)) = camera {
+        fields.push(Field { tag: Tag::Make, ifd_num: In::PRIMARY, value: Value::Ascii(vec![make.into()]) });
+        fields.push(Field { tag: Tag::Model, ifd_num: In::PRIMARY, value: Value::Ascii(vec![model.into()]) });
+    }
+    if let Some(t) = taken {
+        fields.push(Field { tag: Tag::DateTimeOriginal, ifd_num: In::PRIMARY, value: Value::Ascii(vec![t.into()]) });
+    }
+    let mut out = jpeg[..2].to_vec();
+    if !fields.is_empty() {
+        let mut writer = exif::experimental::Writer::new();
+        fields.iter().for_each(|f| writer.push_field(f));
+        let mut tiff = std::io::Cursor::new(Vec::new());
+        writer.write(&mut tiff, false).unwrap();
+        let body = [&b"Exif\0\0"[..], tiff.get_ref()].concat();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    out.extend_from_slice(&jpeg[2..]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// Photo facts: the EXIF date and camera are read at index time and
+/// filter searches (`--after`, `--before`, `--camera`, `--under`,
+/// `--label`); a store made before they were kept is read as it is and
+/// filled in by the next `index`, without re-embedding.
+#[test]
+fn photo_facts_filter_searches_and_are_filled_in_for_an_older_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (photos, db) = (tmp.path().join("photos"), tmp.path().join("db"));
+    std::fs::create_dir_all(photos.join("trip")).unwrap();
+    jpeg_with_exif(&photos.join("canon.jpg"), 10, Some(("Canon", "Canon EOS 5D")), Some("2021:05:01 10:00:00"));
+    jpeg_with_exif(&photos.join("trip/phone.jpg"), 120, Some(("Apple", "iPhone 12")), Some("2023:07:04 18:30:00"));
+    jpeg_with_exif(&photos.join("trip/plain.jpg"), 240, None, None);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let photos_arg = photos.to_str().unwrap().to_owned();
+    let index = || -> serde_json::Value { serde_json::from_str(&run(&["index", &photos_arg, "--json"])).unwrap() };
+    assert_eq!(index()["embedded"], 3);
+    let query = photos.join("canon.jpg");
+    let files = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["search", "--image", query.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let answer: serde_json::Value = serde_json::from_str(&run(&args)).unwrap();
+        let mut files: Vec<String> =
+            answer["results"].as_array().unwrap().iter().map(|r| r["file"].as_str().unwrap().to_owned()).collect();
+        files.sort();
+        files
+    };
+    assert_eq!(files(&[]), ["canon.jpg", "phone.jpg", "plain.jpg"]);
+    assert_eq!(files(&["--camera", "CANON"]), ["canon.jpg"]);
+    assert_eq!(files(&["--camera", "iphone"]), ["phone.jpg"]);
+    assert_eq!(files(&["--before", "2022"]), ["canon.jpg"]);
+    assert_eq!(files(&["--after", "2023-07", "--before", "2023-07-05"]), ["phone.jpg"]);
+    // No EXIF date: the file's modification time (this run), so after 2024.
+    assert_eq!(files(&["--after", "2024"]), ["plain.jpg"]);
+    let trip = photos.join("trip");
+    assert_eq!(files(&["--under", trip.to_str().unwrap()]), ["phone.jpg", "plain.jpg"]);
+    assert_eq!(files(&["--label", "trip", "--camera", "apple"]), ["phone.jpg"]);
+
+    // Bad filters are named.
+    let bad = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(&db)
+        .args(["search", "--image", query.to_str().unwrap(), "--after", "last-summer"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"last-summer\" is not a date"));
+
+    // A store made before photo facts: the columns are not there.
+    {
+        let conn = rusqlite::Connection::open(db.join("meta.sqlite")).unwrap();
+        conn.execute_batch(
+            "DROP INDEX images_taken;
+             ALTER TABLE images DROP COLUMN taken; ALTER TABLE images DROP COLUMN camera;
+             ALTER TABLE images DROP COLUMN width; ALTER TABLE images DROP COLUMN height;",
+        )
+        .unwrap();
+    }
+    // A reader sees no dates and changes nothing; the next index fills them in.
+    assert!(files(&["--after", "2000"]).is_empty());
+    let report = index();
+    assert_eq!((report["embedded"].as_u64(), report["dated"].as_u64()), (Some(0), Some(3)), "{report}");
+    assert_eq!(files(&["--camera", "canon"]), ["canon.jpg"]);
+}

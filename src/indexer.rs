@@ -20,7 +20,8 @@ use crate::store::{ImageRecord, ImageStore, NewImage, NewVector};
 use crate::{Error, Result};
 
 /// File extensions indexed (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] =
+    &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "hif"];
 
 /// Images written per store transaction.
 const BATCH: usize = 64;

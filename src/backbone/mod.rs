@@ -6,10 +6,12 @@ pub mod checkpoint;
 mod classes;
 mod efficientnet;
 mod embedder;
+mod heif;
 pub mod kernels;
 mod preprocess;
 
 pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
 pub use efficientnet::{Backbone, BlockSpec, Config, EfficientNet, Features};
 pub use embedder::{softmax, top_k, Embedded, Embedder};
+pub use heif::is_heif;
 pub use preprocess::{decode_rgb, jpeg_cut_short, Preprocess, DEFAULT_MAX_PIXELS};

@@ -1,7 +1,8 @@
 //! Image decoding and preprocessing: bytes -> oriented RGB -> resized,
 //! centre-cropped, normalised NHWC floats.
 //!
-//! Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF. EXIF orientation
+//! Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, and HEIF/HEIC
+//! through the system's libheif (`heif`). EXIF orientation
 //! is applied; grayscale, CMYK, 16-bit and alpha images become 8-bit RGB (alpha
 //! is composited onto white). The pixel limit is checked from the header, before
 //! anything is decoded.
@@ -94,9 +95,12 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
     if bytes.is_empty() {
         return Err(bad("the file is empty (0 bytes)".into()));
     }
+    if super::heif::is_heif(bytes) {
+        return super::heif::decode(bytes, path, max_pixels);
+    }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
-        return Err(bad("not a recognised image format (JPEG, PNG, WebP, GIF, BMP or TIFF)".into()));
+        return Err(bad("not a recognised image format (JPEG, PNG, WebP, GIF, BMP, TIFF or HEIF)".into()));
     }
     let mut decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
     let (width, height) = decoder.dimensions();

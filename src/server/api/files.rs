@@ -48,6 +48,9 @@ pub(super) fn original_bytes(st: &State, r: &crate::store::ImageRecord, hint: &s
 }
 
 pub(super) fn content_type(bytes: &[u8]) -> &'static str {
+    if crate::backbone::is_heif(bytes) {
+        return "image/heic";
+    }
     match image::guess_format(bytes) {
         Ok(f) => f.to_mime_type(),
         Err(_) => "application/octet-stream",

@@ -279,36 +279,6 @@ pub struct Reranked<'a> {
     dim: usize,
 }
 
-impl Reranked<'_> {
-    /// The `k` nearest among `rows` only (sorted row ids): the graph walk
-    /// skips the others, with a wider beam the fewer rows pass.
-    pub fn search_among(&self, query: &[f32], rows: &[usize], k: usize) -> Vec<Hit> {
-        let q = crate::vector::unit(query);
-        if crate::vector::norm(&q) == 0.0 || k == 0 || self.index.len == 0 || rows.is_empty() {
-            return Vec::new();
-        }
-        let share = rows.len() as f64 / self.index.len as f64;
-        let ef = ((self.index.ef_search.max(k) as f64 / share.clamp(0.05, 1.0)) as usize).min(self.index.len);
-        let allowed = |id: &usize| rows.binary_search(id).is_ok();
-        let candidates = self.index.hnsw.search_filter(&self.index.quantize(&q), ef, ef, Some(&allowed));
-        let mut hits: Vec<Hit> = simd(
-            #[inline(always)]
-            || {
-                candidates
-                    .iter()
-                    .map(|n| {
-                        let row = &self.vectors[n.d_id * self.dim..][..self.dim];
-                        Hit { id: n.d_id, distance: angular(dot(&q, row)) }
-                    })
-                    .collect()
-            },
-        );
-        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
-        hits.truncate(k);
-        hits
-    }
-}
-
 impl VectorIndex for Reranked<'_> {
     fn len(&self) -> usize {
         self.index.len

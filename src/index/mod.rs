@@ -128,12 +128,12 @@ impl<'a> ExactIndex<'a> {
                     .collect()
             },
         );
-        // `Worst` orders the best first.
+        // `Worst` orders the most similar first.
         if scored.len() > k && k > 0 {
-            scored.select_nth_unstable_by(k - 1, |a, b| a.cmp(b).reverse());
+            scored.select_nth_unstable(k - 1);
             scored.truncate(k);
         }
-        scored.sort_by(|a, b| a.cmp(b).reverse());
+        scored.sort();
         scored.truncate(k);
         scored.into_iter().map(|Worst(s, id)| Hit { id, distance: angular(s) }).collect()
     }

@@ -170,8 +170,13 @@ fn filters(mut s: Box<dyn ImageStore>) {
             let hits = s.search(q, 5, f).unwrap();
             assert_eq!(hits.len().min(5), passing.min(5), "{f:?}: {passing} pass");
             assert!(hits.iter().all(|(r, _)| f.matches(r)), "{f:?}: every hit passes");
+            assert!(hits.windows(2).all(|w| w[0].1 <= w[1].1), "{f:?}: nearest first");
         }
     }
+    // The nearest that pass, not any that pass: on x, /f/a/0.jpg (0, 0.5 off x) leads the folder.
+    let nearest = s.search(&queries[0], 3, &filters[0]).unwrap();
+    let paths: Vec<&str> = nearest.iter().take(3).map(|(r, _)| r.path.as_str()).collect();
+    assert_eq!(paths, ["/f/a/0.jpg", "/f/a/2.jpg", "/f/a/4.jpg"]);
     assert_eq!(matches(&filters[5]), 0, "a folder and another label: nothing");
     assert_eq!(matches(&filters[4]), 2, "the narrow filter lets two through");
     // Photo facts are kept and can be filled in later.

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{db_err, Store, VerifyReport, VECTORS_HEADER};
+use super::{db_err, CachedRecords, Store, VerifyReport, VECTORS_HEADER};
 use crate::index::HnswIndex;
 use crate::store::{Checked, TextSide, TextVectors};
-use crate::store::{Filter, ImageRecord};
+use crate::store::Filter;
 use crate::Result;
 
 impl Store {
@@ -113,30 +113,40 @@ impl Store {
         }
     }
 
-    /// The rows of the images `filter` lets through, sorted.
-    pub(super) fn rows_matching(&self, filter: &Filter) -> Result<Vec<usize>> {
-        let records = self.cached_records()?;
+    /// The rows of the images `filter` lets through, sorted; the last
+    /// filter's rows are kept until the next write (paging and new queries
+    /// under one filter reuse them).
+    pub(super) fn rows_matching(&self, filter: &Filter) -> Result<Arc<Vec<usize>>> {
+        let (generation, records) = self.cached_records()?;
+        let mut last = self.filtered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, f, rows)) = &*last {
+            if *g == generation && f == filter {
+                return Ok(rows.clone());
+            }
+        }
         let mut rows: Vec<usize> = records.iter().filter(|r| filter.matches(r)).map(|r| r.row as usize).collect();
         rows.sort_unstable();
         rows.dedup();
+        let rows = Arc::new(rows);
+        *last = Some((generation, filter.clone(), rows.clone()));
         Ok(rows)
     }
 
     /// Every record, read again only after a write (this handle's, or
     /// another process's: SQLite's `data_version`).
-    pub(super) fn cached_records(&self) -> Result<Arc<Vec<ImageRecord>>> {
+    pub(super) fn cached_records(&self) -> Result<CachedRecords> {
         let data_version: i64 =
             self.conn().query_row("PRAGMA data_version", [], |r| r.get(0)).map_err(|e| db_err(&self.dir, e))?;
         let generation = (self.writes.load(Ordering::Relaxed), data_version);
         let mut cache = self.records.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((g, records)) = &*cache {
             if *g == generation {
-                return Ok(records.clone());
+                return Ok((generation, records.clone()));
             }
         }
         let records = Arc::new(self.all()?);
         *cache = Some((generation, records.clone()));
-        Ok(records)
+        Ok((generation, records))
     }
 
     /// Where `side`'s vectors are: one file per side, so switching sides

@@ -53,6 +53,10 @@ const VECTORS_HEADER: usize = 64;
 /// the HNSW graph with the filter.
 const EXACT_FILTERED_ROWS: usize = 4096;
 
+/// The most graph results a filtered search asks for before it scores the
+/// rows that pass instead.
+const MAX_WIDENED: usize = 1024;
+
 /// The `SELECT` of an image record.
 const COLUMNS: &str = "SELECT key, path, hash, size, mtime, label, row, norm, taken, camera, width, height FROM images";
 /// The same on a store made before photo facts were kept.
@@ -81,12 +85,18 @@ pub struct Store {
     text: RwLock<HashMap<&'static str, Arc<TextVectors>>>,
     /// Every record, for filters, with the [`Store::generation`] it was read at.
     records: std::sync::Mutex<Option<CachedRecords>>,
+    /// The last filter's rows, with the generation they were computed at.
+    filtered: std::sync::Mutex<Option<FilteredRows>>,
     /// Bumped by every write through this handle.
     writes: std::sync::atomic::AtomicU64,
 }
 
 /// Every record, with the generation it was read at (this handle's writes, SQLite's `data_version`).
-type CachedRecords = ((u64, i64), Arc<Vec<ImageRecord>>);
+type CachedRecords = (Generation, Arc<Vec<ImageRecord>>);
+/// This handle's writes and SQLite's `data_version`: what changes when any process writes.
+type Generation = (u64, i64);
+/// The last filter's rows, with the generation they were computed at.
+type FilteredRows = (Generation, Filter, Arc<Vec<usize>>);
 
 /// What [`Store::verify_vectors`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +297,7 @@ impl Store {
             exact: AtomicBool::new(false),
             text: RwLock::new(HashMap::new()),
             records: std::sync::Mutex::new(None),
+            filtered: std::sync::Mutex::new(None),
             writes: std::sync::atomic::AtomicU64::new(0),
         };
         if read_only {
@@ -694,7 +705,7 @@ impl ImageStore for Store {
 
     fn list(&self, sort: Sort, cursor: Option<Cursor>, limit: usize, filter: &Filter) -> Result<Vec<ImageRecord>> {
         // Over the records kept in memory for filters (read again after any write).
-        Ok(super::list_records(self.cached_records()?.iter().cloned(), sort, cursor, limit, filter))
+        Ok(super::list_records(self.cached_records()?.1.iter().cloned(), sort, cursor, limit, filter))
     }
 
     fn by_path(&self, path: &str) -> Result<Option<ImageRecord>> {
@@ -756,8 +767,9 @@ impl ImageStore for Store {
             StoreQuery::Cnn(q) => {
                 self.load_hnsw();
                 let graph = self.hnsw.read().unwrap_or_else(|e| e.into_inner());
-                let rows = self.rows as usize;
-                let graph = graph.as_ref().and_then(|g| g.as_ref()).filter(|g| g.len() == rows && !self.is_exact());
+                let rows_total = self.rows as usize;
+                let graph =
+                    graph.as_ref().and_then(|g| g.as_ref()).filter(|g| g.len() == rows_total && !self.is_exact());
                 let exact = ExactIndex::new(self.vectors(), self.dim);
                 match (graph, &among) {
                     // Few rows pass: scoring them is cheaper than walking the graph.
@@ -765,9 +777,25 @@ impl ImageStore for Store {
                     (_, Some(rows)) if rows.len() <= EXACT_FILTERED_ROWS => {
                         self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w))
                     }
+                    // Many pass: the graph's nearest, widened by the share that
+                    // passes, then filtered; a filter the nearest images do not
+                    // pass (it follows the content) falls back to scoring the
+                    // rows that pass, so recall never collapses.
                     (Some(g), Some(rows)) => {
                         let reranked = g.over(self.vectors(), self.dim);
-                        self.images_for_hits(want, filter, |w| reranked.search_among(q, rows, w))
+                        let share = rows.len() as f64 / rows_total.max(1) as f64;
+                        self.images_for_hits(want, filter, |w| {
+                            let wide = (w as f64 / share * 2.0).ceil() as usize;
+                            if wide <= MAX_WIDENED {
+                                let mut hits = reranked.search(q, wide);
+                                hits.retain(|h| rows.binary_search(&h.id).is_ok());
+                                if hits.len() >= w {
+                                    hits.truncate(w);
+                                    return hits;
+                                }
+                            }
+                            exact.search_among(q, rows, w)
+                        })
                     }
                     (Some(g), None) => {
                         let reranked = g.over(self.vectors(), self.dim);

@@ -1,0 +1,101 @@
+//! Filtered search through the folder store, the way `search --label`,
+//! `--after` and `--camera` run it: synthetic clustered 1280-d vectors in a
+//! real store (SQLite records with dates, labels and cameras; the HNSW graph
+//! above 20k images), one query at a time on one thread. For each filter
+//! (none; 50% at random or following the content, 10%, 2% and 0.5% of the
+//! images pass): p50/p99 latency, the
+//! results returned of the 10 asked, and recall@10 against an exact scan of
+//! the images that pass.
+//!
+//! `cargo bench --bench filters` (N = 30k; `IMGSEARCH_BENCH_N` for more).
+
+use std::time::Instant;
+
+use imgsearch::metadata::PhotoMeta;
+use imgsearch::store::{Filter, ImageStore, NewImage, NewVector, Store, StoreQuery};
+
+mod common;
+use common::{clustered, pct, queries, Rng};
+
+fn main() {
+    let n: usize = std::env::var("IMGSEARCH_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(30_000);
+    let dim = 1280;
+    let mut rng = Rng(0x9E3779B97F4A7C15);
+    let vectors = clustered(n, dim, (n / 100).max(10), &mut rng);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), "lite0", dim).unwrap();
+    let start = Instant::now();
+    // Image i: label "l{i % 200}" (0.5% each), taken on day i % 1000 of 2020+, cameras as below.
+    for (b, chunk) in vectors.chunks(1000 * dim).enumerate() {
+        let batch: Vec<NewImage> = chunk
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(j, v)| {
+                let i = b * 1000 + j;
+                NewImage {
+                    path: format!("/photos/{}/{i}.jpg", i % 10),
+                    hash: format!("{i:08x}"),
+                    size: 1,
+                    mtime: 0,
+                    label: format!("l{}", i % 200),
+                    vector: NewVector::Embedding(v.to_vec()),
+                    meta: PhotoMeta {
+                        taken: Some(1_577_836_800 + (i % 1000) as i64 * 86_400),
+                        // Two cameras: one follows the content (even clusters only), one does not.
+                        camera: Some(match (i % 2 == 0, (i as u64).wrapping_mul(2_654_435_761) >> 9 & 1 == 0) {
+                            (true, true) => "Apple iPhone 12 / Canon".to_owned(),
+                            (true, false) => "Apple iPhone 12".to_owned(),
+                            (false, true) => "Canon".to_owned(),
+                            (false, false) => "other".to_owned(),
+                        }),
+                        width: None,
+                        height: None,
+                    },
+                }
+            })
+            .collect();
+        store.add_batch(&batch).unwrap();
+    }
+    let graph = store.upkeep().unwrap();
+    println!("{n} images stored and indexed in {:.1} s (HNSW graph: {graph:?} rows)", start.elapsed().as_secs_f64());
+    let qs = queries(200, n, dim, &mut rng);
+    let day = |d: i64| 1_577_836_800 + d * 86_400;
+    let cases = [
+        ("no filter", Filter::default()),
+        ("camera (50%)", Filter { camera: Some("canon".into()), ..Default::default() }),
+        // Every second cluster only: half the queries have no passing image nearby.
+        ("camera (50%, follows content)", Filter { camera: Some("iphone".into()), ..Default::default() }),
+        ("folder (10%)", Filter { under: Some("/photos/3".into()), ..Default::default() }),
+        ("dates (2%)", Filter { after: Some(day(100)), before: Some(day(120)), ..Default::default() }),
+        ("label (0.5%)", Filter { label: Some("l7".into()), ..Default::default() }),
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let mut base_p50 = None;
+    for (name, filter) in &cases {
+        let (mut ms, mut got, mut hit) = (Vec::new(), 0usize, 0usize);
+        pool.install(|| {
+            for q in qs.chunks_exact(dim) {
+                let t = Instant::now();
+                let found = store.search(&StoreQuery::Cnn(q), 10, filter).unwrap();
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+                got += found.len().min(10);
+                // The truth: an exact scan of the images that pass.
+                store.set_exact(true);
+                let truth = store.search(&StoreQuery::Cnn(q), 10, filter).unwrap();
+                store.set_exact(false);
+                let truth: Vec<i64> = truth.iter().take(10).map(|(r, _)| r.key).collect();
+                hit += found.iter().take(10).filter(|(r, _)| truth.contains(&r.key)).count();
+            }
+        });
+        ms.sort_by(f64::total_cmp);
+        let p50 = pct(&ms, 0.5);
+        let base = *base_p50.get_or_insert(p50);
+        println!(
+            "{name:<30} p50 {p50:6.3} ms  p99 {:6.3} ms  ({:.2}x unfiltered)  results {:.1}/10  recall@10 {:.3}",
+            pct(&ms, 0.99),
+            p50 / base,
+            got as f64 / 200.0,
+            hit as f64 / got.max(1) as f64
+        );
+    }
+}

@@ -5,11 +5,18 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{db_err, CachedRecords, Store, VerifyReport, VECTORS_HEADER};
+use super::{db_err, Store, VerifyReport, VECTORS_HEADER};
 use crate::index::HnswIndex;
 use crate::store::{Checked, TextSide, TextVectors};
-use crate::store::Filter;
+use crate::store::{Filter, ImageRecord};
 use crate::Result;
+
+/// Every record, with the generation it was read at (this handle's writes, SQLite's `data_version`).
+pub(super) type CachedRecords = (Generation, Arc<Vec<ImageRecord>>);
+/// This handle's writes and SQLite's `data_version`: what changes when any process writes.
+type Generation = (u64, i64);
+/// The last filter's rows, with the generation they were computed at.
+pub(super) type FilteredRows = (Generation, Filter, Arc<Vec<usize>>);
 
 impl Store {
     /// Checks every vector row against the checksum recorded when its batch was written.

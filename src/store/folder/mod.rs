@@ -23,8 +23,10 @@
 //! reader (`serve`) asks [`ImageStore::is_stale`] and [`ImageStore::refresh`]es.
 
 mod derived;
+use derived::{CachedRecords, FilteredRows};
 mod lock;
 mod model;
+mod search;
 mod text_vectors;
 
 pub use lock::WriteLock;
@@ -48,14 +50,6 @@ use crate::{Error, Result};
 
 const VECTORS_MAGIC: &[u8; 8] = b"IMGSVEC1";
 const VECTORS_HEADER: usize = 64;
-
-/// At most this many rows passing a filter are scored exactly; more walk
-/// the HNSW graph with the filter.
-const EXACT_FILTERED_ROWS: usize = 4096;
-
-/// The most graph results a filtered search asks for before it scores the
-/// rows that pass instead.
-const MAX_WIDENED: usize = 1024;
 
 /// The `SELECT` of an image record.
 const COLUMNS: &str = "SELECT key, path, hash, size, mtime, label, row, norm, taken, camera, width, height FROM images";
@@ -90,13 +84,6 @@ pub struct Store {
     /// Bumped by every write through this handle.
     writes: std::sync::atomic::AtomicU64,
 }
-
-/// Every record, with the generation it was read at (this handle's writes, SQLite's `data_version`).
-type CachedRecords = (Generation, Arc<Vec<ImageRecord>>);
-/// This handle's writes and SQLite's `data_version`: what changes when any process writes.
-type Generation = (u64, i64);
-/// The last filter's rows, with the generation they were computed at.
-type FilteredRows = (Generation, Filter, Arc<Vec<usize>>);
 
 /// What [`Store::verify_vectors`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -753,66 +740,7 @@ impl ImageStore for Store {
     }
 
     fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>> {
-        use crate::index::{ExactIndex, VectorIndex};
-        // A filter becomes the rows it lets through, searched inside the index.
-        let among = if filter.is_empty() { None } else { Some(self.rows_matching(filter)?) };
-        match query {
-            StoreQuery::Weighted { embedding, weights } => {
-                let exact = ExactIndex::new(self.vectors(), self.dim);
-                self.images_for_hits(want, filter, |w| match &among {
-                    Some(rows) => exact.search_weighted_among(embedding, weights, rows, w),
-                    None => exact.search_weighted(embedding, weights, w),
-                })
-            }
-            StoreQuery::Cnn(q) => {
-                self.load_hnsw();
-                let graph = self.hnsw.read().unwrap_or_else(|e| e.into_inner());
-                let rows_total = self.rows as usize;
-                let graph =
-                    graph.as_ref().and_then(|g| g.as_ref()).filter(|g| g.len() == rows_total && !self.is_exact());
-                let exact = ExactIndex::new(self.vectors(), self.dim);
-                match (graph, &among) {
-                    // Few rows pass: scoring them is cheaper than walking the graph.
-                    (None, Some(rows)) => self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w)),
-                    (_, Some(rows)) if rows.len() <= EXACT_FILTERED_ROWS => {
-                        self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w))
-                    }
-                    // Many pass: the graph's nearest, widened by the share that
-                    // passes, then filtered; a filter the nearest images do not
-                    // pass (it follows the content) falls back to scoring the
-                    // rows that pass, so recall never collapses.
-                    (Some(g), Some(rows)) => {
-                        let reranked = g.over(self.vectors(), self.dim);
-                        let share = rows.len() as f64 / rows_total.max(1) as f64;
-                        self.images_for_hits(want, filter, |w| {
-                            let wide = (w as f64 / share * 2.0).ceil() as usize;
-                            if wide <= MAX_WIDENED {
-                                let mut hits = reranked.search(q, wide);
-                                hits.retain(|h| rows.binary_search(&h.id).is_ok());
-                                if hits.len() >= w {
-                                    hits.truncate(w);
-                                    return hits;
-                                }
-                            }
-                            exact.search_among(q, rows, w)
-                        })
-                    }
-                    (Some(g), None) => {
-                        let reranked = g.over(self.vectors(), self.dim);
-                        self.images_for_hits(want, filter, |w| reranked.search(q, w))
-                    }
-                    (None, None) => self.images_for_hits(want, filter, |w| exact.search(q, w)),
-                }
-            }
-            StoreQuery::Text { side, vector } => {
-                let vectors = self.text_vectors(side)?;
-                let exact = ExactIndex::new(vectors.vectors(), vectors.dim());
-                self.images_for_hits(want, filter, |w| match &among {
-                    Some(rows) => exact.search_among(vector, rows, w),
-                    None => exact.search(vector, w),
-                })
-            }
-        }
+        self.search_rows(query, want, filter)
     }
 
     fn sync_text_side(&self, side: &TextSide<'_>, _hashes: Option<&[String]>) -> Result<usize> {

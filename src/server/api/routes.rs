@@ -36,6 +36,7 @@ use super::*;
         TagWord,
         TagClass,
         Side,
+        crate::store::Sort,
         crate::words::Neighbour,
         ClassOut,
         StatusOut,

@@ -179,6 +179,21 @@ fn filters(mut s: Box<dyn ImageStore>) {
     assert_eq!(paths, ["/f/a/0.jpg", "/f/a/2.jpg", "/f/a/4.jpg"]);
     assert_eq!(matches(&filters[5]), 0, "a folder and another label: nothing");
     assert_eq!(matches(&filters[4]), 2, "the narrow filter lets two through");
+    // Listing by date taken, filtered, a page at a time: the same order as the whole list sorted.
+    use imgsearch::store::{Cursor, Sort};
+    let f = &filters[1];
+    let want = imgsearch::store::list_records(s.all().unwrap(), Sort::Date, None, usize::MAX, f);
+    assert_eq!(want.len(), 20);
+    let (mut got, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = s.list(Sort::Date, cursor, 7, f).unwrap();
+        assert!(page.iter().all(|r| f.matches(r)));
+        let Some(last) = page.last() else { break };
+        cursor = Some(Cursor::after(last, Sort::Date));
+        got.extend(page.iter().map(|r| r.key));
+    }
+    assert_eq!(got, want.iter().map(|r| r.key).collect::<Vec<_>>());
+    assert!(want.windows(2).all(|w| w[0].meta.taken >= w[1].meta.taken), "newest taken first");
     // Photo facts are kept and can be filled in later.
     let key = s.by_path("/f/a/0.jpg").unwrap().unwrap().key;
     let later = PhotoMeta { taken: Some(7), camera: Some("Nikon D90".into()), width: Some(640), height: Some(480) };

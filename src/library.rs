@@ -259,23 +259,17 @@ impl Library {
     /// Checks the store and its derived files ([`ImageStore::verify`]),
     /// each text side recomputed when the text space can be loaded.
     pub fn verify(&mut self) -> Result<Checked> {
-        let space = match self.text_space_without_sync() {
-            Ok(space) => Some(space),
+        // Loading the text space makes no side's vectors: `verify` recomputes them.
+        let space = match self.text_space() {
+            Ok(space) => space,
             Err(e) => {
                 let mut checked = self.store.verify(&[])?;
                 checked.sound.push(format!("text vectors: not checked ({e})"));
                 return Ok(checked);
             }
         };
-        let space = space.expect("loaded above");
         let projections: Vec<_> = space.sides().into_iter().map(|s| space.projection(s)).collect::<Result<_>>()?;
         let sides: Vec<_> = projections.iter().map(|p| p.store_side()).collect();
         self.store.verify(&sides)
-    }
-
-    /// The text space without making any side's vectors (for `verify`, which recomputes them).
-    fn text_space_without_sync(&self) -> Result<TextSpace> {
-        let s = &self.settings;
-        TextSpace::of_store(&s.models, self.store.as_ref(), s.backbone, s.words_file.as_deref())
     }
 }

@@ -65,9 +65,7 @@ pub trait ImageStore: Send + Sync {
     fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>>;
     /// The `k` images nearest to a CNN embedding `query` (any length), nearest first.
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
-        let mut hits = self.search(&StoreQuery::Cnn(query), k, &Filter::default())?;
-        hits.truncate(k);
-        Ok(hits)
+        self.search(&StoreQuery::Cnn(query), k, &Filter::default())
     }
     /// Gives every image (or only those with content `hashes`) its vector
     /// on `side`, computed from the stored embeddings; a side made by

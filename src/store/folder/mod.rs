@@ -740,7 +740,10 @@ impl ImageStore for Store {
     }
 
     fn search(&self, query: &StoreQuery<'_>, want: usize, filter: &Filter) -> Result<Vec<(ImageRecord, f32)>> {
-        self.search_rows(query, want, filter)
+        let mut hits = self.search_rows(query, want, filter)?;
+        // `images_for_hits` may widen past `want` (rows shared by copies).
+        hits.truncate(want);
+        Ok(hits)
     }
 
     fn sync_text_side(&self, side: &TextSide<'_>, _hashes: Option<&[String]>) -> Result<usize> {

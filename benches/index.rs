@@ -6,8 +6,10 @@
 //! `cargo bench --bench index` (N = 100k). The 1M run is the same bench:
 //! `IMGSEARCH_BENCH_N=1000000 cargo bench --bench index` (builds for a while;
 //! needs ~12 GB). `IMGSEARCH_BENCH_EF` lists HNSW's ef values to sweep at
-//! query time (default `64,128,256`); `IMGSEARCH_BENCH_M`, `IMGSEARCH_BENCH_EFC` and `IMGSEARCH_BENCH_KEEP_PRUNED`
-//! set the graph's M, ef_construction and keep_pruned; `IMGSEARCH_BENCH_HNSW_DIR` saves the
+//! query time (default `64,128,256`); `IMGSEARCH_BENCH_M` and `IMGSEARCH_BENCH_EFC`
+//! set the graph's M and ef_construction; `IMGSEARCH_BENCH_DUMP=<dir>` writes the
+//! vectors, queries and exact answers there for `scripts/ann-peers` (hnswlib and
+//! faiss on the same vectors); `IMGSEARCH_BENCH_HNSW_DIR` saves the
 //! built graph there, and a later run with the same N loads it instead.
 
 use std::time::Instant;
@@ -29,7 +31,6 @@ fn main() {
     let params = HnswParams {
         m: env_usize("IMGSEARCH_BENCH_M", HnswParams::default().m),
         ef_construction: env_usize("IMGSEARCH_BENCH_EFC", HnswParams::default().ef_construction),
-        keep_pruned: std::env::var_os("IMGSEARCH_BENCH_KEEP_PRUNED").is_some(),
         ..HnswParams::default()
     };
     let saved = std::env::var_os("IMGSEARCH_BENCH_HNSW_DIR").map(|d| std::path::PathBuf::from(d).join(format!("n{n}")));
@@ -47,6 +48,21 @@ fn main() {
     let (truth, exact_ms) = time_queries(&exact, &queries[..dim * 50.min(n_queries)], dim);
     let (truth_all, _) = if n <= 200_000 { time_queries(&exact, &queries, dim) } else { (truth.clone(), vec![]) };
     println!("exact scan, 1 thread: p50 {:.2} ms, p99 {:.2} ms", pct(&exact_ms, 0.5), pct(&exact_ms, 0.99));
+    if let Some(dir) = std::env::var_os("IMGSEARCH_BENCH_DUMP") {
+        // The same vectors, queries and exact answers for the Python peers
+        // (`scripts/ann-peers`): raw little-endian f32 and u32.
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let truth_used = if truth_all.len() == n_queries { &truth_all } else { &truth };
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(dir.join("vectors.f32"), bytes(&vectors)).unwrap();
+        std::fs::write(dir.join("queries.f32"), bytes(&queries[..truth_used.len() * dim])).unwrap();
+        let ids: Vec<u8> = truth_used.iter().flatten().flat_map(|&i| (i as u32).to_le_bytes()).collect();
+        std::fs::write(dir.join("truth.u32"), ids).unwrap();
+        let meta = format!("{{\"n\": {n}, \"dim\": {dim}, \"queries\": {}, \"k\": 10}}", truth_used.len());
+        std::fs::write(dir.join("meta.json"), meta).unwrap();
+        println!("bench vectors written to {}", dir.display());
+    }
 
     let rss_before = rss_mb();
     let t = Instant::now();
@@ -59,10 +75,9 @@ fn main() {
         _ => {
             let h = HnswIndex::build(&vectors, dim, params);
             println!(
-                "HNSW (int8 graph, M={}, ef_construction={}, keep_pruned {}) build: {:.1} s on {} threads, +{:.0} MB",
+                "HNSW (int8 graph, M={}, ef_construction={}) build: {:.1} s on {} threads, +{:.0} MB",
                 params.m,
                 params.ef_construction,
-                params.keep_pruned,
                 t.elapsed().as_secs_f64(),
                 rayon::current_num_threads(),
                 rss_mb() - rss_before

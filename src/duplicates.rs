@@ -1,15 +1,14 @@
 //! Near-duplicates: images whose CNN embeddings lie within a distance of
 //! each other (a re-encoded, resized or cropped copy of a photo), grouped.
 //!
-//! Each image asks the store for its nearest neighbours (the store's own
-//! search: pgvector's HNSW index, or a scan of the memory-mapped vectors),
-//! and every pair within `max_distance` joins one group (union-find), so a
+//! The store finds the close pairs through its index
+//! ([`ImageStore::near_pairs`]: a folder store reads its HNSW graph's
+//! neighbour lists, PostgreSQL asks pgvector for each image's nearest), and
+//! every pair within `max_distance` joins one group (union-find), so a
 //! chain of copies is one group. No all-pairs comparison is written here;
 //! identical files (one vector row) are at distance 0 and group too.
 
 use std::collections::HashMap;
-
-use rayon::prelude::*;
 
 use crate::store::{ImageRecord, ImageStore};
 use crate::Result;
@@ -19,10 +18,6 @@ use crate::Result;
 /// on the Pascal photos with a re-encoded, a half-size and a 90 %-crop copy
 /// of 50 of them: see the README's figures.
 pub const DEFAULT_MAX_DISTANCE: f32 = 0.55;
-
-/// Neighbours each image looks at (the groups larger than this still join
-/// up through their members' neighbours).
-const NEIGHBOURS: usize = 8;
 
 /// One image of a group.
 #[derive(Debug, Clone)]
@@ -49,18 +44,7 @@ impl Group {
 pub fn groups(store: &dyn ImageStore, max_distance: f32) -> Result<Vec<Group>> {
     let images = store.all()?;
     let index: HashMap<i64, usize> = images.iter().enumerate().map(|(i, r)| (r.key, i)).collect();
-    // Each image's close neighbours (in parallel: the store is shared for reading).
-    let edges: Vec<Vec<(usize, f32)>> = images
-        .par_iter()
-        .map(|r| -> Result<Vec<(usize, f32)>> {
-            let near = store.nearest(&store.embedding(r)?, NEIGHBOURS + 1)?;
-            Ok(near
-                .into_iter()
-                .filter(|(n, d)| n.key != r.key && *d <= max_distance)
-                .filter_map(|(n, d)| index.get(&n.key).map(|&j| (j, d)))
-                .collect())
-        })
-        .collect::<Result<_>>()?;
+    let pairs = store.near_pairs(max_distance)?;
     let mut parent: Vec<usize> = (0..images.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -70,13 +54,12 @@ pub fn groups(store: &dyn ImageStore, max_distance: f32) -> Result<Vec<Group>> {
         i
     }
     let mut nearest = vec![f32::INFINITY; images.len()];
-    for (i, near) in edges.iter().enumerate() {
-        for &(j, d) in near {
-            let (a, b) = (root(&mut parent, i), root(&mut parent, j));
-            parent[a.max(b)] = a.min(b);
-            nearest[i] = nearest[i].min(d);
-            nearest[j] = nearest[j].min(d);
-        }
+    for (a, b, d) in pairs {
+        let (Some(&i), Some(&j)) = (index.get(&a), index.get(&b)) else { continue };
+        let (ri, rj) = (root(&mut parent, i), root(&mut parent, j));
+        parent[ri.max(rj)] = ri.min(rj);
+        nearest[i] = nearest[i].min(d);
+        nearest[j] = nearest[j].min(d);
     }
     let mut by_root: HashMap<usize, Vec<usize>> = HashMap::new();
     for i in 0..images.len() {
@@ -152,10 +135,12 @@ pub fn measure(
     every: usize,
     distances: &[f32],
 ) -> Result<Measured> {
-    use crate::store::memory::{MemoryPlace, MemoryStore};
     use crate::store::{NewImage, NewVector};
     let dim = embedder.model().config().embedding_dim();
-    let mut store = MemoryStore::open(&MemoryPlace::default(), "eval", dim)?;
+    // A folder store, as `imgsearch duplicates` runs on by default: the
+    // pairs come from its HNSW graph's links.
+    let folder = tempfile::tempdir().map_err(|e| crate::Error::io(std::env::temp_dir(), e))?;
+    let mut store = crate::store::Store::open(folder.path(), "eval", dim)?;
     let image = |path: String, vector: Vec<f32>| NewImage {
         hash: path.clone(),
         path,

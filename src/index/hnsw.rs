@@ -1,99 +1,73 @@
 //! Approximate search: HNSW (Malkov & Yashunin, "Efficient and robust
 //! approximate nearest neighbor search using Hierarchical Navigable Small
-//! World graphs", 2016) from the `hnsw_rs` crate, persisted next to the store
-//! and reloaded without a rebuild.
+//! World graphs", 2016), our own, persisted next to the store and reloaded
+//! without a rebuild.
 //!
 //! The graph holds int8 copies of the unit vectors (one scale for the whole
-//! index, chosen from the data) and walks them with an int8 dot product; the
-//! candidates it ends with are re-ranked by the full-precision vectors of the
-//! store ([`HnswIndex::over`]). A walk is bound by reading vectors from
-//! memory, so a quarter of the bytes made it several times faster at the same
-//! recall (`cargo bench --bench index`, figures in the README), and the
-//! graph's copy of the data is a quarter of the size. Recall is always
-//! measured against exact f32 search.
+//! index, chosen from the data) and walks them with an int8 dot product
+//! (AVX-512 VNNI `vpdpbusd` where the CPU has it); the candidates it ends
+//! with are re-ranked by the full-precision vectors of the store
+//! ([`HnswIndex::over`]). Recall is always measured against exact f32
+//! search.
+//!
+//! Why not the `hnsw_rs` crate any more: on the same 100k x 1280 vectors it
+//! built 1.8-3.4x slower than hnswlib and faiss and searched 2.3-2.7x slower
+//! at equal recall (issue 20, `cargo bench --bench index`). Its walk goes
+//! through `Arc<Point>`s behind `RwLock`s, a hash-set of visited points and a
+//! distance trait object; this one keeps the graph in flat arrays (one `u32`
+//! slot per link, the count first, as hnswlib does), the int8 rows in one
+//! padded array, a reused visited array per thread, and prefetches the rows
+//! of a node's neighbours before scoring them. Links are atomics: a build
+//! inserts in parallel, each node's links written under that node's lock and
+//! read without one (a reader sees a valid id in every slot, at worst one
+//! link old).
 
+use std::cell::RefCell;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Mutex;
 
-use hnsw_rs::prelude::*;
+use rayon::prelude::*;
 
 use super::{angular, dot, Hit, VectorIndex};
 use crate::simd::simd;
 use crate::{Error, Result};
 
-/// File base name: the manifest `hnsw-i8.json` and the generation folder
-/// `hnsw-i8.<n>/` with `hnsw-i8.hnsw.graph` and `hnsw-i8.hnsw.data`. Loose
-/// files earlier versions wrote beside the store are removed at the next save.
-const BASENAME: &str = "hnsw-i8";
-
-/// Distance of int8 vectors: `1 - dot / (dim * 127^2)`, in [0, 2]. The
-/// graph only compares distances, and this is monotone in the dot product
-/// of the quantised unit vectors (a scale-free form because `hnsw_rs` makes
-/// the distance with `Default` when it loads a graph).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct QuantDot;
-
-impl Distance<i8> for QuantDot {
-    fn eval(&self, a: &[i8], b: &[i8]) -> f32 {
-        let limit = a.len() as i64 * 127 * 127;
-        ((limit - dot_i8(a, b) as i64) as f64 / limit as f64) as f32
-    }
-}
-
-/// The int8 dot product, with the AVX-512 byte/word instructions where the CPU has them.
-#[inline]
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    #[inline(always)]
-    fn body(a: &[i8], b: &[i8]) -> i32 {
-        let mut acc = [0i32; 32];
-        let (ac, bc) = (a.chunks_exact(32), b.chunks_exact(32));
-        let tail: i32 = ac.remainder().iter().zip(bc.remainder()).map(|(&x, &y)| x as i32 * y as i32).sum();
-        for (x, y) in ac.zip(bc) {
-            for i in 0..32 {
-                acc[i] += x[i] as i32 * y[i] as i32;
-            }
-        }
-        acc.iter().sum::<i32>() + tail
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw")]
-        unsafe fn wide(a: &[i8], b: &[i8]) -> i32 {
-            body(a, b)
-        }
-        if is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has the features `wide` is compiled for.
-            return unsafe { wide(a, b) };
-        }
-    }
-    simd(|| body(a, b))
-}
+/// File base name: the manifest `graph-i8.json` and the generation folder
+/// `graph-i8.<n>/graph.bin`. The `hnsw-i8` files of the `hnsw_rs` graph
+/// earlier versions wrote are removed at the next save (the graph is
+/// rebuilt: it is derived data).
+const BASENAME: &str = "graph-i8";
+const OLD_BASENAME: &str = "hnsw-i8";
+/// First bytes of `graph.bin`, with the format version.
+const MAGIC: &[u8; 8] = b"IMGHNSW1";
+/// Rows are padded with zeros to a multiple of this many bytes (one AVX-512 register).
+const LANES: usize = 64;
+/// Levels above this are not drawn (a node reaches level 16 once in 24^16 draws).
+const MAX_LEVEL: usize = 16;
 
 /// Graph parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct HnswParams {
-    /// Links per node (M).
+    /// Links per node above level 0 (M); level 0 has 2M.
     pub m: usize,
     pub ef_construction: usize,
     /// Candidate list size at query time (raised to k when smaller).
     pub ef_search: usize,
-    /// Fill each node's links up to M with neighbours the diversity
-    /// heuristic pruned (`hnsw_rs`'s keep_pruned), at build time.
-    pub keep_pruned: bool,
 }
 
 impl Default for HnswParams {
     fn default() -> Self {
-        // M 24 / ef_construction 150: at 1M clustered vectors M 16 / 100
-        // stopped at recall 0.944 whatever the ef (the walk missed whole
-        // clusters); these reach 1.000 at ef 128 (`cargo bench --bench index`).
-        Self { m: 24, ef_construction: 150, ef_search: 64, keep_pruned: false }
+        // M 16 / ef_construction 100, the settings hnswlib's own examples
+        // use: 0.99 recall@10 at 100k clustered vectors from ef 32 and 0.95
+        // at 1M from ef 64 (`cargo bench --bench index`, README figures).
+        Self { m: 24, ef_construction: 150, ef_search: 64 }
     }
 }
 
-/// The query-time candidate list for a graph of `n` vectors. Measured on
-/// clustered 1280-d vectors (`cargo bench --bench index`, int8 graph, M 24,
-/// ef_construction 150): recall@10 0.98 at ef 64 on 300k; on 1M 0.90 at
-/// ef 64, 0.96 at ef 96, 1.000 at ef 128 (p50 1.33 ms on one core).
+/// The query-time candidate list for a graph of `n` vectors (measured on
+/// clustered 1280-d vectors, `cargo bench --bench index`: README figures).
 pub fn ef_search_for(n: usize) -> usize {
     match n {
         0..=400_000 => 64,
@@ -104,11 +78,28 @@ pub fn ef_search_for(n: usize) -> usize {
 
 /// An HNSW graph over the rows of a vector set; ids are row numbers.
 pub struct HnswIndex {
-    hnsw: Hnsw<'static, i8, QuantDot>,
+    dim: usize,
+    /// Bytes per stored row: `dim` rounded up to [`LANES`].
+    stride: usize,
     /// Quantised value = round(unit value * scale), clamped to ±127.
     scale: f32,
-    len: usize,
+    /// The int8 rows, `[len, stride]`, zero-padded.
+    codes: Vec<i8>,
+    /// Each row's sum of codes (the VNNI product needs it, see [`Kernel`]).
+    sums: Vec<i32>,
+    m: usize,
+    ef_construction: usize,
     ef_search: usize,
+    levels: Vec<u8>,
+    /// Level-0 links: `[len, 2M + 1]`, the count first.
+    links0: Vec<AtomicU32>,
+    /// Links above level 0 of each node: `[level, M + 1]`, the count first.
+    upper: Vec<Box<[AtomicU32]>>,
+    /// One lock per node, held while its links are rewritten.
+    locks: Vec<Mutex<()>>,
+    /// The entry node and its level; `None` while the graph is empty.
+    entry: Mutex<Option<(u32, usize)>>,
+    kernel: Kernel,
 }
 
 impl HnswIndex {
@@ -117,29 +108,350 @@ impl HnswIndex {
         let n = vectors.len() / dim;
         let max = vectors.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = if max > 0.0 { 127.0 / max } else { 1.0 };
-        let mut hnsw = Hnsw::new(params.m, n.max(1), 16, params.ef_construction, QuantDot);
-        hnsw.set_keeping_pruned(params.keep_pruned);
-        let mut index = Self { hnsw, scale, len: 0, ef_search: params.ef_search.max(ef_search_for(n)) };
+        let mut index = Self {
+            dim,
+            stride: dim.div_ceil(LANES) * LANES,
+            scale,
+            codes: Vec::new(),
+            sums: Vec::new(),
+            m: params.m.max(2),
+            ef_construction: params.ef_construction.max(params.m),
+            ef_search: params.ef_search.max(ef_search_for(n)),
+            levels: Vec::new(),
+            links0: Vec::new(),
+            upper: Vec::new(),
+            locks: Vec::new(),
+            entry: Mutex::new(None),
+            kernel: Kernel::detect(),
+        };
         index.insert_rows(vectors, dim, 0);
         index
     }
 
-    fn quantize(&self, row: &[f32]) -> Vec<i8> {
-        row.iter().map(|v| (v * self.scale).round().clamp(-127.0, 127.0) as i8).collect()
+    fn quantize_into(&self, row: &[f32], out: &mut [i8]) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o = (v * self.scale).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+
+    fn m0(&self) -> usize {
+        2 * self.m
     }
 
     /// Inserts rows `from..` of `vectors` (rows before `from` are already in).
     /// Values beyond the scale chosen at build time are clamped; the re-rank
     /// corrects the order.
     pub fn insert_rows(&mut self, vectors: &[f32], dim: usize, from: usize) {
-        use rayon::prelude::*;
-        let quantized: Vec<(Vec<i8>, usize)> =
-            vectors.par_chunks_exact(dim).enumerate().skip(from).map(|(i, r)| (self.quantize(r), i)).collect();
-        let rows: Vec<(&[i8], usize)> = quantized.iter().map(|(q, i)| (q.as_slice(), *i)).collect();
-        self.hnsw.set_searching_mode(false);
-        self.hnsw.parallel_insert_slice(&rows);
-        self.hnsw.set_searching_mode(true);
-        self.len = vectors.len() / dim;
+        assert_eq!(dim, self.dim, "the graph holds {}-d rows", self.dim);
+        assert_eq!(from, self.len(), "rows before {from} must be in the graph");
+        let n = vectors.len() / dim;
+        if n <= from {
+            return;
+        }
+        let (stride, m, m0) = (self.stride, self.m, self.m0());
+        // Everything a new node needs is allocated before the parallel
+        // inserts, so they share the index through `&self`.
+        self.codes.resize(n * stride, 0);
+        let mut codes = std::mem::take(&mut self.codes);
+        codes[from * stride..]
+            .par_chunks_exact_mut(stride)
+            .zip(vectors[from * dim..].par_chunks_exact(dim))
+            .for_each(|(out, row)| self.quantize_into(row, out));
+        self.codes = codes;
+        let sums: Vec<i32> =
+            self.codes[from * stride..].par_chunks_exact(stride).map(|r| r.iter().map(|&c| c as i32).sum()).collect();
+        self.sums.extend(sums);
+        let level_scale = 1.0 / (m as f64).ln();
+        for i in from..n {
+            let level = random_level(i as u64, level_scale);
+            self.levels.push(level as u8);
+            self.upper.push((0..level * (m + 1)).map(|_| AtomicU32::new(0)).collect());
+            self.locks.push(Mutex::new(()));
+        }
+        self.links0.extend((0..(n - from) * (m0 + 1)).map(|_| AtomicU32::new(0)));
+        let this = &*self;
+        // The first node of an empty graph is its entry: inserted alone.
+        let start = if from == 0 {
+            *this.entry.lock().unwrap_or_else(|e| e.into_inner()) = Some((0, this.levels[0] as usize));
+            1
+        } else {
+            from
+        };
+        (start..n).into_par_iter().for_each(|i| this.kernel.run(|| this.insert(i as u32)));
+    }
+
+    /// Links node `q` (its code already stored) into the graph.
+    #[inline(always)]
+    fn insert(&self, q: u32) {
+        let level = self.levels[q as usize] as usize;
+        let entry = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut ep, top) = entry.expect("the first node is the entry");
+        // A node that raises the graph's top level keeps the entry locked
+        // while it links (a few nodes in a build), so no one else starts
+        // from a level it has not joined yet.
+        let guard = if level > top {
+            Some(entry)
+        } else {
+            drop(entry);
+            None
+        };
+        let query = self.row(q);
+        let mut ep_score = self.score(query, ep);
+        for l in (level + 1..=top).rev() {
+            (ep, ep_score) = self.greedy(query, ep, ep_score, l);
+        }
+        let mut eps = vec![(ep_score, ep)];
+        for l in (0..=level.min(top)).rev() {
+            let found = self.search_layer(query, &eps, self.ef_construction, l, None);
+            let cap = if l == 0 { self.m0() } else { self.m };
+            let chosen = self.select(&found, self.m);
+            {
+                let _own = self.locks[q as usize].lock().unwrap_or_else(|e| e.into_inner());
+                self.write_links(q, l, chosen.iter().map(|&(_, id)| id));
+            }
+            for &(score, id) in &chosen {
+                self.link_back(id, q, score, l, cap);
+            }
+            eps = found;
+        }
+        if let Some(mut guard) = guard {
+            *guard = Some((q, level));
+        }
+    }
+
+    /// Adds `q` to `node`'s links at level `l`; a full list is cut back to
+    /// `cap` by the same diversity rule as a new node's.
+    fn link_back(&self, node: u32, q: u32, score: i32, l: usize, cap: usize) {
+        let _lock = self.locks[node as usize].lock().unwrap_or_else(|e| e.into_inner());
+        let list = self.links(node, l);
+        let count = list[0].load(Relaxed) as usize;
+        if list[1..=count].iter().any(|s| s.load(Relaxed) == q) {
+            return;
+        }
+        if count < cap {
+            list[1 + count].store(q, Relaxed);
+            list[0].store(count as u32 + 1, Relaxed);
+            return;
+        }
+        let from = self.row(node);
+        let mut candidates: Vec<(i32, u32)> = list[1..=count]
+            .iter()
+            .map(|s| {
+                let id = s.load(Relaxed);
+                (self.score(from, id), id)
+            })
+            .collect();
+        candidates.push((score, q));
+        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let kept = self.select(&candidates, cap);
+        self.write_links(node, l, kept.iter().map(|&(_, id)| id));
+    }
+
+    /// Writes a node's links at level `l` (the caller holds its lock).
+    fn write_links(&self, node: u32, l: usize, ids: impl Iterator<Item = u32>) {
+        let list = self.links(node, l);
+        let mut count = 0;
+        for (slot, id) in list[1..].iter().zip(ids) {
+            slot.store(id, Relaxed);
+            count += 1;
+        }
+        list[0].store(count, Relaxed);
+    }
+
+    /// The heuristic of the paper (algorithm 4): from `candidates` (best
+    /// first), keep one only when it is closer to the query than to every
+    /// one kept, so links point in different directions; at most `cap`.
+    fn select(&self, candidates: &[(i32, u32)], cap: usize) -> Vec<(i32, u32)> {
+        let mut kept: Vec<(i32, u32)> = Vec::with_capacity(cap);
+        for &(score, id) in candidates {
+            if kept.len() >= cap {
+                break;
+            }
+            let from = self.row(id);
+            if kept.iter().all(|&(_, k)| self.score(from, k) < score) {
+                kept.push((score, id));
+            }
+        }
+        kept
+    }
+
+    /// Row `id`'s int8 code (padded).
+    #[inline(always)]
+    fn row(&self, id: u32) -> &[i8] {
+        &self.codes[id as usize * self.stride..][..self.stride]
+    }
+
+    /// The int8 dot product of `code` (padded) with row `id`: higher is nearer.
+    #[inline(always)]
+    fn score(&self, code: &[i8], id: u32) -> i32 {
+        let row = self.row(id);
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Kernel::Vnni` is only chosen on a CPU with AVX-512 VNNI;
+            // both slices are `stride` long, a multiple of 64.
+            Kernel::Vnni => unsafe { dot_vnni(code, row) - 128 * self.sums[id as usize] },
+            Kernel::Portable => dot_portable(code, row),
+        }
+    }
+
+    /// Node `node`'s link slots at level `l`: the count, then the ids.
+    #[inline(always)]
+    fn links(&self, node: u32, l: usize) -> &[AtomicU32] {
+        if l == 0 {
+            let w = self.m0() + 1;
+            &self.links0[node as usize * w..][..w]
+        } else {
+            let w = self.m + 1;
+            &self.upper[node as usize][(l - 1) * w..][..w]
+        }
+    }
+
+    /// Greedy walk at level `l` from `ep` to a local best.
+    #[inline(always)]
+    fn greedy(&self, query: &[i8], mut ep: u32, mut best: i32, l: usize) -> (u32, i32) {
+        loop {
+            let list = self.links(ep, l);
+            let count = (list[0].load(Relaxed) as usize).min(list.len() - 1);
+            let mut moved = false;
+            for slot in &list[1..=count] {
+                let id = slot.load(Relaxed);
+                let s = self.score(query, id);
+                if s > best {
+                    (best, ep, moved) = (s, id, true);
+                }
+            }
+            if !moved {
+                return (ep, best);
+            }
+        }
+    }
+
+    /// The `ef` best nodes at level `l` reachable from `eps` (algorithm 2),
+    /// best first; with `accept`, only accepted nodes are results (the
+    /// walk still goes through the others).
+    #[inline(always)]
+    fn search_layer(
+        &self,
+        query: &[i8],
+        eps: &[(i32, u32)],
+        ef: usize,
+        l: usize,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<(i32, u32)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        VISITED.with(|visited| {
+            let mut visited = visited.borrow_mut();
+            let mut seen = visited.start(self.levels.len());
+            // Candidates to expand, best first; results, worst on top.
+            let mut candidates: BinaryHeap<(i32, u32)> = BinaryHeap::with_capacity(ef * 4);
+            let mut results: BinaryHeap<Reverse<(i32, u32)>> = BinaryHeap::with_capacity(ef + 1);
+            for &(s, id) in eps {
+                seen.insert(id);
+                candidates.push((s, id));
+                if accept.is_none_or(|a| a(id)) {
+                    results.push(Reverse((s, id)));
+                }
+            }
+            while results.len() > ef {
+                results.pop();
+            }
+            let mut fresh: Vec<u32> = Vec::with_capacity(self.m0());
+            while let Some((s, node)) = candidates.pop() {
+                if results.len() >= ef && s < results.peek().map_or(i32::MIN, |r| r.0 .0) {
+                    break;
+                }
+                let list = self.links(node, l);
+                let count = (list[0].load(Relaxed) as usize).min(list.len() - 1);
+                fresh.clear();
+                for slot in &list[1..=count] {
+                    let id = slot.load(Relaxed);
+                    if seen.insert(id) {
+                        self.prefetch(id);
+                        fresh.push(id);
+                    }
+                }
+                for &id in &fresh {
+                    let s = self.score(query, id);
+                    let worst = results.peek().map_or(i32::MIN, |r| r.0 .0);
+                    if results.len() < ef || s > worst {
+                        candidates.push((s, id));
+                        if accept.is_none_or(|a| a(id)) {
+                            results.push(Reverse((s, id)));
+                            if results.len() > ef {
+                                results.pop();
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out: Vec<(i32, u32)> = results.into_iter().map(|r| r.0).collect();
+            out.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            out
+        })
+    }
+
+    /// Asks for the first cache lines of a row before it is scored.
+    #[inline(always)]
+    fn prefetch(&self, id: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let row = self.codes[id as usize * self.stride..].as_ptr();
+            for line in (0..self.stride.min(4 * 64)).step_by(64) {
+                // SAFETY: a prefetch never faults; the address is inside `codes`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(line)) };
+            }
+        }
+    }
+
+    /// The best `ef` candidates for `query` (unit length), by int8 score,
+    /// best first; with `accept`, only rows it accepts.
+    fn candidates(&self, query: &[f32], ef: usize, accept: Option<&dyn Fn(u32) -> bool>) -> Vec<u32> {
+        let Some((entry, top)) = *self.entry.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return Vec::new();
+        };
+        let mut code = vec![0i8; self.stride];
+        self.quantize_into(query, &mut code);
+        self.kernel.run(|| {
+            let mut ep = entry;
+            let mut best = self.score(&code, ep);
+            for l in (1..=top).rev() {
+                (ep, best) = self.greedy(&code, ep, best, l);
+            }
+            self.search_layer(&code, &[(best, ep)], ef, 0, accept).into_iter().map(|(_, id)| id).collect()
+        })
+    }
+
+    /// The best `want` of `rows` for `query` (unit length) by int8 score,
+    /// scanning their codes (a quarter of the f32 bytes): for a filter
+    /// that lets too few rows through for a walk to find them cheaply.
+    fn scan(&self, query: &[f32], rows: &[usize], want: usize) -> Vec<u32> {
+        use std::cmp::Reverse;
+        let mut code = vec![0i8; self.stride];
+        self.quantize_into(query, &mut code);
+        self.kernel.run(|| {
+            let mut best: std::collections::BinaryHeap<Reverse<(i32, u32)>> =
+                std::collections::BinaryHeap::with_capacity(want + 1);
+            for &row in rows.iter().filter(|&&r| r < self.len()) {
+                let s = self.score(&code, row as u32);
+                if best.len() < want {
+                    best.push(Reverse((s, row as u32)));
+                } else if best.peek().is_some_and(|w| s > w.0 .0) {
+                    best.pop();
+                    best.push(Reverse((s, row as u32)));
+                }
+            }
+            best.into_iter().map(|r| r.0 .1).collect()
+        })
+    }
+
+    /// Each row's level-0 links: the graph's nearest neighbours of it, as
+    /// far as the diversity rule kept them (near-duplicate grouping walks these).
+    pub fn neighbours(&self, row: usize) -> Vec<usize> {
+        let list = self.links(row as u32, 0);
+        let count = (list[0].load(Relaxed) as usize).min(list.len() - 1);
+        list[1..=count].iter().map(|s| s.load(Relaxed) as usize).collect()
     }
 
     pub fn set_ef_search(&mut self, ef: usize) {
@@ -148,50 +460,56 @@ impl HnswIndex {
 
     /// Number of vectors in the graph.
     pub fn len(&self) -> usize {
-        self.len
+        self.levels.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.levels.is_empty()
     }
 
     /// The graph searched with its candidates re-ranked by `vectors`, the
     /// full-precision unit rows it was built from (`[n, dim]`).
     pub fn over<'a>(&'a self, vectors: &'a [f32], dim: usize) -> Reranked<'a> {
-        assert_eq!(vectors.len(), self.len * dim, "the graph covers {} rows", self.len);
+        assert_eq!(vectors.len(), self.len() * dim, "the graph covers {} rows", self.len());
         Reranked { index: self, vectors, dim }
     }
 
     /// Writes the graph into `dir` under one name, atomically: the graph
-    /// and its data go into a new generation folder (`hnsw-i8.<n>/`), synced,
-    /// then the manifest `hnsw-i8.json` (rows, scale, sha256 of both files)
-    /// is replaced by a rename, then older generations are deleted. A crash
-    /// leaves the old graph or the new one, never a mix.
+    /// goes into a new generation folder (`graph-i8.<n>/graph.bin`), synced,
+    /// then the manifest `graph-i8.json` (rows, scale, sha256) is replaced
+    /// by a rename, then older generations are deleted. A crash leaves the
+    /// old graph or the new one, never a mix.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let cannot =
-            |e: String| Error::Store { path: dir.join(BASENAME), reason: format!("cannot save the HNSW index: {e}") };
         let previous = read_manifest(dir).map(|m| m.generation).unwrap_or(0);
         let generation = previous + 1;
         let folder = dir.join(format!("{BASENAME}.{generation}"));
         let _ = std::fs::remove_dir_all(&folder);
         std::fs::create_dir_all(&folder).map_err(|e| Error::io(&folder, e))?;
-        self.hnsw.file_dump(&folder, BASENAME).map_err(|e| cannot(e.to_string()))?;
-        let mut sums = Vec::new();
-        for ext in ["hnsw.graph", "hnsw.data"] {
-            let file = folder.join(format!("{BASENAME}.{ext}"));
-            std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(|e| Error::io(&file, e))?;
-            sums.push(crate::files::sha256_file(&file)?);
-        }
+        let file = folder.join("graph.bin");
+        let written = std::fs::File::create(&file).and_then(|f| {
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            self.write(&mut w)?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()
+        });
+        written.map_err(|e| Error::io(&file, e))?;
+        let (entry, top) = self.entry.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or((0, 0));
         let manifest = Manifest {
             generation,
-            rows: self.len,
+            rows: self.len(),
+            dim: self.dim,
+            m: self.m,
+            ef_construction: self.ef_construction,
             scale: self.scale,
-            graph_sha256: sums[0].clone(),
-            data_sha256: sums[1].clone(),
+            entry,
+            top,
+            sha256: crate::files::sha256_file(&file)?,
         };
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| cannot(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Store {
+            path: dir.join(BASENAME),
+            reason: format!("cannot save the HNSW index: {e}"),
+        })?;
         crate::files::write_atomic(&dir.join(format!("{BASENAME}.json")), &json)?;
-        // Older generations, and the loose files earlier versions wrote.
+        // Older generations, and the files of the `hnsw_rs` graph.
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -199,17 +517,34 @@ impl HnswIndex {
                     .strip_prefix(&format!("{BASENAME}."))
                     .and_then(|g| g.parse::<u64>().ok())
                     .is_some_and(|g| g != generation);
-                let loose = name.ends_with(".hnsw.graph")
-                    || name.ends_with(".hnsw.data")
-                    || name == format!("{BASENAME}.scale");
-                if old_generation {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                } else if loose {
-                    let _ = std::fs::remove_file(entry.path());
+                if old_generation || name.starts_with(&format!("{OLD_BASENAME}.")) {
+                    let path = entry.path();
+                    let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
                 }
             }
         }
         Ok(())
+    }
+
+    /// `graph.bin`: magic, then levels (1 byte a node), level-0 links,
+    /// the links above level 0 node after node, and the int8 rows; all
+    /// little-endian.
+    fn write(&self, w: &mut impl Write) -> std::io::Result<()> {
+        w.write_all(MAGIC)?;
+        w.write_all(&self.levels)?;
+        let words = |w: &mut dyn Write, slots: &[AtomicU32]| -> std::io::Result<()> {
+            let bytes: Vec<u8> = slots.iter().flat_map(|s| s.load(Relaxed).to_le_bytes()).collect();
+            w.write_all(&bytes)
+        };
+        for chunk in self.links0.chunks(1 << 16) {
+            words(w, chunk)?;
+        }
+        for node in &self.upper {
+            words(w, node)?;
+        }
+        // SAFETY: i8 and u8 have the same size and layout.
+        let bytes = unsafe { std::slice::from_raw_parts(self.codes.as_ptr() as *const u8, self.codes.len()) };
+        w.write_all(bytes)
     }
 
     /// Whether `dir` holds a saved graph (its manifest).
@@ -217,59 +552,225 @@ impl HnswIndex {
         read_manifest(dir).is_some()
     }
 
-    /// Loads the graph [`save`](Self::save) wrote, after checking both
-    /// files against the manifest's checksums (a truncated or bit-flipped
-    /// graph once panicked or aborted inside `hnsw_rs`). Any damage is an
-    /// error saying the graph is rebuilt by `imgsearch index`: it is
-    /// derived data.
+    /// Loads the graph [`save`](Self::save) wrote, after checking it
+    /// against the manifest's checksum. Any damage is an error saying the
+    /// graph is rebuilt by `imgsearch index`: it is derived data.
     pub fn load(dir: &Path, params: HnswParams) -> Result<Self> {
         let damaged = |e: String| Error::Store {
             path: dir.join(BASENAME),
             reason: format!("the HNSW index is damaged ({e}); `imgsearch index` rebuilds it"),
         };
         let manifest = read_manifest(dir).ok_or_else(|| damaged("no readable manifest".into()))?;
-        let folder = dir.join(format!("{BASENAME}.{}", manifest.generation));
-        for (ext, want) in [("hnsw.graph", &manifest.graph_sha256), ("hnsw.data", &manifest.data_sha256)] {
-            let file = folder.join(format!("{BASENAME}.{ext}"));
-            if &crate::files::sha256_file(&file).map_err(|e| damaged(e.to_string()))? != want {
-                return Err(damaged(format!("{} does not match its checksum", file.display())));
-            }
+        let file = dir.join(format!("{BASENAME}.{}", manifest.generation)).join("graph.bin");
+        if crate::files::sha256_file(&file).map_err(|e| damaged(e.to_string()))? != manifest.sha256 {
+            return Err(damaged(format!("{} does not match its checksum", file.display())));
         }
-        // The loaded graph borrows its loader; the loader is a few bytes and
-        // lives as long as the process needs the index, so it is leaked.
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&folder, BASENAME)));
-        fn read_graph(io: &'static mut HnswIo) -> anyhow::Result<Hnsw<'static, i8, QuantDot>> {
-            io.load_hnsw::<i8, QuantDot>()
+        let read = std::fs::File::open(&file).and_then(|f| Self::read(&mut BufReader::new(f), &manifest, params));
+        read.map_err(|e| damaged(format!("{}: {e}", file.display())))
+    }
+
+    fn read(r: &mut impl Read, manifest: &Manifest, params: HnswParams) -> std::io::Result<Self> {
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(invalid("not an imgsearch graph of this version"));
         }
-        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            let io = io;
-            read_graph(io)
-        }));
-        let hnsw: Hnsw<'static, i8, QuantDot> = match loaded {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return Err(damaged(e.to_string())),
-            Err(_) => return Err(damaged("the graph could not be read".into())),
+        let (n, m, dim) = (manifest.rows, manifest.m, manifest.dim);
+        if m < 2 || dim == 0 || (n > 0 && (manifest.entry as usize >= n)) {
+            return Err(invalid("the manifest's sizes are impossible"));
+        }
+        let mut levels = vec![0u8; n];
+        r.read_exact(&mut levels)?;
+        if levels.iter().any(|&l| l as usize > MAX_LEVEL)
+            || (n > 0 && manifest.top != levels[manifest.entry as usize] as usize)
+        {
+            return Err(invalid("levels out of range"));
+        }
+        let words = |r: &mut dyn Read, count: usize| -> std::io::Result<Vec<AtomicU32>> {
+            let mut bytes = vec![0u8; count * 4];
+            r.read_exact(&mut bytes)?;
+            Ok(bytes.chunks_exact(4).map(|b| AtomicU32::new(u32::from_le_bytes(b.try_into().unwrap()))).collect())
         };
-        let len = hnsw.get_nb_point();
-        if len != manifest.rows {
-            return Err(damaged(format!("{len} points, the manifest says {}", manifest.rows)));
+        let links0 = words(r, n * (2 * m + 1))?;
+        let mut upper = Vec::with_capacity(n);
+        for &l in &levels {
+            upper.push(words(r, l as usize * (m + 1))?.into_boxed_slice());
         }
-        Ok(Self { hnsw, scale: manifest.scale, len, ef_search: params.ef_search.max(ef_search_for(len)) })
+        // Every count within its list and every id a node: a walk never leaves the arrays.
+        let valid = |list: &[AtomicU32]| {
+            let count = list[0].load(Relaxed) as usize;
+            count < list.len() && list[1..=count].iter().all(|s| (s.load(Relaxed) as usize) < n)
+        };
+        if !links0.chunks(2 * m + 1).all(valid) || !upper.iter().all(|u| u.chunks(m + 1).all(valid)) {
+            return Err(invalid("a link points outside the graph"));
+        }
+        let stride = dim.div_ceil(LANES) * LANES;
+        let mut bytes = vec![0u8; n * stride];
+        r.read_exact(&mut bytes)?;
+        let codes: Vec<i8> = bytes.into_iter().map(|b| b as i8).collect();
+        let sums = codes.chunks_exact(stride.max(1)).map(|r| r.iter().map(|&c| c as i32).sum()).collect();
+        Ok(Self {
+            dim,
+            stride,
+            scale: manifest.scale,
+            codes,
+            sums,
+            m,
+            ef_construction: manifest.ef_construction,
+            ef_search: params.ef_search.max(ef_search_for(n)),
+            locks: (0..n).map(|_| Mutex::new(())).collect(),
+            levels,
+            links0,
+            upper,
+            entry: Mutex::new((n > 0).then_some((manifest.entry, manifest.top))),
+            kernel: Kernel::detect(),
+        })
     }
 }
 
-/// `hnsw-i8.json`: which generation is current and how to check it.
+/// The level of a new node: `floor(-ln(u) / ln(M))`, `u` drawn from the
+/// row number (a rebuild draws the same levels).
+fn random_level(row: u64, level_scale: f64) -> usize {
+    let mut z = row.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    ((-u.ln() * level_scale) as usize).min(MAX_LEVEL)
+}
+
+/// `graph-i8.json`: which generation is current and how to check it.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Manifest {
     generation: u64,
     rows: usize,
+    dim: usize,
+    m: usize,
+    ef_construction: usize,
     scale: f32,
-    graph_sha256: String,
-    data_sha256: String,
+    entry: u32,
+    top: usize,
+    sha256: String,
 }
 
 fn read_manifest(dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&std::fs::read(dir.join(format!("{BASENAME}.json"))).ok()?).ok()
+}
+
+thread_local! {
+    static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
+}
+
+/// Which nodes a walk has seen: a mark per node, equal to the walk's epoch
+/// when seen, so starting a walk is one increment, not a clear.
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u16>,
+    epoch: u16,
+}
+
+struct Seen<'a> {
+    marks: &'a mut [u16],
+    epoch: u16,
+}
+
+impl Visited {
+    fn start(&mut self, n: usize) -> Seen<'_> {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.marks.fill(0);
+            self.epoch = 1;
+        }
+        Seen { marks: &mut self.marks, epoch: self.epoch }
+    }
+}
+
+impl Seen<'_> {
+    /// Marks `id`; true when it was not marked yet.
+    #[inline(always)]
+    fn insert(&mut self, id: u32) -> bool {
+        let mark = &mut self.marks[id as usize];
+        let fresh = *mark != self.epoch;
+        *mark = self.epoch;
+        fresh
+    }
+}
+
+/// `sum(a[i] * b[i])` over int8 rows, vectorised for the CPU by [`Kernel::run`].
+#[inline(always)]
+fn dot_portable(a: &[i8], b: &[i8]) -> i32 {
+    let mut acc = [0i32; 32];
+    for (x, y) in a.chunks_exact(32).zip(b.chunks_exact(32)) {
+        for i in 0..32 {
+            acc[i] += x[i] as i32 * y[i] as i32;
+        }
+    }
+    acc.iter().sum()
+}
+
+/// `sum((a[i] + 128) * b[i])`: `vpdpbusd` multiplies unsigned by signed
+/// bytes, so `a` is biased by flipping its top bit, and the caller takes
+/// `128 * sum(b)` (kept per row) back off. One instruction per 64 bytes.
+/// Lengths are a multiple of [`LANES`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dot_vnni(a: &[i8], b: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    debug_assert!(a.len() == b.len() && a.len().is_multiple_of(LANES));
+    let bias = _mm512_set1_epi8(-128);
+    let mut acc0 = _mm512_setzero_si512();
+    let mut acc1 = _mm512_setzero_si512();
+    let chunks = a.len() / LANES;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let load = |p: *const i8, i: usize| _mm512_loadu_si512(p.add(i * LANES) as *const _);
+    let mut i = 0;
+    while i + 2 <= chunks {
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_xor_si512(load(pa, i), bias), load(pb, i));
+        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_xor_si512(load(pa, i + 1), bias), load(pb, i + 1));
+        i += 2;
+    }
+    if i < chunks {
+        acc0 = _mm512_dpbusd_epi32(acc0, _mm512_xor_si512(load(pa, i), bias), load(pb, i));
+    }
+    _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1))
+}
+
+/// The distance kernel this CPU runs, chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+    Portable,
+}
+
+impl Kernel {
+    /// VNNI where the CPU has it (`IMGSEARCH_NO_VNNI` forces the portable
+    /// loop, to measure or test it).
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("IMGSEARCH_NO_VNNI").is_none()
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512bw")
+        {
+            return Kernel::Vnni;
+        }
+        Kernel::Portable
+    }
+
+    /// Runs `f`, a walk: for the portable kernel compiled for the widest
+    /// SIMD the CPU has.
+    #[inline(always)]
+    fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => f(),
+            Kernel::Portable => simd(f),
+        }
+    }
 }
 
 /// [`HnswIndex`] with the full-precision rows to re-rank its candidates.
@@ -279,27 +780,41 @@ pub struct Reranked<'a> {
     dim: usize,
 }
 
-impl VectorIndex for Reranked<'_> {
-    fn len(&self) -> usize {
-        self.index.len
+impl Reranked<'_> {
+    /// The `k` nearest rows that `accept` lets through, found inside the
+    /// walk (rows it rejects are walked through, never returned), so k
+    /// come back whenever the walk reaches k accepted rows.
+    pub fn search_filtered(&self, query: &[f32], k: usize, accept: &dyn Fn(usize) -> bool) -> Vec<Hit> {
+        self.ranked(query, k, Some(&|id: u32| accept(id as usize)))
     }
 
-    fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+    /// The `k` nearest of `rows`, by a scan of their int8 codes whose
+    /// best `ef` are re-ranked in f32 (a filter's rows, too few for a walk).
+    pub fn search_among(&self, query: &[f32], rows: &[usize], k: usize) -> Vec<Hit> {
+        self.reranked(query, k, |q, ef| self.index.scan(q, rows, ef))
+    }
+
+    fn ranked(&self, query: &[f32], k: usize, accept: Option<&dyn Fn(u32) -> bool>) -> Vec<Hit> {
+        self.reranked(query, k, |q, ef| self.index.candidates(q, ef, accept))
+    }
+
+    /// The `k` best of the candidates `find` gives for the unit query and
+    /// a candidate count, every one re-scored in f32.
+    fn reranked(&self, query: &[f32], k: usize, find: impl FnOnce(&[f32], usize) -> Vec<u32>) -> Vec<Hit> {
         let q = crate::vector::unit(query);
-        if crate::vector::norm(&q) == 0.0 || k == 0 || self.index.len == 0 {
+        if crate::vector::norm(&q) == 0.0 || k == 0 || self.index.is_empty() {
             return Vec::new();
         }
         let ef = self.index.ef_search.max(k);
-        // Every candidate the walk ends with is re-scored in f32.
-        let candidates = self.index.hnsw.search(&self.index.quantize(&q), ef, ef);
+        let candidates = find(&q, ef);
         let mut hits: Vec<Hit> = simd(
             #[inline(always)]
             || {
                 candidates
                     .iter()
-                    .map(|n| {
-                        let row = &self.vectors[n.d_id * self.dim..][..self.dim];
-                        Hit { id: n.d_id, distance: angular(dot(&q, row)) }
+                    .map(|&id| {
+                        let row = &self.vectors[id as usize * self.dim..][..self.dim];
+                        Hit { id: id as usize, distance: angular(dot(&q, row)) }
                     })
                     .collect()
             },
@@ -307,5 +822,15 @@ impl VectorIndex for Reranked<'_> {
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.id.cmp(&b.id)));
         hits.truncate(k);
         hits
+    }
+}
+
+impl VectorIndex for Reranked<'_> {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        self.ranked(query, k, None)
     }
 }

@@ -8,7 +8,7 @@
 
 mod hnsw;
 
-pub use hnsw::{ef_search_for, HnswIndex, HnswParams, QuantDot, Reranked};
+pub use hnsw::{ef_search_for, HnswIndex, HnswParams, Reranked};
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

@@ -67,6 +67,27 @@ pub trait ImageStore: Send + Sync {
     fn nearest(&self, query: &[f32], k: usize) -> Result<Vec<(ImageRecord, f32)>> {
         self.search(&StoreQuery::Cnn(query), k, &Filter::default())
     }
+    /// Pairs of images (keys) whose CNN embeddings lie within
+    /// `max_distance` of each other, each with its distance, found through
+    /// the store's index, never by comparing all pairs: by default each
+    /// image's few nearest by [`ImageStore::nearest`]; a store with its own
+    /// graph reads its neighbour lists. A pair may come twice.
+    fn near_pairs(&self, max_distance: f32) -> Result<Vec<(i64, i64, f32)>> {
+        use rayon::prelude::*;
+        let pairs: Vec<Vec<(i64, i64, f32)>> = self
+            .all()?
+            .par_iter()
+            .map(|r| -> Result<Vec<(i64, i64, f32)>> {
+                let near = self.nearest(&self.embedding(r)?, NEAR_PAIR_NEIGHBOURS + 1)?;
+                Ok(near
+                    .into_iter()
+                    .filter(|(n, d)| n.key != r.key && *d <= max_distance)
+                    .map(|(n, d)| (r.key, n.key, d))
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        Ok(pairs.into_iter().flatten().collect())
+    }
     /// Gives every image (or only those with content `hashes`) its vector
     /// on `side`, computed from the stored embeddings; a side made by
     /// another projection is recomputed. Returns the rows added.
@@ -135,6 +156,10 @@ pub trait ImageStore: Send + Sync {
         Ok(false)
     }
 }
+
+/// Neighbours each image looks at in [`ImageStore::near_pairs`]'s default
+/// (larger groups still join up through their members' neighbours).
+const NEAR_PAIR_NEIGHBOURS: usize = 8;
 
 /// Opens the store `db` names: a `postgres://` URL, else a folder.
 pub fn open(db: &Path, backbone: &str, dim: usize) -> Result<Box<dyn ImageStore>> {

@@ -186,7 +186,7 @@ fn hnsw_path_is_built_updated_and_agrees_with_exact() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(index().contains("HNSW index: 10 vectors"));
-    assert!(db.join("hnsw-i8.json").exists());
+    assert!(db.join("graph-i8.json").exists());
     copy_images(&photos, &["cow"], 3);
     assert!(index().contains("HNSW index: 13 vectors"), "new rows are inserted into the saved graph");
     let query = photos.join("cow").read_dir().unwrap().next().unwrap().unwrap().path();
@@ -355,7 +355,7 @@ fn hnsw_files(db: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(db)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("hnsw"))
+        .filter(|n| n.starts_with("graph-i8") || n.starts_with("hnsw-i8"))
         .collect();
     names.sort();
     names
@@ -396,7 +396,7 @@ fn the_hnsw_graph_is_kept_once_updated_and_rebuilt_when_damaged() {
     }
     // Flip bytes in the graph's data: loading says so (no panic), and `index` rebuilds it.
     let generation = hnsw_files(&db).into_iter().find(|n| !n.ends_with(".json")).unwrap();
-    let data = db.join(&generation).join("hnsw-i8.hnsw.data");
+    let data = db.join(&generation).join("graph.bin");
     let mut bytes = std::fs::read(&data).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;

@@ -7,7 +7,7 @@
 //! - `vectors.f32`: a 64-byte header, then unit-length embeddings, one row
 //!   each, appended and memory-mapped for search (nothing rebuilt at start).
 //! - Derived from the vectors and kept beside them (`derived`): the HNSW
-//!   graph (`hnsw-i8.*`), each text side's vectors (`joint/<side>.f32`,
+//!   graph (`graph-i8.*`), each text side's vectors (`joint/<side>.f32`,
 //!   `text_vectors`), and the trained model (`joint/model.*`, `model`).
 //!
 //! A batch is written in two steps: its vectors are appended and synced,
@@ -753,6 +753,10 @@ impl ImageStore for Store {
 
     fn text_side_len(&self, side: &TextSide<'_>) -> Result<usize> {
         Ok(self.text_vectors(side)?.len())
+    }
+
+    fn near_pairs(&self, max_distance: f32) -> Result<Vec<(i64, i64, f32)>> {
+        self.near_pairs_in_graph(max_distance)
     }
 
     fn upkeep(&self) -> Result<Option<usize>> {

@@ -2,16 +2,14 @@
 //! every row, and filters inside either.
 
 use super::Store;
+use crate::index::{HnswIndex, HnswParams};
 use crate::store::{Filter, ImageRecord, StoreQuery};
 use crate::Result;
 
-/// At most this many rows passing a filter are scored exactly; more go
-/// through the HNSW graph.
-const EXACT_FILTERED_ROWS: usize = 4096;
-
-/// The most graph results a filtered search asks for before it scores the
-/// rows that pass instead.
-const MAX_WIDENED: usize = 1024;
+/// At most this many rows passing a filter are scored exactly in f32
+/// (`cargo bench --bench filters`: cheaper than any walk); more through the
+/// HNSW graph's int8 codes.
+const EXACT_FILTERED_ROWS: usize = 1024;
 
 impl Store {
     /// [`crate::store::ImageStore::search`] on a folder store: the exact scan, the HNSW
@@ -46,22 +44,22 @@ impl Store {
                     (_, Some(rows)) if rows.len() <= EXACT_FILTERED_ROWS => {
                         self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w))
                     }
-                    // Many pass: the graph's nearest, widened by the share that
-                    // passes, then filtered; a filter the nearest images do not
-                    // pass (it follows the content) falls back to scoring the
-                    // rows that pass, so recall never collapses.
+                    // Up to a quarter: a scan of their int8 codes is cheaper than a walk that
+                    // rejects three rows in four.
+                    (Some(g), Some(rows)) if rows.len() <= rows_total / 4 => {
+                        let reranked = g.over(self.vectors(), self.dim);
+                        self.images_for_hits(want, filter, |w| reranked.search_among(q, rows, w))
+                    }
+                    // Many pass: the graph walk keeps only rows that pass as
+                    // results (walking through the others); when the walk
+                    // ends with fewer than asked (the passing rows lie far
+                    // from the query), the rows that pass are scored instead.
                     (Some(g), Some(rows)) => {
                         let reranked = g.over(self.vectors(), self.dim);
-                        let share = rows.len() as f64 / rows_total.max(1) as f64;
                         self.images_for_hits(want, filter, |w| {
-                            let wide = (w as f64 / share * 2.0).ceil() as usize;
-                            if wide <= MAX_WIDENED {
-                                let mut hits = reranked.search(q, wide);
-                                hits.retain(|h| rows.binary_search(&h.id).is_ok());
-                                if hits.len() >= w {
-                                    hits.truncate(w);
-                                    return hits;
-                                }
+                            let hits = reranked.search_filtered(q, w, &|id| rows.binary_search(&id).is_ok());
+                            if hits.len() >= w {
+                                return hits;
                             }
                             exact.search_among(q, rows, w)
                         })
@@ -82,5 +80,54 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// Near pairs from the graph's level-0 links: each row's links are its
+    /// nearest neighbours as far as the diversity rule kept them, and the
+    /// rule drops a neighbour only for a kept one nearer to both, so two
+    /// rows within `max_distance` stay joined by a chain of links each
+    /// within it. One pass over the links, scored in f32: no searches.
+    /// A store without a graph (below its size) builds one for the pass.
+    pub(super) fn near_pairs_in_graph(&self, max_distance: f32) -> Result<Vec<(i64, i64, f32)>> {
+        use rayon::prelude::*;
+        let (_, records) = self.cached_records()?;
+        let mut by_row: std::collections::HashMap<u64, Vec<i64>> = std::collections::HashMap::new();
+        for r in records.iter() {
+            by_row.entry(r.row).or_default().push(r.key);
+        }
+        // Identical files share a row: distance 0.
+        let mut pairs: Vec<(i64, i64, f32)> =
+            by_row.values().flat_map(|keys| keys.windows(2).map(|w| (w[0], w[1], 0.0))).collect();
+        self.load_hnsw();
+        let stored = self.hnsw.read().unwrap_or_else(|e| e.into_inner());
+        let rows = self.rows as usize;
+        let built;
+        let graph = match stored.as_ref().and_then(|g| g.as_ref()).filter(|g| g.len() == rows) {
+            Some(g) => g,
+            None => {
+                built = HnswIndex::build(self.vectors(), self.dim, HnswParams::default());
+                &built
+            }
+        };
+        let vectors = self.vectors();
+        let linked: Vec<(i64, i64, f32)> = (0..rows)
+            .into_par_iter()
+            .filter(|row| by_row.contains_key(&(*row as u64)))
+            .flat_map_iter(|row| {
+                let v = &vectors[row * self.dim..][..self.dim];
+                let near: Vec<(i64, i64, f32)> = graph
+                    .neighbours(row)
+                    .into_iter()
+                    .filter_map(|other| {
+                        let keys = by_row.get(&(other as u64))?;
+                        let d = crate::vector::distance(crate::index::dot(v, &vectors[other * self.dim..][..self.dim]));
+                        (d <= max_distance).then(|| (by_row[&(row as u64)][0], keys[0], d))
+                    })
+                    .collect();
+                near
+            })
+            .collect();
+        pairs.extend(linked);
+        Ok(pairs)
     }
 }

@@ -66,8 +66,10 @@ impl Default for HnswParams {
     }
 }
 
-/// The query-time candidate list for a graph of `n` vectors (measured on
-/// clustered 1280-d vectors, `cargo bench --bench index`: README figures).
+/// The query-time candidate list for a graph of `n` vectors. Measured on
+/// clustered 1280-d vectors (`cargo bench --bench index`, M 24,
+/// ef_construction 150): recall@10 0.994 at ef 64 on 100k; on 1M 0.94 at
+/// ef 64, 1.000 at ef 96 and 128 (p50 0.38 ms on one core at 128).
 pub fn ef_search_for(n: usize) -> usize {
     match n {
         0..=400_000 => 64,
@@ -832,5 +834,124 @@ impl VectorIndex for Reranked<'_> {
 
     fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
         self.ranked(query, k, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::ExactIndex;
+
+    /// Unit vectors around `clusters` centres, deterministic.
+    fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let centres: Vec<f32> = (0..clusters * dim).map(|_| rnd()).collect();
+        (0..n)
+            .flat_map(|i| {
+                let v: Vec<f32> = centres[(i % clusters) * dim..][..dim].iter().map(|c| c + 0.3 * rnd()).collect();
+                crate::vector::unit(&v)
+            })
+            .collect()
+    }
+
+    fn recall(graph: &HnswIndex, v: &[f32], dim: usize, queries: &[f32]) -> f64 {
+        let exact = ExactIndex::new(v, dim);
+        let mut found = 0;
+        for q in queries.chunks_exact(dim) {
+            let truth: Vec<usize> = exact.search(q, 10).iter().map(|h| h.id).collect();
+            found += graph.over(v, dim).search(q, 10).iter().filter(|h| truth.contains(&h.id)).count();
+        }
+        found as f64 / (queries.len() / dim * 10) as f64
+    }
+
+    /// Both kernels give the plain integer dot product of the codes, the
+    /// VNNI one (where the CPU has it) through its bias and row sums.
+    #[test]
+    fn each_kernel_scores_the_plain_int8_dot_product() {
+        let dim = 200; // padded to 256: the tail of zeros must not count
+        let v = clustered(50, dim, 5, 1);
+        let mut graph = HnswIndex::build(&v, dim, HnswParams::default());
+        let mut kernels = vec![Kernel::Portable, Kernel::detect()];
+        kernels.dedup();
+        for kernel in kernels {
+            graph.kernel = kernel;
+            for (a, b) in [(0u32, 1u32), (3, 3), (7, 49)] {
+                let plain: i32 = graph.row(a).iter().zip(graph.row(b)).map(|(&x, &y)| x as i32 * y as i32).sum();
+                let code = graph.row(a).to_vec();
+                assert_eq!(kernel.run(|| graph.score(&code, b)), plain, "{kernel:?} rows {a}, {b}");
+            }
+        }
+    }
+
+    /// Rows inserted after the build (as `index` adds images) are linked as
+    /// well as the first ones.
+    #[test]
+    fn rows_added_later_are_found_like_the_first() {
+        let dim = 32;
+        let v = clustered(3000, dim, 20, 5);
+        let mut graph = HnswIndex::build(&v[..1000 * dim], dim, HnswParams::default());
+        graph.insert_rows(&v[..2000 * dim], dim, 1000);
+        graph.insert_rows(&v, dim, 2000);
+        assert_eq!(graph.len(), 3000);
+        graph.set_ef_search(100);
+        let added = graph.over(&v, dim);
+        for probe in [10, 1500, 2999] {
+            assert_eq!(added.search(&v[probe * dim..][..dim], 1)[0].id, probe);
+        }
+        let r = recall(&graph, &v, dim, &clustered(50, dim, 20, 77));
+        assert!(r >= 0.97, "recall@10 {r}");
+    }
+
+    /// A filter is applied inside the walk: only accepted rows come back,
+    /// k of them although most rows are rejected, the nearest accepted ones.
+    #[test]
+    fn a_filtered_walk_returns_k_accepted_rows_nearest_first() {
+        let dim = 32;
+        let v = clustered(3000, dim, 20, 9);
+        let mut graph = HnswIndex::build(&v, dim, HnswParams::default());
+        graph.set_ef_search(100);
+        let accept = |id: usize| id % 5 == 2;
+        let rows: Vec<usize> = (0..3000).filter(|&i| accept(i)).collect();
+        let exact = ExactIndex::new(&v, dim);
+        let (mut found, mut asked) = (0, 0);
+        for q in clustered(20, dim, 20, 123).chunks_exact(dim) {
+            let hits = graph.over(&v, dim).search_filtered(q, 10, &accept);
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| accept(h.id)), "{hits:?}");
+            assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+            let truth: Vec<usize> = exact.search_among(q, &rows, 10).iter().map(|h| h.id).collect();
+            found += hits.iter().filter(|h| truth.contains(&h.id)).count();
+            asked += 10;
+            // The int8 scan of the same rows agrees with the exact scan.
+            let scanned = graph.over(&v, dim).search_among(q, &rows, 10);
+            assert!(scanned.iter().all(|h| accept(h.id)));
+            assert_eq!(scanned[0].id, truth[0]);
+        }
+        assert!(found as f64 / asked as f64 >= 0.95, "filtered recall {found}/{asked}");
+    }
+
+    /// Level-0 links point at other rows in the graph, and a row's nearest
+    /// neighbour is always among them (the diversity rule keeps the first).
+    #[test]
+    fn each_row_links_to_other_rows_and_mostly_its_nearest() {
+        let dim = 32;
+        let v = clustered(2000, dim, 20, 13);
+        let graph = HnswIndex::build(&v, dim, HnswParams::default());
+        let exact = ExactIndex::new(&v, dim);
+        let mut nearest_linked = 0;
+        for row in (0..2000).step_by(20) {
+            let links = graph.neighbours(row);
+            assert!(!links.is_empty() && links.len() <= 2 * graph.m);
+            assert!(links.iter().all(|&l| l != row && l < 2000), "{links:?}");
+            let nearest = exact.search(&v[row * dim..][..dim], 2)[1].id;
+            nearest_linked += links.contains(&nearest) as usize;
+        }
+        assert!(nearest_linked >= 95, "{nearest_linked} of 100 rows link to their nearest");
     }
 }

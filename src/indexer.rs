@@ -20,8 +20,9 @@ use crate::store::{ImageRecord, ImageStore, NewImage, NewVector};
 use crate::{Error, Result};
 
 /// File extensions indexed (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] =
-    &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "hif"];
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "hif", "dng", "cr2", "nef", "nrw", "arw",
+];
 
 /// Images written per store transaction.
 const BATCH: usize = 64;

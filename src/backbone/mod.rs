@@ -9,6 +9,7 @@ mod embedder;
 mod heif;
 pub mod kernels;
 mod preprocess;
+pub mod raw;
 
 pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
 pub use efficientnet::{Backbone, BlockSpec, Config, EfficientNet, Features};

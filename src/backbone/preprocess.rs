@@ -1,8 +1,9 @@
 //! Image decoding and preprocessing: bytes -> oriented RGB -> resized,
 //! centre-cropped, normalised NHWC floats.
 //!
-//! Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, and HEIF/HEIC
-//! through the system's libheif (`heif`). EXIF orientation
+//! Formats: JPEG, PNG, WebP, GIF (first frame), BMP, TIFF, HEIF/HEIC
+//! through the system's libheif (`heif`), and camera RAW files by their
+//! embedded JPEG preview (`raw`). EXIF orientation
 //! is applied; grayscale, CMYK, 16-bit and alpha images become 8-bit RGB (alpha
 //! is composited onto white). The pixel limit is checked from the header, before
 //! anything is decoded.
@@ -97,6 +98,22 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage
     }
     if super::heif::is_heif(bytes) {
         return super::heif::decode(bytes, path, max_pixels);
+    }
+    if super::raw::is_raw(bytes) {
+        let Some((jpeg, orientation)) = super::raw::preview(bytes) else {
+            return Err(bad("a camera RAW file without an embedded JPEG preview; \
+                 export it as JPEG or TIFF from the camera's software to index it"
+                .into()));
+        };
+        let rgb = decode_rgb(jpeg, path, max_pixels).map_err(|e| match e {
+            Error::BadImage { reason, .. } => bad(format!("its embedded JPEG preview: {reason}")),
+            other => other,
+        })?;
+        let mut image = DynamicImage::ImageRgb8(rgb);
+        if let Some(o) = image::metadata::Orientation::from_exif(orientation as u8) {
+            image.apply_orientation(o);
+        }
+        return Ok(image.into_rgb8());
     }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {

@@ -652,3 +652,72 @@ fn a_heic_from_a_pascal_photo_is_indexed_beside_its_original() {
     assert!((ours - reference).abs() < 0.002, "our decode {ours}, libheif's {reference}");
     assert!(ours < 0.06, "the HEIC lies {ours} from its original");
 }
+
+/// A camera RAW the way a DNG lays one out: a TIFF whose IFD0 carries the
+/// `DNGVersion` mark, an orientation and the embedded JPEG preview
+/// (`JPEGInterchangeFormat` and its length); no preview when `jpeg` is empty.
+fn raw_with_preview(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let entries: Vec<(u16, u16, u32)> = [(0x0112, 3, orientation as u32), (0xC612, 1, 0x0000_0401)]
+        .into_iter()
+        .chain((!jpeg.is_empty()).then_some([(0x0201, 4, 0), (0x0202, 4, jpeg.len() as u32)]).into_iter().flatten())
+        .collect();
+    let data_at = 8 + 2 + 12 * entries.len() + 4;
+    let mut out = b"II*\0".to_vec();
+    out.extend(8u32.to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    for (tag, kind, value) in entries {
+        let value = if tag == 0x0201 { data_at as u32 } else { value };
+        out.extend(tag.to_le_bytes());
+        out.extend(kind.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        out.extend(value.to_le_bytes());
+    }
+    out.extend(0u32.to_le_bytes());
+    out.extend(jpeg);
+    out
+}
+
+/// Camera RAW files are indexed by their embedded JPEG preview: a DNG
+/// wrapping a photo's JPEG finds that photo first, turned the way its
+/// orientation says; a RAW without a preview is skipped with its reason.
+#[test]
+fn a_camera_raw_is_indexed_by_its_preview() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (photos, db) = (tmp.path().join("photos"), tmp.path().join("db"));
+    generated_photos(&photos.join("pngs"), 4);
+    let img =
+        image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([(x / 2) as u8, (y % 200) as u8, ((x ^ y) & 0xff) as u8]));
+    let mut jpeg = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    std::fs::write(photos.join("original.jpg"), &jpeg).unwrap();
+    std::fs::write(photos.join("camera.dng"), raw_with_preview(&jpeg, 1)).unwrap();
+    std::fs::write(photos.join("turned.NEF"), raw_with_preview(&jpeg, 8)).unwrap();
+    std::fs::write(photos.join("bare.cr2"), raw_with_preview(&[], 1)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(&db)
+        .args(["index", "--json"])
+        .arg(&photos)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bare.cr2") && stderr.contains("without an embedded JPEG preview"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["embedded"], 7, "4 PNGs, the JPEG and two RAWs: {report}");
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(&db)
+        .args(["search", "-k", "7", "--json", "--image"])
+        .arg(photos.join("original.jpg"))
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let distance = |file: &str| {
+        let hit = results.iter().find(|r| r["file"] == file).unwrap_or_else(|| panic!("{file} in {answer}"));
+        hit["distance"].as_f64().unwrap()
+    };
+    assert!(distance("camera.dng") < 1e-3, "the DNG's preview is the photo: {answer}");
+    assert!(distance("turned.NEF") > 0.01, "orientation 8 turns the preview: {answer}");
+    assert!(!results.iter().any(|r| r["file"] == "bare.cr2"));
+}

@@ -51,6 +51,9 @@ pub(super) fn content_type(bytes: &[u8]) -> &'static str {
     if crate::backbone::is_heif(bytes) {
         return "image/heic";
     }
+    if crate::backbone::raw::is_raw(bytes) {
+        return crate::backbone::raw::kind(bytes).1;
+    }
     match image::guess_format(bytes) {
         Ok(f) => f.to_mime_type(),
         Err(_) => "application/octet-stream",

@@ -339,11 +339,12 @@ pub(super) async fn add_image(Shared(state): Shared<AppState>, multipart: Multip
         st.refresh_model()?;
         // Decoded and embedded before anything is written.
         let embedding = embed_upload(st, &bytes, &name)?;
-        let ext = match crate::backbone::is_heif(&bytes) {
-            true => "heic",
-            false => {
-                image::guess_format(&bytes).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("img")
-            }
+        let ext = if crate::backbone::is_heif(&bytes) {
+            "heic"
+        } else if crate::backbone::raw::is_raw(&bytes) {
+            crate::backbone::raw::kind(&bytes).0
+        } else {
+            image::guess_format(&bytes).ok().and_then(|f| f.extensions_str().first().copied()).unwrap_or("img")
         };
         let file = upload_file_name(&name, ext, &hash);
         let mut engine = write(&st.engine);

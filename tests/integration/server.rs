@@ -731,6 +731,42 @@ async fn duplicates_are_grouped_with_the_space_they_take() {
     assert_eq!(get("/api/duplicates?max_distance=3").await.status, StatusCode::BAD_REQUEST);
 }
 
+/// Keeping one of a group: `DELETE /api/images/{key}` leaves the file on
+/// disk; with `delete_file=true` the file goes too, but only one under a
+/// served folder: a file elsewhere is refused with 403 and nothing changes.
+#[tokio::test]
+async fn a_removed_copy_keeps_its_file_unless_asked_and_only_under_the_served_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (photos, elsewhere) = (tmp.path().join("photos"), tmp.path().join("elsewhere"));
+    let files = crate::index::generated_photos(&photos, 3);
+    let outside = crate::index::generated_photos(&elsewhere, 1).pop().unwrap();
+    let db = tmp.path().join("db");
+    for folder in [&photos, &elsewhere] {
+        let out = Command::new(env!("CARGO_BIN_EXE_imgsearch")).arg("--db").arg(&db).arg("index").arg(folder).output();
+        assert!(out.unwrap().status.success());
+    }
+    // Served: the photos folder only.
+    let state = state_for(&db, vec![photos.clone()], 2 << 20);
+    let store = imgsearch::store::Store::open(&db, "lite0", 1280).unwrap();
+    let key_of = |p: &Path| store.by_path(&p.canonicalize().unwrap().to_string_lossy()).unwrap().unwrap().key;
+    let (kept, dropped, foreign) = (key_of(&files[0]), key_of(&files[1]), key_of(&outside));
+    let bearer = format!("Bearer {TOKEN}");
+    let delete = |uri: String| {
+        send(state.clone(), Request::delete(uri).header("authorization", bearer.as_str()).body(Body::empty()).unwrap())
+    };
+    assert_eq!(delete(format!("/api/images/{kept}")).await.status, StatusCode::NO_CONTENT);
+    assert!(files[0].exists(), "removed from the index, the file stays");
+    assert_eq!(delete(format!("/api/images/{dropped}?delete_file=true")).await.status, StatusCode::NO_CONTENT);
+    assert!(!files[1].exists(), "asked for: the file under the served folder is deleted");
+    let refused = delete(format!("/api/images/{foreign}?delete_file=true")).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(refused.error().contains("not a file under a folder this server serves"), "{}", refused.error());
+    assert!(outside.exists(), "a file outside the served folders is never deleted");
+    let left = send(state.clone(), Request::get("/api/images?limit=100").body(Body::empty()).unwrap()).await.json();
+    let keys: Vec<i64> = left["images"].as_array().unwrap().iter().map(|i| i["key"].as_i64().unwrap()).collect();
+    assert!(keys.contains(&foreign) && !keys.contains(&kept) && !keys.contains(&dropped), "{keys:?}");
+}
+
 /// `serve --private`: reads need the token too (header or the page's
 /// cookie), the probes do not, and `/?token=` trades the token for a
 /// same-site cookie.

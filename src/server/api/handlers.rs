@@ -471,20 +471,47 @@ pub(super) async fn list_images(
     .await
 }
 
-/// Remove an image from the index (an uploaded file is deleted too; files in your folders are kept).
-#[utoipa::path(delete, path = "/api/images/{key}", params(("key" = i64, Path)), responses((status = 204), (status = 401, body = ErrorOut), (status = 404, body = ErrorOut)))]
-pub(super) async fn delete_image(Shared(state): Shared<AppState>, UrlPath(key): UrlPath<i64>) -> ApiResult<StatusCode> {
+/// Remove an image from the index (an uploaded file is deleted too; files
+/// in your folders are kept unless `delete_file=true` asks, and then only a
+/// file under a folder this server serves).
+#[utoipa::path(delete, path = "/api/images/{key}", params(("key" = i64, Path), DeleteParams), responses((status = 204), (status = 401, body = ErrorOut), (status = 403, body = ErrorOut), (status = 404, body = ErrorOut), (status = 500, body = ErrorOut)))]
+pub(super) async fn delete_image(
+    Shared(state): Shared<AppState>,
+    UrlPath(key): UrlPath<i64>,
+    Query(p): Query<DeleteParams>,
+) -> ApiResult<StatusCode> {
     blocking(&state, move |st| {
         let mut engine = write(&st.engine);
         let r = engine
             .store()
             .by_key(key)?
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no image with key {key}")))?;
+        let path = crate::files::text_to_path(&r.path);
+        if p.delete_file == Some(true) && !r.path.starts_with(DB_UPLOADS) {
+            // The file goes first: if it cannot, the index keeps the image and says why.
+            let served =
+                path.canonicalize().ok().filter(|c| c.is_file() && st.roots.iter().any(|root| c.starts_with(root)));
+            let Some(file) = served else {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "image {key}: {} is not a file under a folder this server serves, so it is left alone \
+                         (nothing was deleted); remove it from the index without delete_file",
+                        path.display()
+                    ),
+                ));
+            };
+            std::fs::remove_file(&file).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("image {key}: cannot delete {} ({e}); nothing was deleted", file.display()),
+                )
+            })?;
+        }
         // A database drops an upload's bytes with its last image.
         engine.delete(&[key])?;
         if let Some(uploads) = &st.uploads {
             let uploads = uploads.canonicalize().unwrap_or_else(|_| uploads.clone());
-            let path = crate::files::text_to_path(&r.path);
             if path.starts_with(&uploads) {
                 let _ = std::fs::remove_file(&path);
             }

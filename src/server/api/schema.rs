@@ -193,6 +193,14 @@ pub struct DuplicateParams {
     pub max_distance: Option<f32>,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// Also delete the image's file from disk (only a file under a folder
+    /// this server serves; anything else is refused and left alone).
+    pub delete_file: Option<bool>,
+}
+
 /// An image of a group of near-duplicates.
 #[derive(Serialize, ToSchema)]
 pub struct DuplicateOut {

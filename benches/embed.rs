@@ -5,7 +5,9 @@
 //! median of several runs as img/s. Environment:
 //! - `IMGSEARCH_BENCH_BACKBONE` = lite0 (default) | lite2
 //! - `IMGSEARCH_BENCH_RUNS` (default 5), `IMGSEARCH_BENCH_BATCH` (default 16)
-//! - `IMGSEARCH_BENCH_PHASE` = forward | decode | e2e | both (default: forward and e2e)
+//! - `IMGSEARCH_BENCH_PHASE` = forward | decode | e2e | both (default: forward and e2e) |
+//!   agreement (the int8 path against f32 on the real images)
+//! - `IMGSEARCH_PRECISION=f32`: the f32 path (default: int8 where the CPU has VNNI)
 //! - `IMGSEARCH_BENCH_DECODERS`: decoder threads (default one per core)
 
 use std::path::PathBuf;
@@ -59,6 +61,50 @@ fn main() -> anyhow::Result<()> {
     }
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
+    if phase == "agreement" {
+        // The int8 path against f32 on the 1000 real images: top-1 equal,
+        // top-5 sets' overlap, cosine of the embeddings.
+        let mut paths = Vec::new();
+        for label in std::fs::read_dir(&root)? {
+            for f in std::fs::read_dir(label?.path())? {
+                paths.push(f?.path());
+            }
+        }
+        paths.sort();
+        use imgsearch::backbone::Precision;
+        let exact = Embedder::load(&weights, kind.config())?.with_precision(Precision::F32);
+        let embedder = Embedder::load(&weights, kind.config())?.with_precision(Precision::Int8);
+        let embed = |e: &Embedder| {
+            let mut out = vec![None; paths.len()];
+            e.embed_files(&paths, |i, r| out[i] = r.ok());
+            out
+        };
+        let (fast, slow) = (embed(&embedder), embed(&exact));
+        let top5 = |l: &[f32]| {
+            let mut idx: Vec<usize> = (0..l.len()).collect();
+            idx.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+            idx.truncate(5);
+            idx
+        };
+        let (mut n, mut top1, mut overlap, mut cosine) = (0usize, 0usize, 0usize, 0f64);
+        for (a, b) in fast.iter().zip(&slow) {
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            let (ta, tb) = (top5(&a.logits), top5(&b.logits));
+            n += 1;
+            top1 += (ta[0] == tb[0]) as usize;
+            overlap += ta.iter().filter(|c| tb.contains(c)).count();
+            let dot: f32 = a.embedding.iter().zip(&b.embedding).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            cosine += (dot / (norm(&a.embedding) * norm(&b.embedding))) as f64;
+        }
+        println!(
+            "int8 {} vs f32 over {n} images: top-1 equal {:.3}, top-5 overlap {:.3}, embedding cosine {:.5} (mean)",
+            if embedder.model().runs_int8() { "(VNNI)" } else { "(not run: no VNNI, both f32)" },
+            top1 as f64 / n as f64,
+            overlap as f64 / (5 * n) as f64,
+            cosine / n as f64
+        );
+    }
     if phase == "decode" {
         // Decode + preprocess alone, one thread: the CPU cost decoding adds per image.
         let mut paths = Vec::new();

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::int8::QuantMatrix;
 use super::kernels::{self, MbConvShape, MbConvWeights};
 use crate::{Error, Result};
 
@@ -154,10 +155,36 @@ impl BlockSpec {
     }
 }
 
-/// A 1x1 convolution with batch norm folded in: weights `[c_in, c_out]`.
+/// A 1x1 convolution with batch norm folded in: weights `[c_in, c_out]`,
+/// and their int8 copy when the int8 path runs.
 struct Pointwise {
     w_t: Vec<f32>,
     bias: Vec<f32>,
+    q: Option<QuantMatrix>,
+}
+
+/// The arithmetic of the network's 1x1 products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// f32 everywhere: the exact path the NumPy reference pins.
+    #[default]
+    F32,
+    /// int8 weights (per output channel) and activations (per pixel) with
+    /// AVX-512 VNNI where the CPU has it, else f32: 1.27x the f32 forward,
+    /// image->image P@10 within 0.0003, but the top-5 classes agree on only
+    /// 95 % of images (`IMGSEARCH_BENCH_PHASE=agreement cargo bench --bench
+    /// embed`), so not the default.
+    Int8,
+}
+
+impl Precision {
+    /// `IMGSEARCH_PRECISION` (`f32` or `int8`), else f32.
+    pub fn from_env() -> Self {
+        match std::env::var("IMGSEARCH_PRECISION").as_deref() {
+            Ok("int8") => Precision::Int8,
+            _ => Precision::F32,
+        }
+    }
 }
 
 struct Block {
@@ -191,6 +218,7 @@ pub struct EfficientNet {
     fc_b: Tensor,
     max_activation: usize,
     workspace: std::sync::Mutex<Workspace>,
+    precision: Precision,
 }
 
 /// The tensors of a checkpoint, looked up by name with their shape checked.
@@ -235,7 +263,7 @@ impl Weights<'_> {
     fn pointwise(&self, conv: &str, bn: &str, c_in: usize, c_out: usize) -> Result<Pointwise> {
         let (w, bias) = self.conv_bn(conv, bn, &[c_out, c_in, 1, 1])?;
         let w_t = w.reshape((c_out, c_in))?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Pointwise { w_t, bias })
+        Ok(Pointwise { w_t, bias, q: None })
     }
 }
 
@@ -291,7 +319,42 @@ impl EfficientNet {
         let fc_w = w.get("_fc.weight", &[config.num_classes, 1280])?.contiguous()?;
         let fc_b = w.get("_fc.bias", &[config.num_classes])?;
         let max_activation = max_activation(&config);
-        Ok(Self { config, stem_w, stem_b, blocks, head, fc_w, fc_b, max_activation, workspace: Default::default() })
+        let mut net = Self {
+            config,
+            stem_w,
+            stem_b,
+            blocks,
+            head,
+            fc_w,
+            fc_b,
+            max_activation,
+            workspace: Default::default(),
+            precision: Precision::F32,
+        };
+        net.set_precision(Precision::from_env());
+        Ok(net)
+    }
+
+    /// Switches the blocks' 1x1 products between int8 (where the CPU runs
+    /// it) and f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for block in &mut self.blocks {
+            let s = block.spec;
+            for (p, k) in block.expand.iter_mut().map(|e| (e, s.c_in)).chain([(&mut block.project, s.c_mid())]) {
+                p.q = (precision == Precision::Int8 && QuantMatrix::supported(k))
+                    .then(|| QuantMatrix::new(&p.w_t, k, p.bias.len()));
+            }
+        }
+
+        let c = self.head.w_t.len() / self.head.bias.len();
+        self.head.q = (precision == Precision::Int8 && QuantMatrix::supported(c))
+            .then(|| QuantMatrix::new(&self.head.w_t, c, self.head.bias.len()));
+    }
+
+    /// Whether the int8 path runs.
+    pub fn runs_int8(&self) -> bool {
+        self.blocks.iter().any(|b| b.project.q.is_some())
     }
 
     pub fn config(&self) -> &Config {
@@ -363,6 +426,8 @@ impl EfficientNet {
                 expand: block.expand.as_ref().map(|e| (&e.w_t[..], &e.bias[..])),
                 depthwise: (&block.depthwise_w, &block.depthwise_b),
                 project: (&block.project.w_t, &block.project.bias),
+                expand_q: block.expand.as_ref().and_then(|e| e.q.as_ref()),
+                project_q: block.project.q.as_ref(),
             };
             (h, w) = kernels::mbconv(&x[..n * h * w * s.c_in], shape, &weights, next);
             prof.lap(if s.kernel == 3 { "MBConv k3" } else { "MBConv k5" });
@@ -370,7 +435,10 @@ impl EfficientNet {
             c = s.c_out;
         }
         let head_len = n * h * w * 1280;
-        kernels::pointwise(&x[..n * h * w * c], c, &self.head.w_t, None, None, &mut dw[..head_len]);
+        match &self.head.q {
+            Some(q) => q.matmul_parallel(&x[..n * h * w * c], &mut dw[..head_len], super::int8::Epilogue::Store),
+            None => kernels::pointwise(&x[..n * h * w * c], c, &self.head.w_t, None, None, &mut dw[..head_len]),
+        }
         prof.lap("head 1x1");
         let pooled = kernels::relu6_mean_pool(&dw[..head_len], n, &self.head.bias);
         prof.lap("pool");

@@ -45,6 +45,12 @@ impl Embedder {
         self
     }
 
+    /// The arithmetic of the network's 1x1 products (`--precision`).
+    pub fn with_precision(mut self, precision: super::Precision) -> Self {
+        self.model.set_precision(precision);
+        self
+    }
+
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
         self

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::int8::{Epilogue, QuantMatrix, Scratch};
 use crate::simd::simd;
 
 /// TF "SAME" padding: the output size and the padding before the first pixel.
@@ -346,6 +347,9 @@ pub struct MbConvWeights<'a> {
     pub depthwise: (&'a [f32], &'a [f32]),
     /// 1x1 projection `[c_mid, c_out]` and its bias.
     pub project: (&'a [f32], &'a [f32]),
+    /// The int8 copies of the 1x1 weights, when the int8 path runs.
+    pub expand_q: Option<&'a QuantMatrix>,
+    pub project_q: Option<&'a QuantMatrix>,
 }
 
 /// Shape of one MBConv block.
@@ -381,11 +385,22 @@ pub fn mbconv(x: &[f32], shape: MbConvShape, weights: &MbConvWeights, out: &mut 
     out.par_chunks_mut(oh * ow * c_out).enumerate().for_each(|(image, image_out)| {
         let x_image = &x[image * height * width * c_in..(image + 1) * height * width * c_in];
         image_out.par_chunks_mut(band * ow * c_out).enumerate().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(staged, dw_out), (b, band_out)| {
+            || (Vec::new(), Vec::new(), Scratch::default()),
+            |(staged, dw_out, scratch), (b, band_out)| {
                 simd(
                     #[inline(always)]
-                    || mbconv_band(x_image, &shape, &dw, weights, residual, b * band, band_out, staged, dw_out),
+                    || {
+                        mbconv_band(
+                            x_image,
+                            &shape,
+                            &dw,
+                            weights,
+                            residual,
+                            b * band,
+                            band_out,
+                            (staged, dw_out, scratch),
+                        )
+                    },
                 )
             },
         );
@@ -403,8 +418,7 @@ fn mbconv_band(
     residual: bool,
     oy0: usize,
     band_out: &mut [f32],
-    staged: &mut Vec<f32>,
-    dw_out: &mut Vec<f32>,
+    (staged, dw_out, scratch): (&mut Vec<f32>, &mut Vec<f32>, &mut Scratch),
 ) {
     let MbConvShape { height, width, c_in, c_mid, c_out, kernel, stride, .. } = *shape;
     let ow = dw.out_width;
@@ -426,6 +440,9 @@ fn mbconv_band(
         let src = &x_image[iy as usize * width * c_in..][..cols * c_in];
         let dst = &mut slot[dw.pad_left * c_mid..(dw.pad_left + cols) * c_mid];
         match weights.expand {
+            Some((_, bias)) if weights.expand_q.is_some() => {
+                weights.expand_q.unwrap().matmul(src, dst, Epilogue::BiasRelu6(bias), scratch)
+            }
             Some((w_t, bias)) => {
                 matmul_serial(src, c_in, w_t, dst, false);
                 for px in dst.chunks_exact_mut(c_mid) {
@@ -457,7 +474,10 @@ fn mbconv_band(
             d_px.copy_from_slice(p_b);
         }
     }
-    matmul_serial(dw_out, c_mid, p_w, band_out, true);
+    match weights.project_q {
+        Some(q) => q.matmul(dw_out, band_out, Epilogue::Accumulate, scratch),
+        None => matmul_serial(dw_out, c_mid, p_w, band_out, true),
+    }
 }
 
 /// `out (+)= x @ w_t` on one thread (the caller parallelises over bands):

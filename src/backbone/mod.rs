@@ -7,12 +7,13 @@ mod classes;
 mod efficientnet;
 mod embedder;
 mod heif;
+mod int8;
 pub mod kernels;
 mod preprocess;
 pub mod raw;
 
 pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
-pub use efficientnet::{Backbone, BlockSpec, Config, EfficientNet, Features};
+pub use efficientnet::{Backbone, BlockSpec, Config, EfficientNet, Features, Precision};
 pub use embedder::{softmax, top_k, Embedded, Embedder};
 pub use heif::is_heif;
 pub use preprocess::{decode_rgb, jpeg_cut_short, Preprocess, DEFAULT_MAX_PIXELS};

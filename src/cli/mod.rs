@@ -50,6 +50,11 @@ pub struct Args {
     #[arg(long, global = true, env = "IMGSEARCH_DB", value_name = "DIR|URL")]
     pub db: Option<PathBuf>,
 
+    /// The arithmetic of the CNN's 1x1 products: `int8` (AVX-512 VNNI;
+    /// faster, the top-5 classes agree with f32 on ~95 % of images) or `f32`.
+    #[arg(long, global = true, env = "IMGSEARCH_PRECISION", value_enum, default_value = "f32")]
+    pub precision: crate::backbone::Precision,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -103,6 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let models_dir = models::models_dir(args.models_dir.as_deref());
     let db = args.db.clone().unwrap_or_else(default_db);
     let db = &db;
+    let _ = PRECISION.set(args.precision);
     match args.command {
         Command::Models { command: ModelsCommand::Dir } => {
             println!("{}", models_dir.display());
@@ -139,8 +145,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// `--precision`, set once by [`run`] for every command that embeds.
+static PRECISION: std::sync::OnceLock<crate::backbone::Precision> = std::sync::OnceLock::new();
+
 fn load_embedder(models_dir: &std::path::Path, backbone: Backbone) -> anyhow::Result<Embedder> {
-    Ok(Embedder::load(&models::backbone_weights(models_dir, backbone), backbone.config())?)
+    let precision = PRECISION.get().copied().unwrap_or_default();
+    let embedder =
+        Embedder::load(&models::backbone_weights(models_dir, backbone), backbone.config())?.with_precision(precision);
+    if precision == crate::backbone::Precision::Int8 && !embedder.model().runs_int8() {
+        eprintln!("note: --precision int8 needs a CPU with AVX-512 VNNI; running f32");
+    }
+    Ok(embedder)
 }
 
 /// Resolves `--class`: an index, or a name matched against the class names

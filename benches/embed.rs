@@ -86,21 +86,24 @@ fn main() -> anyhow::Result<()> {
             idx.truncate(5);
             idx
         };
-        let (mut n, mut top1, mut overlap, mut cosine) = (0usize, 0usize, 0usize, 0f64);
+        let (mut n, mut top1, mut overlap, mut cosine, mut kept) = (0usize, 0usize, 0usize, 0f64, 0usize);
         for (a, b) in fast.iter().zip(&slow) {
             let (Some(a), Some(b)) = (a, b) else { continue };
             let (ta, tb) = (top5(&a.logits), top5(&b.logits));
             n += 1;
             top1 += (ta[0] == tb[0]) as usize;
+            kept += ta.contains(&tb[0]) as usize;
             overlap += ta.iter().filter(|c| tb.contains(c)).count();
             let dot: f32 = a.embedding.iter().zip(&b.embedding).map(|(x, y)| x * y).sum();
             let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
             cosine += (dot / (norm(&a.embedding) * norm(&b.embedding))) as f64;
         }
         println!(
-            "int8 {} vs f32 over {n} images: top-1 equal {:.3}, top-5 overlap {:.3}, embedding cosine {:.5} (mean)",
+            "int8 {} vs f32 over {n} images: top-1 equal {:.3}, f32's top-1 in int8's top-5 {:.3}, \
+             top-5 overlap {:.3}, embedding cosine {:.5} (mean)",
             if embedder.model().runs_int8() { "(VNNI)" } else { "(not run: no VNNI, both f32)" },
             top1 as f64 / n as f64,
+            kept as f64 / n as f64,
             overlap as f64 / (5 * n) as f64,
             cosine / n as f64
         );

@@ -228,6 +228,18 @@ unsafe fn quantize(x: &[f32], k: usize, scratch: &mut Scratch) {
 }
 
 impl QuantMatrix {
+    /// [`QuantMatrix::matmul`] over `m` rows the caller already wrote into
+    /// [`Scratch::relu6_rows`].
+    pub fn matmul_quantized(&self, m: usize, out: &mut [f32], epilogue: Epilogue, scratch: &Scratch) {
+        assert_eq!(out.len(), m * self.n);
+        assert!(scratch.bytes.len() >= m.div_ceil(MR) * MR * self.k && scratch.row_scale.len() >= m);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `matmul`: the assert pins the rows the kernel reads.
+        unsafe {
+            self.kernel(m, scratch, out, epilogue)
+        }
+    }
+
     /// [`QuantMatrix::matmul`] over all cores, in chunks of rows.
     pub fn matmul_parallel(&self, x: &[f32], out: &mut [f32], epilogue: Epilogue) {
         use rayon::prelude::*;
@@ -244,6 +256,23 @@ pub struct Scratch {
     bytes: Vec<u8>,
     row_scale: Vec<f32>,
     row_zero: Vec<i32>,
+}
+
+impl Scratch {
+    /// Room for `m` rows of `k` ReLU6 outputs as bytes (`0..=6` in 255
+    /// steps, no zero point), for the caller to write and
+    /// [`QuantMatrix::matmul_quantized`] to multiply.
+    pub fn relu6_rows(&mut self, m: usize, k: usize) -> &mut [u8] {
+        let rows = m.div_ceil(MR) * MR;
+        if self.bytes.len() < rows * k {
+            self.bytes.resize(rows * k, 0);
+        }
+        self.row_scale.clear();
+        self.row_scale.resize(rows, 6.0 / 255.0);
+        self.row_zero.clear();
+        self.row_zero.resize(rows, 0);
+        &mut self.bytes[..m * k]
+    }
 }
 
 #[cfg(test)]

@@ -182,13 +182,19 @@ fn depthwise_band_generic(
 
 /// One output row from its staged input rows (`rows` starts at its first row).
 #[inline(always)]
-fn depthwise_row_staged(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[f32], out_row: &mut [f32]) {
+fn depthwise_row_staged<O: Activation>(
+    scratch: &[f32],
+    s: &DepthwiseShape,
+    w: &[f32],
+    bias: &[f32],
+    out_row: &mut [O],
+) {
     let s = *s;
     let c = s.channels;
     let vector_c = c / LANES * LANES;
     match s.kernel {
-        3 => taps_in_registers::<3>(scratch, &s, w, bias, vector_c, out_row),
-        5 => taps_in_registers::<5>(scratch, &s, w, bias, vector_c, out_row),
+        3 => taps_in_registers::<3, O>(scratch, &s, w, bias, vector_c, out_row),
+        5 => taps_in_registers::<5, O>(scratch, &s, w, bias, vector_c, out_row),
         _ => {}
     }
     // Whatever the vector path did not cover: other kernel sizes, leftover channels.
@@ -202,7 +208,56 @@ fn depthwise_row_staged(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[
                     acc += scratch[(ky * pw + ox * s.stride + kx) * c + ch] * w[(ky * s.kernel + kx) * c + ch];
                 }
             }
-            out_row[ox * c + ch] = relu6(acc);
+            out_row[ox * c + ch] = O::relu6(acc);
+        }
+    }
+}
+
+/// How a depthwise output is stored after its ReLU6: f32, or the u8 the
+/// int8 product reads (`0..=6` in 255 steps, the fixed range of ReLU6:
+/// `imgsearch eval` measured no loss against a per-pixel range).
+pub trait Activation: Copy {
+    fn relu6(x: f32) -> Self;
+    /// [`LANES`] values at once (the depthwise kernel's register).
+    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [Self; LANES]);
+}
+
+impl Activation for f32 {
+    #[inline(always)]
+    fn relu6(x: f32) -> f32 {
+        relu6(x)
+    }
+
+    #[inline(always)]
+    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [f32; LANES]) {
+        for i in 0..LANES {
+            dst[i] = relu6(acc[i]);
+        }
+    }
+}
+
+impl Activation for u8 {
+    #[inline(always)]
+    fn relu6(x: f32) -> u8 {
+        (relu6(x) * (255.0 / 6.0) + 0.5) as u8
+    }
+
+    #[inline(always)]
+    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [u8; LANES]) {
+        #[cfg(target_arch = "x86_64")]
+        if LANES == 16 && is_x86_feature_detected!("avx512f") {
+            use std::arch::x86_64::*;
+            // SAFETY: the CPU has AVX-512F; 16 floats are read and 16 bytes written.
+            unsafe {
+                let v = _mm512_loadu_ps(acc.as_ptr());
+                let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
+                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(255.0 / 6.0)));
+                _mm512_mask_cvtusepi32_storeu_epi8(dst.as_mut_ptr() as *mut _, 0xFFFF, q);
+            }
+            return;
+        }
+        for i in 0..LANES {
+            dst[i] = Self::relu6(acc[i]);
         }
     }
 }
@@ -210,13 +265,13 @@ fn depthwise_row_staged(scratch: &[f32], s: &DepthwiseShape, w: &[f32], bias: &[
 /// For each block of [`LANES`] channels, the K*K weights stay in registers
 /// while the kernel slides along the row; each output is written once.
 #[inline(always)]
-fn taps_in_registers<const K: usize>(
+fn taps_in_registers<const K: usize, O: Activation>(
     scratch: &[f32],
     s: &DepthwiseShape,
     w: &[f32],
     bias: &[f32],
     vector_c: usize,
-    out_row: &mut [f32],
+    out_row: &mut [O],
 ) {
     let c = s.channels;
     let pw = padded_width(s);
@@ -239,10 +294,8 @@ fn taps_in_registers<const K: usize>(
                     }
                 }
             }
-            let dst: &mut [f32; LANES] = (&mut out_row[ox * c + c0..ox * c + c0 + LANES]).try_into().unwrap();
-            for i in 0..LANES {
-                dst[i] = relu6(acc[i]);
-            }
+            let dst: &mut [O; LANES] = (&mut out_row[ox * c + c0..ox * c + c0 + LANES]).try_into().unwrap();
+            O::relu6_lanes(&acc, dst);
         }
     }
 }
@@ -454,11 +507,20 @@ fn mbconv_band(
             None => dst.copy_from_slice(src),
         }
     }
-    // 2. Depthwise over the staged rows.
-    dw_out.resize(n_out * ow * c_mid, 0.0);
+    // 2. Depthwise over the staged rows: f32, or straight into the int8
+    //    product's bytes.
     let (dw_w, dw_b) = weights.depthwise;
-    for (i, row_out) in dw_out.chunks_exact_mut(ow * c_mid).enumerate() {
-        depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
+    let pixels = n_out * ow;
+    if weights.project_q.is_some() {
+        let bytes = scratch.relu6_rows(pixels, c_mid);
+        for (i, row_out) in bytes.chunks_exact_mut(ow * c_mid).enumerate() {
+            depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
+        }
+    } else {
+        dw_out.resize(pixels * c_mid, 0.0);
+        for (i, row_out) in dw_out.chunks_exact_mut(ow * c_mid).enumerate() {
+            depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
+        }
     }
     // 3. Projection, starting from bias (+ the block's input rows when residual).
     let (p_w, p_b) = weights.project;
@@ -475,7 +537,7 @@ fn mbconv_band(
         }
     }
     match weights.project_q {
-        Some(q) => q.matmul(dw_out, band_out, Epilogue::Accumulate, scratch),
+        Some(q) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
         None => matmul_serial(dw_out, c_mid, p_w, band_out, true),
     }
 }

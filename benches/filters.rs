@@ -7,7 +7,9 @@
 //! results returned of the 10 asked, and recall@10 against an exact scan of
 //! the images that pass.
 //!
-//! `cargo bench --bench filters` (N = 30k; `IMGSEARCH_BENCH_N` for more).
+//! `cargo bench --bench filters` (N = 30k; `IMGSEARCH_BENCH_N` for more);
+//! `IMGSEARCH_BENCH_PG=<admin url>` runs it on PostgreSQL instead (a fresh
+//! database; `scripts/pg-test-server start DIR` prints a URL).
 
 use std::time::Instant;
 
@@ -23,7 +25,19 @@ fn main() {
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let vectors = clustered(n, dim, (n / 100).max(10), &mut rng);
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path(), "lite0", dim).unwrap();
+    // The folder store, or with IMGSEARCH_BENCH_PG a fresh PostgreSQL database.
+    let mut store: Box<dyn ImageStore> = match std::env::var("IMGSEARCH_BENCH_PG") {
+        Ok(admin) => {
+            let name = format!("imgsearch_filters_{}", std::process::id());
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("the server answers");
+            client.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+            client.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+            println!("store: PostgreSQL ({url})");
+            Box::new(imgsearch::store::postgres::PgStore::open(&url, "lite0", dim).unwrap())
+        }
+        Err(_) => Box::new(Store::open(dir.path(), "lite0", dim).unwrap()),
+    };
     let start = Instant::now();
     // Image i: label "l{i % 200}" (0.5% each), taken on day i % 1000 of 2020+, cameras as below.
     for (b, chunk) in vectors.chunks(1000 * dim).enumerate() {

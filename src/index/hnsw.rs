@@ -108,12 +108,10 @@ impl HnswIndex {
     /// Builds the graph over `vectors` (`[n, dim]`, unit rows), inserting in parallel.
     pub fn build(vectors: &[f32], dim: usize, params: HnswParams) -> Self {
         let n = vectors.len() / dim;
-        let max = vectors.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 { 127.0 / max } else { 1.0 };
         let mut index = Self {
             dim,
             stride: dim.div_ceil(LANES) * LANES,
-            scale,
+            scale: 1.0,
             codes: Vec::new(),
             sums: Vec::new(),
             m: params.m.max(2),
@@ -151,6 +149,11 @@ impl HnswIndex {
             return;
         }
         let (stride, m, m0) = (self.stride, self.m, self.m0());
+        if from == 0 {
+            // The scale is chosen from the first rows the graph holds.
+            let max = vectors.iter().fold(0f32, |m, v| m.max(v.abs()));
+            self.scale = if max > 0.0 { 127.0 / max } else { 1.0 };
+        }
         // Everything a new node needs is allocated before the parallel
         // inserts, so they share the index through `&self`.
         self.codes.resize(n * stride, 0);
@@ -173,11 +176,15 @@ impl HnswIndex {
         self.links0.extend((0..(n - from) * (m0 + 1)).map(|_| AtomicU32::new(0)));
         let this = &*self;
         // The first node of an empty graph is its entry: inserted alone.
-        let start = if from == 0 {
-            *this.entry.lock().unwrap_or_else(|e| e.into_inner()) = Some((0, this.levels[0] as usize));
-            1
-        } else {
-            from
+        let start = {
+            let mut entry = this.entry.lock().unwrap_or_else(|e| e.into_inner());
+            match *entry {
+                Some(_) => from,
+                None => {
+                    *entry = Some((from as u32, this.levels[from] as usize));
+                    from + 1
+                }
+            }
         };
         (start..n).into_par_iter().for_each(|i| this.kernel.run(|| this.insert(i as u32)));
     }
@@ -840,25 +847,8 @@ impl VectorIndex for Reranked<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::tests::clustered;
     use crate::index::ExactIndex;
-
-    /// Unit vectors around `clusters` centres, deterministic.
-    fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        let mut rnd = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let centres: Vec<f32> = (0..clusters * dim).map(|_| rnd()).collect();
-        (0..n)
-            .flat_map(|i| {
-                let v: Vec<f32> = centres[(i % clusters) * dim..][..dim].iter().map(|c| c + 0.3 * rnd()).collect();
-                crate::vector::unit(&v)
-            })
-            .collect()
-    }
 
     fn recall(graph: &HnswIndex, v: &[f32], dim: usize, queries: &[f32]) -> f64 {
         let exact = ExactIndex::new(v, dim);
@@ -906,6 +896,17 @@ mod tests {
         }
         let r = recall(&graph, &v, dim, &clustered(50, dim, 20, 77));
         assert!(r >= 0.97, "recall@10 {r}");
+    }
+
+    /// An empty graph takes its first rows later; it answers nothing before.
+    #[test]
+    fn an_empty_graph_grows_from_nothing() {
+        let dim = 16;
+        let v = clustered(200, dim, 4, 21);
+        let mut graph = HnswIndex::build(&[], dim, HnswParams::default());
+        assert!(graph.is_empty() && graph.over(&[], dim).search(&v[..dim], 3).is_empty());
+        graph.insert_rows(&v, dim, 0);
+        assert_eq!(graph.over(&v, dim).search(&v[7 * dim..][..dim], 1)[0].id, 7);
     }
 
     /// A filter is applied inside the walk: only accepted rows come back,

@@ -285,8 +285,8 @@ mod tests {
         assert_eq!(hits[0].id, 0);
     }
 
-    /// Clustered unit vectors, deterministic.
-    fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    /// Clustered unit vectors, deterministic (the graph's own tests use them too).
+    pub(super) fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
         let mut state = seed;
         let mut rnd = move || {
             state ^= state << 13;

@@ -638,25 +638,10 @@ fn a_heic_from_a_pascal_photo_is_indexed_beside_its_original() {
         .unwrap();
     assert!(enc.status.success(), "{}", String::from_utf8_lossy(&enc.stderr));
     std::fs::write(photos.join("cat/broken.heic"), b"\0\0\0\x18ftypheic\0\0\0\0mif1heic not really").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(&db)
-        .args(["index", "--json"])
-        .arg(&photos)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (report, stderr) = index_json(&db, &photos);
     assert!(stderr.contains("broken.heic") && stderr.contains("HEIF"), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["embedded"], 15, "12 photos, two HEICs and a decode: {report}");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(&db)
-        .args(["search", "-k", "4", "--json", "--image"])
-        .arg(&original)
-        .output()
-        .unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = search_json(&db, &original, 4);
     let results = answer["results"].as_array().unwrap();
     let distance = |file: &str| {
         let hit = results[1..].iter().find(|r| r["file"] == file).unwrap_or_else(|| panic!("{file} in {answer}"));
@@ -709,25 +694,10 @@ fn a_camera_raw_is_indexed_by_its_preview() {
     std::fs::write(photos.join("camera.dng"), raw_with_preview(&jpeg, 1)).unwrap();
     std::fs::write(photos.join("turned.NEF"), raw_with_preview(&jpeg, 8)).unwrap();
     std::fs::write(photos.join("bare.cr2"), raw_with_preview(&[], 1)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(&db)
-        .args(["index", "--json"])
-        .arg(&photos)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (report, stderr) = index_json(&db, &photos);
     assert!(stderr.contains("bare.cr2") && stderr.contains("without an embedded JPEG preview"), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["embedded"], 7, "4 PNGs, the JPEG and two RAWs: {report}");
-    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
-        .arg("--db")
-        .arg(&db)
-        .args(["search", "-k", "7", "--json", "--image"])
-        .arg(photos.join("original.jpg"))
-        .output()
-        .unwrap();
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = search_json(&db, &photos.join("original.jpg"), 7);
     let results = answer["results"].as_array().unwrap();
     let distance = |file: &str| {
         let hit = results.iter().find(|r| r["file"] == file).unwrap_or_else(|| panic!("{file} in {answer}"));
@@ -771,4 +741,28 @@ fn precision_int8_embeds_close_to_f32() {
     // 1000 Pascal photos average 0.9977 (`IMGSEARCH_BENCH_PHASE=agreement`).
     assert!(cos > 0.9, "int8 embedding cosine to f32: {cos}");
     assert!(a != b, "int8 runs (every machine we build on has AVX-512 VNNI)");
+}
+
+/// `imgsearch index --json` of `folder` into `db`: its report and its stderr.
+fn index_json(db: &Path, folder: &Path) -> (serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(db)
+        .args(["index", "--json"])
+        .arg(folder)
+        .output();
+    let out = out.unwrap();
+    (serde_json::from_slice(&out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `imgsearch search --json -k K --image FILE` on `db`.
+fn search_json(db: &Path, image: &Path, k: usize) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgsearch"))
+        .arg("--db")
+        .arg(db)
+        .args(["search", "-k", &k.to_string(), "--json", "--image"])
+        .arg(image)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
 }

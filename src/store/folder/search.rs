@@ -110,7 +110,7 @@ impl Store {
             }
         };
         let vectors = self.vectors();
-        let linked: Vec<(i64, i64, f32)> = (0..rows)
+        let linked: Vec<(i64, i64, f32)> = (0..graph.len())
             .into_par_iter()
             .filter(|row| by_row.contains_key(&(*row as u64)))
             .flat_map_iter(|row| {

@@ -79,6 +79,9 @@ pub struct PgStore {
     ef_search: usize,
     /// Exact searches (no index scans), for `search --exact`.
     exact: std::sync::atomic::AtomicBool,
+    /// The share of images each recent filter lets through, and when it
+    /// was counted: how a filtered search picks its plan (`text.rs`).
+    shares: std::sync::Mutex<Vec<(Filter, f64, std::time::Instant)>>,
 }
 
 fn migrations(dim: usize) -> Vec<String> {
@@ -166,7 +169,14 @@ impl PgStore {
                     "cannot connect to PostgreSQL at {name}: {e}; is the server running and the URL right?"
                 ),
             })?;
-        let store = Self { pool, name, dim, ef_search: DEFAULT_EF_SEARCH, exact: Default::default() };
+        let store = Self {
+            pool,
+            name,
+            dim,
+            ef_search: DEFAULT_EF_SEARCH,
+            exact: Default::default(),
+            shares: Default::default(),
+        };
         store.migrate(backbone, dim)?;
         Ok(store)
     }

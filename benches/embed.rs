@@ -30,7 +30,9 @@ fn main() -> anyhow::Result<()> {
     let config = kind.config();
     let size = config.image_size;
     let weights = models::backbone_weights(&models::models_dir(None), kind);
-    let mut embedder = Embedder::load(&weights, config)?.with_batch_size(batch);
+    let mut embedder = Embedder::load(&weights, config)?
+        .with_batch_size(batch)
+        .with_precision(imgsearch::backbone::Precision::from_env());
     if let Some(t) = std::env::var("IMGSEARCH_BENCH_DECODERS").ok().and_then(|s| s.parse().ok()) {
         embedder = embedder.with_decode_threads(t);
     }

@@ -19,6 +19,19 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether the CPU has AVX-512 VNNI (`vpdpbusd`, with the byte/word
+/// instructions beside it): the int8 kernels of the graph and the CNN.
+pub(crate) fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {

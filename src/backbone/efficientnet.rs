@@ -178,7 +178,8 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// `IMGSEARCH_PRECISION` (`f32` or `int8`), else f32.
+    /// `IMGSEARCH_PRECISION` (`f32` or `int8`), else f32: for the benches
+    /// (the CLI reads the variable through `--precision`).
     pub fn from_env() -> Self {
         match std::env::var("IMGSEARCH_PRECISION").as_deref() {
             Ok("int8") => Precision::Int8,
@@ -319,7 +320,7 @@ impl EfficientNet {
         let fc_w = w.get("_fc.weight", &[config.num_classes, 1280])?.contiguous()?;
         let fc_b = w.get("_fc.bias", &[config.num_classes])?;
         let max_activation = max_activation(&config);
-        let mut net = Self {
+        Ok(Self {
             config,
             stem_w,
             stem_b,
@@ -330,9 +331,7 @@ impl EfficientNet {
             max_activation,
             workspace: Default::default(),
             precision: Precision::F32,
-        };
-        net.set_precision(Precision::from_env());
-        Ok(net)
+        })
     }
 
     /// Switches the blocks' 1x1 products between int8 (where the CPU runs

@@ -32,15 +32,7 @@ pub struct QuantMatrix {
 impl QuantMatrix {
     /// Whether this CPU runs the int8 path, and the shape suits it (`k` a multiple of 4).
     pub fn supported(k: usize) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            k.is_multiple_of(4) && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = k;
-            false
-        }
+        k.is_multiple_of(4) && crate::simd::has_vnni()
     }
 
     /// Quantises `w_t` (`[k, n]`, row-major) per output channel.

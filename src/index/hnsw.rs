@@ -761,10 +761,7 @@ impl Kernel {
     /// loop, to measure or test it).
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("IMGSEARCH_NO_VNNI").is_none()
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx512bw")
-        {
+        if std::env::var_os("IMGSEARCH_NO_VNNI").is_none() && crate::simd::has_vnni() {
             return Kernel::Vnni;
         }
         Kernel::Portable

@@ -124,23 +124,30 @@ fn filters(mut s: Box<dyn ImageStore>) {
     use imgsearch::metadata::{unix_seconds, PhotoMeta};
     // 40 images around the x axis: under /f/a or /f/b, taken in 2022 or
     // 2023, by a Canon or an iPhone (or no camera).
-    let images: Vec<NewImage> = (0..40)
-        .map(|i| {
-            let folder = if i % 2 == 0 { "a" } else { "b" };
-            let year = if i % 4 < 2 { 2022 } else { 2023 };
-            let camera = match i % 5 {
-                0 => Some("Canon EOS 5D".to_owned()),
-                1 | 2 => Some("Apple iPhone 12".to_owned()),
-                _ => None,
-            };
-            let meta = PhotoMeta { taken: Some(unix_seconds(year, 6, 1) + i), camera, width: None, height: None };
-            NewImage {
-                label: folder.into(),
-                meta,
-                ..image(&format!("/f/{folder}/{i}.jpg"), &format!("f{i}"), vec![1.0, i as f32 * 0.01, 0.5])
-            }
-        })
-        .collect();
+    let images: Vec<NewImage> =
+        (0..40)
+            .map(|i| {
+                let folder = if i % 2 == 0 { "a" } else { "b" };
+                let year = if i % 4 < 2 { 2022 } else { 2023 };
+                let camera = match i % 5 {
+                    0 => Some("Canon EOS 5D".to_owned()),
+                    1 | 2 => Some("Apple iPhone 12".to_owned()),
+                    _ => None,
+                };
+                let meta = PhotoMeta { taken: Some(unix_seconds(year, 6, 1) + i), camera, width: None, height: None };
+                NewImage {
+                    label: folder.into(),
+                    meta,
+                    ..image(&format!("/f/{folder}/{i}.jpg"), &format!("f{i}"), vec![1.0, i as f32 * 0.01, 0.5])
+                }
+            })
+            // Neighbours of /f/a that are not under it: a sibling with a longer
+            // name, one just past "/f/a/" in byte order, one just before it.
+            .chain(["/f/ab/40.jpg", "/f/a0/41.jpg", "/f/a.jpg"].into_iter().enumerate().map(|(j, path)| NewImage {
+                label: "c".into(),
+                ..image(path, &format!("g{j}"), vec![1.0, 0.001, 0.5])
+            }))
+            .collect();
     s.add_batch(&images).unwrap();
     let matches = |f: &Filter| images.iter().filter(|i| f.matches(&s.by_path(&i.path).unwrap().unwrap())).count();
     let filters = [

@@ -79,8 +79,8 @@ pub struct Store {
     text: RwLock<HashMap<&'static str, Arc<TextVectors>>>,
     /// Every record, for filters, with the [`Store::generation`] it was read at.
     records: std::sync::Mutex<Option<CachedRecords>>,
-    /// The last filter's rows, with the generation they were computed at.
-    filtered: std::sync::Mutex<Option<FilteredRows>>,
+    /// The last few filters' rows, with the generation they were computed at.
+    filtered: std::sync::Mutex<Vec<FilteredRows>>,
     /// Bumped by every write through this handle.
     writes: std::sync::atomic::AtomicU64,
 }
@@ -284,7 +284,7 @@ impl Store {
             exact: AtomicBool::new(false),
             text: RwLock::new(HashMap::new()),
             records: std::sync::Mutex::new(None),
-            filtered: std::sync::Mutex::new(None),
+            filtered: std::sync::Mutex::new(Vec::new()),
             writes: std::sync::atomic::AtomicU64::new(0),
         };
         if read_only {

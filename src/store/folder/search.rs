@@ -44,20 +44,27 @@ impl Store {
                     (_, Some(rows)) if rows.len() <= EXACT_FILTERED_ROWS => {
                         self.images_for_hits(want, filter, |w| exact.search_among(q, rows, w))
                     }
-                    // Up to a quarter: a scan of their int8 codes is cheaper than a walk that
-                    // rejects three rows in four.
-                    (Some(g), Some(rows)) if rows.len() <= rows_total / 4 => {
+                    // Up to a twentieth: a scan of their int8 codes is cheaper than a walk.
+                    (Some(g), Some(rows)) if rows.len() <= rows_total / 20 => {
                         let reranked = g.over(self.vectors(), self.dim);
                         self.images_for_hits(want, filter, |w| reranked.search_among(q, rows, w))
                     }
-                    // Many pass: the graph walk keeps only rows that pass as
-                    // results (walking through the others); when the walk
-                    // ends with fewer than asked (the passing rows lie far
-                    // from the query), the rows that pass are scored instead.
+                    // More pass: the graph walk keeps only rows that pass as
+                    // results (walking through or stepping over the others;
+                    // `cargo bench --bench filters`, 30k rows, round robin:
+                    // a 10 % filter 0.38 ms walked, 0.68 ms scanned). When
+                    // the walk ends with fewer than asked (the passing rows
+                    // lie far from the query), the rows that pass are scored.
                     (Some(g), Some(rows)) => {
                         let reranked = g.over(self.vectors(), self.dim);
+                        let mut passes = vec![0u64; rows_total.div_ceil(64)];
+                        for &r in rows.iter() {
+                            passes[r / 64] |= 1 << (r % 64);
+                        }
+                        let accept = |id: usize| passes.get(id / 64).is_some_and(|b| b >> (id % 64) & 1 == 1);
+                        let share = rows.len() as f64 / rows_total.max(1) as f64;
                         self.images_for_hits(want, filter, |w| {
-                            let hits = reranked.search_filtered(q, w, &|id| rows.binary_search(&id).is_ok());
+                            let hits = reranked.search_filtered(q, w, &accept, share);
                             if hits.len() >= w {
                                 return hits;
                             }

@@ -53,7 +53,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -143,6 +143,8 @@ fn migrations(dim: usize) -> Vec<String> {
              ADD COLUMN width INTEGER, ADD COLUMN height INTEGER;
          CREATE INDEX images_taken ON images(taken);"
             .to_owned(),
+        // Version 5: paths in byte order, for `--under` (a range scan).
+        "CREATE INDEX images_path_c ON images ((path COLLATE \"C\"));".to_owned(),
     ]
 }
 
@@ -526,8 +528,9 @@ impl ImageStore for PgStore {
             StoreQuery::Cnn(q) => {
                 let Some(q) = unit_vector(q) else { return Ok(Vec::new()) };
                 self.nearest_by(
-                    "SELECT id, hash, norm, embedding <=> $1 AS d FROM vectors WHERE TRUE {filter}
-                     ORDER BY embedding <=> $1 LIMIT $2",
+                    "SELECT id, hash, norm, {order} AS d FROM vectors WHERE TRUE {filter}
+                     ORDER BY {order} LIMIT $2",
+                    "embedding <=> $1",
                     &[&q],
                     want,
                     filter,

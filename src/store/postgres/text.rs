@@ -282,11 +282,12 @@ impl PgStore {
         self.nearest_by(
             &format!(
                 "SELECT v.id, t.hash, v.norm, t.d FROM (
-                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM text_vectors
+                     SELECT hash, {{order}} AS d FROM text_vectors
                      WHERE fingerprint = '{fingerprint}' {{filter}}
-                     ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) t
+                     ORDER BY {{order}} LIMIT $2) t
                  JOIN vectors v ON v.hash = t.hash"
             ),
+            &format!("embedding::vector({d}) <=> $1"),
             &[&q],
             k,
             filter,
@@ -325,10 +326,11 @@ impl PgStore {
         self.nearest_by(
             &format!(
                 "SELECT v.id, j.hash, v.norm, j.d FROM (
-                     SELECT hash, embedding::vector({d}) <=> $1 AS d FROM joint WHERE model = {model_id} {{filter}}
-                     ORDER BY embedding::vector({d}) <=> $1 LIMIT $2) j
+                     SELECT hash, {{order}} AS d FROM joint WHERE model = {model_id} {{filter}}
+                     ORDER BY {{order}} LIMIT $2) j
                  JOIN vectors v ON v.hash = j.hash"
             ),
+            &format!("embedding::vector({d}) <=> $1"),
             &[&q],
             k,
             filter,
@@ -349,8 +351,9 @@ impl PgStore {
         let Some(qw) = unit_vector(&qw) else { return Ok(Vec::new()) };
         let w = Vector::from(weights.to_vec());
         self.nearest_by(
-            "SELECT id, hash, norm, (embedding * $3) <=> $1 AS d FROM vectors WHERE TRUE {filter}
-             ORDER BY (embedding * $3) <=> $1 LIMIT $2",
+            "SELECT id, hash, norm, {order} AS d FROM vectors WHERE TRUE {filter}
+             ORDER BY {order} LIMIT $2",
+            "(embedding * $3) <=> $1",
             &[&qw, &w],
             k,
             filter,
@@ -359,25 +362,39 @@ impl PgStore {
 
     /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
     /// (the query) and `$2` (the limit), plus `extra` from `$3` on, with
-    /// `{filter}` where the filter's condition on `hash` goes; its hits are
-    /// joined with their images, nearest first. A filter runs inside the
-    /// index scan (pgvector's iterative scan goes on until `k` pass).
+    /// `{filter}` where the filter's condition on `hash` goes and `{order}`
+    /// where `order`, the distance an HNSW index orders by, goes (in the
+    /// select list and the `ORDER BY`, so it is computed once a row); its
+    /// hits are joined with their images, nearest first.
+    ///
+    /// The plan is picked here, not left to the planner, which guesses a
+    /// filter's share (a camera substring: a third, the hashes it leaves:
+    /// 200) and then walks the index or scores every passing row whatever
+    /// the share. So the share is counted (kept a minute per filter):
+    /// - a fifth or more pass: pgvector's iterative walk (`enable_sort`
+    ///   off, twice the candidate list); a 50 % filter over 10k rows takes
+    ///   1.8-2.1 ms where scoring every passing row took 17 ms, 25 % 1.8 ms
+    ///   at recall 0.98 where the exact plan took 6.6-7.5 ms (`cargo bench
+    ///   --bench filters` with IMGSEARCH_BENCH_PG). A walk that ends short
+    ///   of `k` falls back to the exact plan.
+    /// - fewer: the exact plan, every passing row scored (the order by
+    ///   `(order) + 0`, which no index serves; about 2.5 us a row). A walk
+    ///   through a 10 % filter lost recall (0.74-0.90 at 4-5 ms) where the
+    ///   exact plan finds all in 2.5-3.4 ms.
     pub(super) fn nearest_by(
         &self,
         inner: &str,
+        order: &str,
         args: &[&(dyn postgres::types::ToSql + Sync)],
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<(ImageRecord, f32)>> {
+        /// From this share of images passing a filter on, the index is walked.
+        const WALK_FROM: f64 = 0.2;
         if k == 0 {
             return Ok(Vec::new());
         }
         let ef = self.ef_search.max(k);
-        let exact = if self.exact.load(std::sync::atomic::Ordering::Relaxed) {
-            "SET LOCAL enable_indexscan = off;"
-        } else {
-            ""
-        };
         let limit = k as i64;
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![args[0], &limit];
         params.extend_from_slice(&args[1..]);
@@ -389,45 +406,42 @@ impl PgStore {
                 (format!("AND hash IN (SELECT i.hash FROM images i WHERE {conditions})"), format!("AND {conditions}"))
             }
         };
-        let inner = inner.replace("{filter}", &inner_filter);
-        let sql = format!(
-            "WITH nn AS ({inner})
-             SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm,
-                    i.taken, i.camera, i.width, i.height
-             FROM nn JOIN images i ON i.hash = nn.hash {outer_filter} ORDER BY nn.d, i.key"
-        );
-        let iterative = if conditions.is_empty() { "" } else { "SET LOCAL hnsw.iterative_scan = strict_order;" };
-        // The planner guesses a filter's share (a camera substring: a third,
-        // the hashes it leaves: 200) and then prefers scoring every passing
-        // row to pgvector's iterative index walk, whatever the share: 17 ms
-        // against 1.4 ms for a 50 % filter over 10k rows (`cargo bench
-        // --bench filters` with IMGSEARCH_BENCH_PG). So the share is counted
-        // (kept a minute per filter) and, when a quarter or more pass, the
-        // walk is asked for (`enable_sort` off) with twice the candidate
-        // list; a walk that ends short of `k` falls back to the planner's
-        // exact plan. Below a quarter the exact plan stays: a walk through
-        // a 10 % filter lost recall (0.82 at 4.2 ms against 1.000 at 5.1 ms).
-        let share = if !conditions.is_empty() && exact.is_empty() { self.filter_share(filter)? } else { 0.0 };
-        let walk = share >= 0.25;
-        let run = |ef: usize, setup: &str| {
+        let sql = |order: &str| {
+            let inner = inner.replace("{filter}", &inner_filter).replace("{order}", order);
+            format!(
+                "WITH nn AS ({inner})
+                 SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm,
+                        i.taken, i.camera, i.width, i.height
+                 FROM nn JOIN images i ON i.hash = nn.hash {outer_filter} ORDER BY nn.d, i.key"
+            )
+        };
+        let run = |sql: &str, ef: usize, setup: &str| {
             self.retry(|c| {
-                if ef == DEFAULT_EF_SEARCH && setup.trim().is_empty() {
-                    return c.query(&sql, &params);
+                if ef == DEFAULT_EF_SEARCH && setup.is_empty() {
+                    return c.query(sql, &params);
                 }
                 let mut tx = c.transaction()?;
                 tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}; {setup}"))?;
-                let rows = tx.query(&sql, &params)?;
+                let rows = tx.query(sql, &params)?;
                 tx.commit()?;
                 Ok(rows)
             })
         };
-        let mut rows = Vec::new();
-        if walk {
-            rows = run(ef * 2, &format!("{iterative} SET LOCAL enable_sort = off;"))?;
-        }
-        if rows.len() < k {
-            rows = run(ef, &format!("{exact} {iterative}"))?;
-        }
+        let exact_sql = || sql(&format!("({order}) + 0"));
+        let rows = if self.exact.load(std::sync::atomic::Ordering::Relaxed) {
+            run(&exact_sql(), DEFAULT_EF_SEARCH, "")?
+        } else if conditions.is_empty() {
+            run(&sql(order), ef, "")?
+        } else if self.filter_share(filter)? < WALK_FROM {
+            run(&exact_sql(), DEFAULT_EF_SEARCH, "")?
+        } else {
+            let rows =
+                run(&sql(order), ef * 2, "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL enable_sort = off;")?;
+            match rows.len() < k {
+                true => run(&exact_sql(), DEFAULT_EF_SEARCH, "")?,
+                false => rows,
+            }
+        };
         Ok(rows
             .iter()
             .map(|r| {
@@ -516,9 +530,14 @@ pub(super) fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn 
         first + values.len() - 1
     };
     if let Some(under) = &filter.under {
-        let under = under.trim_end_matches('/').to_owned();
-        let n = next(Box::new(under));
-        conditions.push(format!("(i.path = ${n} OR left(i.path, length(${n}) + 1) = ${n} || '/')"));
+        // The folder itself, or a path in the byte range of "under/": all
+        // the paths starting with it, in "C" order, which an index serves
+        // (`images_path_c`; a scan with `left()` cost 1.2 ms per 10k rows).
+        let under = under.trim_end_matches('/');
+        let at = next(Box::new(under.to_owned()));
+        let (from, to) = (next(Box::new(format!("{under}/"))), next(Box::new(format!("{under}0"))));
+        conditions
+            .push(format!("(i.path = ${at} OR (i.path COLLATE \"C\" >= ${from} AND i.path COLLATE \"C\" < ${to}))"));
     }
     if let Some(label) = &filter.label {
         conditions.push(format!("i.label = ${}", next(Box::new(label.clone()))));

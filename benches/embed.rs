@@ -6,8 +6,9 @@
 //! - `IMGSEARCH_BENCH_BACKBONE` = lite0 (default) | lite2
 //! - `IMGSEARCH_BENCH_RUNS` (default 5), `IMGSEARCH_BENCH_BATCH` (default 16)
 //! - `IMGSEARCH_BENCH_PHASE` = forward | decode | e2e | both (default: forward and e2e) |
-//!   agreement (the int8 path against f32 on the real images)
-//! - `IMGSEARCH_PRECISION=f32`: the f32 path (default: int8 where the CPU has VNNI)
+//!   agreement (the int8 or bf16 path against f32 on the real images)
+//! - `IMGSEARCH_PRECISION=int8|bf16`: the int8 (VNNI) or bf16 (AMX) path
+//!   where the CPU has it (default f32; `agreement` compares int8 unless bf16 is asked for)
 //! - `IMGSEARCH_BENCH_DECODERS`: decoder threads (default one per core)
 
 use std::path::PathBuf;
@@ -64,8 +65,9 @@ fn main() -> anyhow::Result<()> {
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/pascal-sentences/images");
     if phase == "agreement" {
-        // The int8 path against f32 on the 1000 real images: top-1 equal,
-        // top-5 sets' overlap, cosine of the embeddings.
+        // The int8 (or bf16) path against f32 on the 1000 real images:
+        // top-1 equal, top-5 sets' overlap and equality, cosine of the
+        // embeddings, image->image P@10 on the fixed split.
         let mut paths = Vec::new();
         for label in std::fs::read_dir(&root)? {
             for f in std::fs::read_dir(label?.path())? {
@@ -75,7 +77,11 @@ fn main() -> anyhow::Result<()> {
         paths.sort();
         use imgsearch::backbone::Precision;
         let exact = Embedder::load(&weights, kind.config())?.with_precision(Precision::F32);
-        let embedder = Embedder::load(&weights, kind.config())?.with_precision(Precision::Int8);
+        let fast_precision = match Precision::from_env() {
+            Precision::Bf16 => Precision::Bf16,
+            _ => Precision::Int8,
+        };
+        let embedder = Embedder::load(&weights, kind.config())?.with_precision(fast_precision);
         let embed = |e: &Embedder| {
             let mut out = vec![None; paths.len()];
             e.embed_files(&paths, |i, r| out[i] = r.ok());
@@ -89,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             idx
         };
         let (mut n, mut top1, mut overlap, mut cosine, mut kept) = (0usize, 0usize, 0usize, 0f64, 0usize);
+        let mut same = 0usize;
         for (a, b) in fast.iter().zip(&slow) {
             let (Some(a), Some(b)) = (a, b) else { continue };
             let (ta, tb) = (top5(&a.logits), top5(&b.logits));
@@ -96,17 +103,20 @@ fn main() -> anyhow::Result<()> {
             top1 += (ta[0] == tb[0]) as usize;
             kept += ta.contains(&tb[0]) as usize;
             overlap += ta.iter().filter(|c| tb.contains(c)).count();
+            same += ta.iter().all(|c| tb.contains(c)) as usize;
             let dot: f32 = a.embedding.iter().zip(&b.embedding).map(|(x, y)| x * y).sum();
             let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
             cosine += (dot / (norm(&a.embedding) * norm(&b.embedding))) as f64;
         }
         println!(
-            "int8 {} vs f32 over {n} images: top-1 equal {:.3}, f32's top-1 in int8's top-5 {:.3}, \
-             top-5 overlap {:.3}, embedding cosine {:.5} (mean)",
-            if embedder.model().runs_int8() { "(VNNI)" } else { "(not run: no VNNI, both f32)" },
+            "{:?} (runs {:?}) vs f32 over {n} images: top-1 equal {:.3}, f32's top-1 in its top-5 {:.3}, \
+             top-5 overlap {:.3}, same top-5 set {:.3}, embedding cosine {:.5} (mean)",
+            fast_precision,
+            embedder.model().runs(),
             top1 as f64 / n as f64,
             kept as f64 / n as f64,
             overlap as f64 / (5 * n) as f64,
+            same as f64 / n as f64,
             cosine / n as f64
         );
     }

@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use super::amx::BfMatrix;
 use super::int8::{Epilogue, QuantMatrix, Scratch};
 use crate::simd::simd;
 
@@ -403,6 +404,9 @@ pub struct MbConvWeights<'a> {
     /// The int8 copies of the 1x1 weights, when the int8 path runs.
     pub expand_q: Option<&'a QuantMatrix>,
     pub project_q: Option<&'a QuantMatrix>,
+    /// Their bf16 tiles, when the AMX path runs.
+    pub expand_b: Option<&'a BfMatrix>,
+    pub project_b: Option<&'a BfMatrix>,
 }
 
 /// Shape of one MBConv block.
@@ -497,7 +501,10 @@ fn mbconv_band(
                 weights.expand_q.unwrap().matmul(src, dst, Epilogue::BiasRelu6(bias), scratch)
             }
             Some((w_t, bias)) => {
-                matmul_serial(src, c_in, w_t, dst, false);
+                match weights.expand_b {
+                    Some(b) => b.matmul(src, dst, false),
+                    None => matmul_serial(src, c_in, w_t, dst, false),
+                }
                 for px in dst.chunks_exact_mut(c_mid) {
                     for (v, &b) in px.iter_mut().zip(bias) {
                         *v = relu6(*v + b);
@@ -536,9 +543,10 @@ fn mbconv_band(
             d_px.copy_from_slice(p_b);
         }
     }
-    match weights.project_q {
-        Some(q) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
-        None => matmul_serial(dw_out, c_mid, p_w, band_out, true),
+    match (weights.project_q, weights.project_b) {
+        (Some(q), _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
+        (None, Some(b)) => b.matmul(dw_out, band_out, true),
+        (None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
     }
 }
 

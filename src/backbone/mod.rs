@@ -2,6 +2,7 @@
 //! EfficientNet-Lite backbone, its checkpoint reader and the batched,
 //! overlapped embedding pipeline.
 
+mod amx;
 pub mod checkpoint;
 mod classes;
 mod efficientnet;

@@ -152,8 +152,15 @@ fn load_embedder(models_dir: &std::path::Path, backbone: Backbone) -> anyhow::Re
     let precision = PRECISION.get().copied().unwrap_or_default();
     let embedder =
         Embedder::load(&models::backbone_weights(models_dir, backbone), backbone.config())?.with_precision(precision);
-    if precision == crate::backbone::Precision::Int8 && !embedder.model().runs_int8() {
-        eprintln!("note: --precision int8 needs a CPU with AVX-512 VNNI; running f32");
+    use crate::backbone::Precision;
+    match (precision, embedder.model().runs()) {
+        (Precision::Int8, Precision::F32) => {
+            eprintln!("note: --precision int8 needs a CPU with AVX-512 VNNI; running f32")
+        }
+        (Precision::Bf16, Precision::F32) => {
+            eprintln!("note: --precision bf16 needs a CPU with AMX tiles (Sapphire Rapids or later); running f32")
+        }
+        _ => {}
     }
     Ok(embedder)
 }

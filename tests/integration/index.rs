@@ -708,13 +708,13 @@ fn a_camera_raw_is_indexed_by_its_preview() {
     assert!(!results.iter().any(|r| r["file"] == "bare.cr2"));
 }
 
-/// `--precision int8` (the VNNI path) embeds close to f32, not identically,
-/// and the classes agree; `--precision f32` is the default.
+/// `--precision int8` (the VNNI path) and `--precision bf16` (AMX tiles)
+/// embed close to f32, not identically; `--precision f32` is the default.
 #[test]
-fn precision_int8_embeds_close_to_f32() {
+fn precision_int8_and_bf16_embed_close_to_f32() {
     let tmp = tempfile::tempdir().unwrap();
     let photo = generated_photos(tmp.path(), 1).pop().unwrap();
-    let embed = |precision: Option<&str>| -> serde_json::Value {
+    let embed = |precision: Option<&str>| -> (serde_json::Value, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgsearch"));
         cmd.env_remove("IMGSEARCH_PRECISION");
         if let Some(p) = precision {
@@ -723,24 +723,30 @@ fn precision_int8_embeds_close_to_f32() {
         let out = cmd.args(["embed", "--json", "--vector"]).arg(&photo).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        if v.is_array() {
-            v[0].clone()
-        } else {
-            v
-        }
+        (if v.is_array() { v[0].clone() } else { v }, String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let vector = |v: &serde_json::Value| -> Vec<f64> {
         v["embedding"].as_array().unwrap_or_else(|| panic!("{v}")).iter().map(|x| x.as_f64().unwrap()).collect()
     };
-    let (default, exact, fast) = (embed(None), embed(Some("f32")), embed(Some("int8")));
+    let (default, exact, fast) = (embed(None).0, embed(Some("f32")).0, embed(Some("int8")).0);
     assert_eq!(vector(&default), vector(&exact), "f32 is the default");
+    let cosine = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
+    };
     let (a, b) = (vector(&exact), vector(&fast));
-    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-    let cos = dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt());
     // A flat synthetic gradient is far from a photo (0.945 measured); the
     // 1000 Pascal photos average 0.9977 (`IMGSEARCH_BENCH_PHASE=agreement`).
+    let cos = cosine(&a, &b);
     assert!(cos > 0.9, "int8 embedding cosine to f32: {cos}");
     assert!(a != b, "int8 runs (every machine we build on has AVX-512 VNNI)");
+    // bf16: on AMX tiles where the CPU has them (0.99999 on the photos),
+    // else f32 with a note saying so.
+    let (bf, note) = embed(Some("bf16"));
+    let c = vector(&bf);
+    let cos = cosine(&a, &c);
+    assert!(cos > 0.999, "bf16 embedding cosine to f32: {cos}");
+    assert_eq!(a == c, note.contains("needs a CPU with AMX tiles"), "bf16 ran on tiles, or said it could not: {note}");
 }
 
 /// `imgsearch index --json` of `folder` into `db`: its report and its stderr.

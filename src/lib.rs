@@ -31,3 +31,16 @@ pub mod vector;
 pub mod words;
 
 pub use error::{Error, Result};
+
+/// Uniform values in `[-0.5, 0.5)` from an xorshift seeded with `seed`:
+/// the unit tests' deterministic data.
+#[cfg(test)]
+pub(crate) fn test_uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}

@@ -303,13 +303,7 @@ mod tests {
         // 45 rows: a whole block of 32 and an edge; 37 outputs: whole tiles,
         // an edge, and a tile of padding only.
         let (m, k, n) = (45, 40, 37);
-        let mut s = 11u64;
-        let mut rnd = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rnd = crate::test_uniform(11);
         let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
         let x: Vec<f32> = (0..m * k).map(|_| rnd() * 4.0).collect();
         let b = BfMatrix::new(&w, k, n);

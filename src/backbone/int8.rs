@@ -281,13 +281,7 @@ mod tests {
             QuantMatrix::supported(k),
             "this CPU has no AVX-512 VNNI: the int8 path cannot run here (every machine we build on has it)"
         );
-        let mut s = 7u64;
-        let mut rnd = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rnd = crate::test_uniform(7);
         let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
         let mut x: Vec<f32> = (0..m * k).map(|_| rnd() * 4.0).collect();
         for v in &mut x[..5 * k] {

@@ -287,13 +287,7 @@ mod tests {
 
     /// Clustered unit vectors, deterministic (the graph's own tests use them too).
     pub(super) fn clustered(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        let mut rnd = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut rnd = crate::test_uniform(seed);
         let centers: Vec<f32> = (0..clusters * dim).map(|_| rnd()).collect();
         (0..n)
             .flat_map(|i| {

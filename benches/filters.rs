@@ -80,7 +80,7 @@ fn main() {
         // Every second cluster only: half the queries have no passing image nearby.
         ("camera (50%, follows content)", Filter { camera: Some("iphone".into()), ..Default::default() }),
         ("camera (25%)", Filter { camera: Some("other".into()), ..Default::default() }),
-        // A folder: image i lies in folder i % 10 and cluster i % clusters,
+        // A folder: image i lies in folder i % 10 and cluster i * 7919 % clusters,
         // so a folder's images fill a tenth of the clusters, as a trip's do.
         ("folder (10%)", Filter { under: Some("/photos/3".into()), ..Default::default() }),
         ("dates (2%)", Filter { after: Some(day(100)), before: Some(day(120)), ..Default::default() }),

@@ -868,7 +868,17 @@ impl Reranked<'_> {
     }
 
     fn ranked(&self, query: &[f32], k: usize, passing: Option<Passing<'_>>) -> Vec<Hit> {
-        self.reranked(query, k, |q, ef| self.index.candidates(q, ef, passing))
+        self.reranked(query, k, |q, ef| {
+            // A walk through rejected rows explores as widely as an
+            // unfiltered one while its list holds only passing rows: half
+            // the list keeps recall (30k, 25 % passing: 0.998 at 1.4x the
+            // unfiltered p50, against 0.996 at 2.4x with the whole list).
+            let ef = match passing {
+                Some(Passing { two_hop: false, .. }) => (ef / 2).max(k),
+                _ => ef,
+            };
+            self.index.candidates(q, ef, passing)
+        })
     }
 
     /// The `k` best of the candidates `find` gives for the unit query and

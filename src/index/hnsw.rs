@@ -1013,12 +1013,16 @@ mod tests {
     }
 
     /// Level-0 links point at other rows in the graph, and a row's nearest
-    /// neighbour is always among them (the diversity rule keeps the first).
+    /// neighbour is nearly always among them (the diversity rule keeps the
+    /// first). Built on one thread: a parallel build's links depend on the
+    /// order inserts meet in, and 92-100 of the 100 rows then link to their
+    /// nearest (30 builds).
     #[test]
     fn each_row_links_to_other_rows_and_mostly_its_nearest() {
         let dim = 32;
         let v = clustered(2000, dim, 20, 13);
-        let graph = HnswIndex::build(&v, dim, HnswParams::default());
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let graph = one.install(|| HnswIndex::build(&v, dim, HnswParams::default()));
         let exact = ExactIndex::new(&v, dim);
         let mut nearest_linked = 0;
         for row in (0..2000).step_by(20) {

@@ -443,17 +443,11 @@ impl HnswIndex {
     /// Asks for the first cache lines of a row before it is scored.
     #[inline(always)]
     fn prefetch(&self, id: u32) {
-        self.prefetch_lines(id, 4);
-    }
-
-    /// Asks for the first `lines` cache lines of row `id`'s codes.
-    #[inline(always)]
-    fn prefetch_lines(&self, id: u32, lines: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             let row = self.codes[id as usize * self.stride..].as_ptr();
-            for line in (0..self.stride.min(lines * 64)).step_by(64) {
+            for line in (0..self.stride.min(4 * 64)).step_by(64) {
                 // SAFETY: a prefetch never faults; the address is inside `codes`.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(line)) };
             }
@@ -488,20 +482,13 @@ impl HnswIndex {
         self.kernel.run(|| {
             let mut best: std::collections::BinaryHeap<Reverse<(i32, u32)>> =
                 std::collections::BinaryHeap::with_capacity(want + 1);
-            // The rows a filter passes lie apart (a folder's: every tenth
-            // row), beyond the hardware prefetcher's reach: each row is
-            // asked for whole, two rows ahead.
-            let rows: Vec<u32> = rows.iter().filter(|&&r| r < self.len()).map(|&r| r as u32).collect();
-            for (i, &row) in rows.iter().enumerate() {
-                if let Some(&ahead) = rows.get(i + 2) {
-                    self.prefetch_lines(ahead, usize::MAX / 64);
-                }
-                let s = self.score(&code, row);
+            for &row in rows.iter().filter(|&&r| r < self.len()) {
+                let s = self.score(&code, row as u32);
                 if best.len() < want {
-                    best.push(Reverse((s, row)));
+                    best.push(Reverse((s, row as u32)));
                 } else if best.peek().is_some_and(|w| s > w.0 .0) {
                     best.pop();
-                    best.push(Reverse((s, row)));
+                    best.push(Reverse((s, row as u32)));
                 }
             }
             best.into_iter().map(|r| r.0 .1).collect()
@@ -850,11 +837,11 @@ pub struct Reranked<'a> {
 
 impl Reranked<'_> {
     /// The `k` nearest rows that `accept` lets through, found inside the
-    /// walk (rows it rejects are stepped over to their neighbours, never
-    /// scored or returned), so k come back whenever the walk reaches k
-    /// accepted rows. `share` is about the share of rows `accept` passes:
-    /// below 20 % rejected rows are stepped over to their neighbours
-    /// rather than scored (`cargo bench --bench filters`, 30k rows: a 10 %
+    /// walk (rows it rejects are never returned), so k come back whenever
+    /// the walk reaches k accepted rows. `share` is about the share of rows
+    /// `accept` passes: from 20 % rejected rows are scored and walked
+    /// through; below, they are stepped over to their neighbours rather
+    /// than scored (`cargo bench --bench filters`, 30k rows: a 10 %
     /// filter 1.1 -> 0.38 ms; at 50 % stepping over cost 1.5x).
     pub fn search_filtered(&self, query: &[f32], k: usize, accept: &dyn Fn(usize) -> bool, share: f64) -> Vec<Hit> {
         let accept = |id: u32| accept(id as usize);

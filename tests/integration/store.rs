@@ -347,6 +347,74 @@ fn postgres_processes_share_one_database_without_duplicates() {
 
 #[test]
 #[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
+fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
+    let admin = pg_admin("postgres_narrow_filters_rank_on_half_precision_and_answer_exactly");
+    let url = fresh_database(&admin);
+    let dim = 16;
+    let mut next = {
+        let mut state = 0x2545F4914F6CDD1D_u64;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+    };
+    // 400 images, a tenth under /few: a filter that narrow is scored on
+    // the images' own rows, not walked.
+    let vectors: Vec<Vec<f32>> = (0..400).map(|_| (0..dim).map(|_| next()).collect()).collect();
+    let images: Vec<NewImage> = (0..400)
+        .map(|i| {
+            let folder = if i % 10 == 3 { "few" } else { "many" };
+            image(&format!("/{folder}/{i}.jpg"), &format!("h{i}"), vectors[i].clone())
+        })
+        .collect();
+    let mut s = PgStore::open(&url, "lite0", dim).unwrap();
+    s.add_batch(&images).unwrap();
+    // The planner learns the tables' sizes at once, not a minute later.
+    s.upkeep().unwrap();
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows: f32 = client.query_one("SELECT reltuples FROM pg_class WHERE relname = 'images'", &[]).unwrap().get(0);
+    assert_eq!(rows, 400.0, "analyzed");
+    let few = Filter { under: Some("/few".into()), ..Default::default() };
+    let weights: Vec<f32> = (0..dim).map(|d| 0.5 + d as f32 / dim as f32).collect();
+    let same_as_exact = |s: &PgStore, what: &str| {
+        for q in 0..20 {
+            let query = &vectors[q * 7];
+            for sq in [StoreQuery::Cnn(query), StoreQuery::Weighted { embedding: query, weights: &weights }] {
+                // k = 3: the half-precision ranking keeps 12 of the 40 passing.
+                let found = s.search(&sq, 3, &few).unwrap();
+                s.set_exact(true);
+                let truth = s.search(&sq, 3, &few).unwrap();
+                s.set_exact(false);
+                let keys =
+                    |hits: &[(imgsearch::store::ImageRecord, f32)]| hits.iter().map(|(r, _)| r.key).collect::<Vec<_>>();
+                assert_eq!(keys(&found), keys(&truth), "{what}: query {q}");
+                for ((_, d), (_, t)) in found.iter().zip(&truth) {
+                    assert!((d - t).abs() < 1e-6, "{what}: full-precision distances ({d} vs {t})");
+                }
+                assert!(found.iter().all(|(r, _)| r.path.starts_with("/few/")));
+            }
+        }
+    };
+    same_as_exact(&s, "fresh store");
+    // A store from before schema 6 gets its half-precision column filled
+    // when opened.
+    drop(s);
+    client
+        .batch_execute(
+            "ALTER TABLE images DROP COLUMN half; DROP INDEX images_label;
+             DELETE FROM schema_version WHERE version = 6;",
+        )
+        .unwrap();
+    let s = PgStore::open(&url, "lite0", dim).unwrap();
+    let missing: i64 = client.query_one("SELECT COUNT(*) FROM images WHERE half IS NULL", &[]).unwrap().get(0);
+    assert_eq!(missing, 0, "every row migrated");
+    same_as_exact(&s, "migrated store");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
 fn postgres_faults_are_named_and_survived() {
     // A server that is not there: the error names the host.
     let err = PgStore::open("postgres://nobody@127.0.0.1:9/db", "lite0", 3).err().unwrap().to_string();

@@ -53,7 +53,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -145,6 +145,16 @@ fn migrations(dim: usize) -> Vec<String> {
             .to_owned(),
         // Version 5: paths in byte order, for `--under` (a range scan).
         "CREATE INDEX images_path_c ON images ((path COLLATE \"C\"));".to_owned(),
+        // Version 6: each image's embedding at half precision in its own row
+        // (2.5 KB, kept in the row), so a filtered search scores the images
+        // that pass without a join to `vectors` (`nearest_by`). Rows are
+        // wider now, so a scan for a label (0.3 -> 2.4 ms per 10k) gets an index.
+        format!(
+            "CREATE INDEX images_label ON images(label);
+             ALTER TABLE images ADD COLUMN half halfvec({dim});
+             ALTER TABLE images ALTER COLUMN half SET STORAGE PLAIN;
+             UPDATE images i SET half = v.embedding::halfvec({dim}) FROM vectors v WHERE v.hash = i.hash;"
+        ),
     ]
 }
 
@@ -290,6 +300,9 @@ impl PgStore {
         self.exact.store(exact, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// An `images` row's `half` column, from the stored vector of hash `$2`.
+const HALF: &str = "(SELECT embedding::halfvec FROM vectors WHERE hash = $2)";
 
 /// `v` at unit length as a pgvector value; `None` for a zero vector.
 fn unit_vector(v: &[f32]) -> Option<Vector> {
@@ -455,14 +468,15 @@ impl ImageStore for PgStore {
             for (hash, norm, v) in &fresh {
                 tx.execute(&insert_vector, &[hash, norm, v])?;
             }
-            let insert = tx.prepare(
-                "INSERT INTO images(path, hash, size, mtime, label, taken, camera, width, height)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            let insert = tx.prepare(&format!(
+                "INSERT INTO images(path, hash, size, mtime, label, taken, camera, width, height, half)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {HALF})
                  ON CONFLICT (path) DO UPDATE SET hash = excluded.hash, size = excluded.size,
                      mtime = excluded.mtime, label = excluded.label, taken = excluded.taken,
-                     camera = excluded.camera, width = excluded.width, height = excluded.height
-                 RETURNING key",
-            )?;
+                     camera = excluded.camera, width = excluded.width, height = excluded.height,
+                     half = excluded.half
+                 RETURNING key"
+            ))?;
             // The contents these paths held before: a replaced one may be orphaned.
             let paths: Vec<&str> = images.iter().map(|i| i.path.as_str()).collect();
             let before: Vec<String> =
@@ -519,6 +533,32 @@ impl ImageStore for PgStore {
         })
     }
 
+    /// Refreshes the planner's statistics of the image tables when they
+    /// have none or a tenth of their rows changed since (autovacuum's own
+    /// threshold, which it acts on only within a minute; the count of
+    /// changes itself can lag a second): right after an `index`, a search's
+    /// join to its 10 images otherwise became a hash join over every
+    /// image (0.3 ms to 3.5 ms per 10k rows).
+    fn upkeep(&self) -> Result<Option<usize>> {
+        let stale: Vec<String> = self
+            .retry(|c| {
+                c.query(
+                    "SELECT s.relname::text FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+                     WHERE s.relname IN ('images', 'vectors') AND s.schemaname = current_schema()
+                       AND (c.reltuples < 0 OR s.n_mod_since_analyze > 50 + 0.1 * c.reltuples)",
+                    &[],
+                )
+            })?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for table in stale {
+            // Not the owner: PostgreSQL skips the table with a warning.
+            self.retry(|c| c.batch_execute(&format!("ANALYZE {table}")))?;
+        }
+        Ok(None)
+    }
+
     fn ping(&self) -> Result<()> {
         PgStore::ping(self)
     }
@@ -534,6 +574,7 @@ impl ImageStore for PgStore {
                     &[&q],
                     want,
                     filter,
+                    Some("i.half <=> $1::halfvec"),
                 )
             }
             StoreQuery::Weighted { embedding, weights } => self.nearest_weighted(embedding, weights, want, filter),

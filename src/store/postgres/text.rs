@@ -5,7 +5,7 @@
 
 use pgvector::Vector;
 
-use super::{record_at, unit_vector, PgStore, DEFAULT_EF_SEARCH};
+use super::{record_at, unit_vector, PgStore, DEFAULT_EF_SEARCH, HALF};
 use crate::store::{Filter, ImageRecord, NewImage, StoredModel};
 use crate::{Error, Result};
 
@@ -291,6 +291,7 @@ impl PgStore {
             &[&q],
             k,
             filter,
+            None,
         )
     }
 
@@ -334,6 +335,7 @@ impl PgStore {
             &[&q],
             k,
             filter,
+            None,
         )
     }
 
@@ -357,6 +359,7 @@ impl PgStore {
             &[&qw, &w],
             k,
             filter,
+            Some("(i.half * $3::halfvec) <=> $1::halfvec"),
         )
     }
 
@@ -365,7 +368,9 @@ impl PgStore {
     /// `{filter}` where the filter's condition on `hash` goes and `{order}`
     /// where `order`, the distance an HNSW index orders by, goes (in the
     /// select list and the `ORDER BY`, so it is computed once a row); its
-    /// hits are joined with their images, nearest first.
+    /// hits are joined with their images, nearest first. `half` is the
+    /// same distance over the `images` row's half-precision embedding
+    /// (`i.half`), when `inner` ranks image embeddings.
     ///
     /// The plan is picked here, not left to the planner, which guesses a
     /// filter's share (a camera substring: a third, the hashes it leaves:
@@ -377,10 +382,15 @@ impl PgStore {
     ///   at recall 0.98 where the exact plan took 6.6-7.5 ms (`cargo bench
     ///   --bench filters` with IMGSEARCH_BENCH_PG). A walk that ends short
     ///   of `k` falls back to the exact plan.
-    /// - fewer: the exact plan, every passing row scored (the order by
-    ///   `(order) + 0`, which no index serves; about 2.5 us a row). A walk
-    ///   through a 10 % filter lost recall (0.74-0.90 at 4-5 ms) where the
-    ///   exact plan finds all in 2.5-3.4 ms.
+    /// - fewer, with `half`: every passing image scored on its own row's
+    ///   half-precision embedding (no join, 2.5 KB read: about 1.3 us a
+    ///   row), and the best `4 k` scored again in full precision, so the
+    ///   distances returned are the unfiltered search's.
+    /// - fewer, without: every passing row scored (the order by `(order) +
+    ///   0`, which no index serves): a join to `vectors` by hash and a 5 KB
+    ///   read, about 2.5 us a row.
+    ///
+    /// A walk through a 10 % filter lost recall (0.74-0.90 at 4-5 ms).
     pub(super) fn nearest_by(
         &self,
         inner: &str,
@@ -388,6 +398,7 @@ impl PgStore {
         args: &[&(dyn postgres::types::ToSql + Sync)],
         k: usize,
         filter: &Filter,
+        half: Option<&str>,
     ) -> Result<Vec<(ImageRecord, f32)>> {
         /// From this share of images passing a filter on, the index is walked.
         const WALK_FROM: f64 = 0.2;
@@ -400,11 +411,25 @@ impl PgStore {
         params.extend_from_slice(&args[1..]);
         let (conditions, values) = filter_sql(filter, params.len() + 1);
         params.extend(values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)));
-        let (inner_filter, outer_filter) = match conditions.is_empty() {
-            true => (String::new(), String::new()),
-            false => {
-                (format!("AND hash IN (SELECT i.hash FROM images i WHERE {conditions})"), format!("AND {conditions}"))
-            }
+        let plan = match () {
+            _ if self.exact.load(std::sync::atomic::Ordering::Relaxed) => Plan::Exact,
+            _ if conditions.is_empty() => Plan::Walk,
+            _ if self.filter_share(filter)? >= WALK_FROM => Plan::FilteredWalk,
+            _ => half.map_or(Plan::Exact, Plan::Half),
+        };
+        let inner_filter = match plan {
+            _ if conditions.is_empty() => String::new(),
+            Plan::Half(half) => format!(
+                // A NULL half (none is left by the migration) ranks first.
+                "AND hash IN (SELECT i.hash FROM images i WHERE {conditions}
+                              ORDER BY COALESCE({half}, -1) LIMIT {})",
+                4 * k
+            ),
+            _ => format!("AND hash IN (SELECT i.hash FROM images i WHERE {conditions})"),
+        };
+        let outer_filter = match conditions.is_empty() {
+            true => String::new(),
+            false => format!("AND {conditions}"),
         };
         let sql = |order: &str| {
             let inner = inner.replace("{filter}", &inner_filter).replace("{order}", order);
@@ -428,18 +453,19 @@ impl PgStore {
             })
         };
         let exact_sql = || sql(&format!("({order}) + 0"));
-        let rows = if self.exact.load(std::sync::atomic::Ordering::Relaxed) {
-            run(&exact_sql(), DEFAULT_EF_SEARCH, "")?
-        } else if conditions.is_empty() {
-            run(&sql(order), ef, "")?
-        } else if self.filter_share(filter)? < WALK_FROM {
-            run(&exact_sql(), DEFAULT_EF_SEARCH, "")?
-        } else {
-            let rows =
-                run(&sql(order), ef * 2, "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL enable_sort = off;")?;
-            match rows.len() < k {
-                true => run(&exact_sql(), DEFAULT_EF_SEARCH, "")?,
-                false => rows,
+        let rows = match plan {
+            Plan::Exact | Plan::Half(_) => run(&exact_sql(), DEFAULT_EF_SEARCH, "")?,
+            Plan::Walk => run(&sql(order), ef, "")?,
+            Plan::FilteredWalk => {
+                let rows = run(
+                    &sql(order),
+                    ef * 2,
+                    "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL enable_sort = off;",
+                )?;
+                match rows.len() < k {
+                    true => run(&exact_sql(), DEFAULT_EF_SEARCH, "")?,
+                    false => rows,
+                }
             }
         };
         Ok(rows
@@ -473,9 +499,11 @@ impl PgStore {
             )?;
             let key: i64 = tx
                 .query_one(
-                    "INSERT INTO images(path, hash, size, mtime, label, taken, camera, width, height)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                     ON CONFLICT (path) DO UPDATE SET label = excluded.label RETURNING key",
+                    &format!(
+                        "INSERT INTO images(path, hash, size, mtime, label, taken, camera, width, height, half)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {HALF})
+                         ON CONFLICT (path) DO UPDATE SET label = excluded.label RETURNING key"
+                    ),
                     &[&image.path, &image.hash, &size, &image.mtime, &image.label, &m.taken, &m.camera, &w, &h],
                 )?
                 .get(0);
@@ -488,6 +516,20 @@ impl PgStore {
     pub fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.retry(|c| c.query_opt("SELECT bytes FROM blobs WHERE hash = $1", &[&hash]))?.map(|r| r.get(0)))
     }
+}
+
+/// How `nearest_by` answers a query.
+#[derive(Clone, Copy)]
+enum Plan<'a> {
+    /// Every passing row scored.
+    Exact,
+    /// The passing rows ranked by this distance on their `images` row's
+    /// half-precision embedding, the best scored again in full.
+    Half(&'a str),
+    /// The HNSW index walked, unfiltered.
+    Walk,
+    /// The HNSW index walked until enough rows pass (pgvector's iterative scan).
+    FilteredWalk,
 }
 
 /// The partial HNSW index of one text-side projection.

@@ -164,9 +164,14 @@ impl PgStore {
     pub fn open(url: &str, backbone: &str, dim: usize) -> Result<Self> {
         let mut config: postgres::Config =
             url.parse().map_err(|e| Error::Msg(format!("{}: not a PostgreSQL URL: {e}", redact(url))))?;
-        // Every connection starts with the default candidate list, so a
-        // search needs no transaction of its own to set it (3 round trips).
-        config.options(&format!("-c statement_timeout={STATEMENT_TIMEOUT_MS} -c hnsw.ef_search={DEFAULT_EF_SEARCH}"));
+        // Every connection starts with the default candidate list and walks
+        // iteratively (a filtered walk goes on until k pass; an unfiltered
+        // one stops at k as before), so a search needs no transaction of
+        // its own to set them (3 round trips).
+        config.options(&format!(
+            "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c hnsw.ef_search={DEFAULT_EF_SEARCH} \
+             -c hnsw.iterative_scan=strict_order"
+        ));
         // Short: while the server is down, requests answer 503 in seconds, not a minute.
         config.connect_timeout(Duration::from_secs(3));
         let name = describe(&config);

@@ -373,19 +373,24 @@ impl PgStore {
     /// (`i.half`), when `inner` ranks image embeddings.
     ///
     /// The plan is picked here, not left to the planner, which guesses a
-    /// filter's share (a camera substring: a third, the hashes it leaves:
-    /// 200) and then walks the index or scores every passing row whatever
-    /// the share. So the share is counted (kept a minute per filter):
-    /// - a fifth or more pass: pgvector's iterative walk (`enable_sort`
-    ///   off, twice the candidate list); a 50 % filter over 10k rows takes
-    ///   1.8-2.1 ms where scoring every passing row took 17 ms, 25 % 1.8 ms
-    ///   at recall 0.98 where the exact plan took 6.6-7.5 ms (`cargo bench
-    ///   --bench filters` with IMGSEARCH_BENCH_PG). A walk that ends short
-    ///   of `k` falls back to the exact plan.
+    /// filter's share (a camera substring: a third) and then walks the
+    /// index or scores every passing row whatever the share. So the share
+    /// is counted (kept a minute per filter):
+    /// - a fifth or more pass: pgvector's iterative walk (every connection
+    ///   walks iteratively, `strict_order`, so it needs no transaction of
+    ///   its own: 3 round trips, 0.25 ms), with the usual candidate list.
+    ///   Over 10k rows (`cargo bench --bench filters` with
+    ///   IMGSEARCH_BENCH_PG) a 50 % filter takes 1.3-1.4 ms where scoring
+    ///   every passing row took 17 ms. Twice the candidate list (and
+    ///   `enable_sort` off, in a transaction) took 2.2-3.2 ms for recall
+    ///   0.978 instead of 0.970 at 25 %, 0.968 instead of 0.956 at 50 %
+    ///   following the content. A walk that ends short of `k` falls back to
+    ///   the exact plan.
     /// - fewer, with `half`: every passing image scored on its own row's
-    ///   half-precision embedding (no join, 2.5 KB read: about 1.3 us a
+    ///   half-precision embedding (no join, a 2.5 KB read: 1.3-1.8 us a
     ///   row), and the best `4 k` scored again in full precision, so the
-    ///   distances returned are the unfiltered search's.
+    ///   distances returned are the unfiltered search's. A 10 % folder:
+    ///   2.8 ms where the join to `vectors` took 4.0-4.2 ms.
     /// - fewer, without: every passing row scored (the order by `(order) +
     ///   0`, which no index serves): a join to `vectors` by hash and a 5 KB
     ///   read, about 2.5 us a row.
@@ -440,13 +445,13 @@ impl PgStore {
                  FROM nn JOIN images i ON i.hash = nn.hash {outer_filter} ORDER BY nn.d, i.key"
             )
         };
-        let run = |sql: &str, ef: usize, setup: &str| {
+        let run = |sql: &str, ef: usize| {
             self.retry(|c| {
-                if ef == DEFAULT_EF_SEARCH && setup.is_empty() {
+                if ef == DEFAULT_EF_SEARCH {
                     return c.query(sql, &params);
                 }
                 let mut tx = c.transaction()?;
-                tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}; {setup}"))?;
+                tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
                 let rows = tx.query(sql, &params)?;
                 tx.commit()?;
                 Ok(rows)
@@ -454,16 +459,12 @@ impl PgStore {
         };
         let exact_sql = || sql(&format!("({order}) + 0"));
         let rows = match plan {
-            Plan::Exact | Plan::Half(_) => run(&exact_sql(), DEFAULT_EF_SEARCH, "")?,
-            Plan::Walk => run(&sql(order), ef, "")?,
+            Plan::Exact | Plan::Half(_) => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
+            Plan::Walk => run(&sql(order), ef)?,
             Plan::FilteredWalk => {
-                let rows = run(
-                    &sql(order),
-                    ef * 2,
-                    "SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL enable_sort = off;",
-                )?;
+                let rows = run(&sql(order), ef)?;
                 match rows.len() < k {
-                    true => run(&exact_sql(), DEFAULT_EF_SEARCH, "")?,
+                    true => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
                     false => rows,
                 }
             }

@@ -49,8 +49,66 @@ use super::{
 };
 use crate::{Error, Result};
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<Manager>;
+type Conn = r2d2::PooledConnection<Manager>;
+
+/// A pooled connection and the statements it prepared for searches, so
+/// a search's SQL is planned once per connection, not per search (planning
+/// took 0.3 ms of an unfiltered search and 1.0-1.5 ms of a filtered one).
+pub(super) struct Session {
+    client: postgres::Client,
+    prepared: std::collections::HashMap<String, postgres::Statement>,
+}
+
+impl Session {
+    /// `sql` prepared on this connection, once.
+    pub(super) fn prepared(&mut self, sql: &str) -> std::result::Result<postgres::Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        // Each filter's shape and each k is a statement of its own: bounded,
+        // but not small. Dropped statements are closed on the server.
+        if self.prepared.len() >= 256 {
+            self.prepared.clear();
+        }
+        let statement = self.client.prepare(sql)?;
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+/// Makes the pool's sessions (as `r2d2_postgres` makes bare clients).
+pub(super) struct Manager(PostgresConnectionManager<NoTls>);
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Session;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Session, postgres::Error> {
+        Ok(Session { client: self.0.connect()?, prepared: Default::default() })
+    }
+
+    fn is_valid(&self, session: &mut Session) -> std::result::Result<(), postgres::Error> {
+        self.0.is_valid(&mut session.client)
+    }
+
+    fn has_broken(&self, session: &mut Session) -> bool {
+        self.0.has_broken(&mut session.client)
+    }
+}
 
 /// The schema version this binary writes and reads.
 pub const SCHEMA_VERSION: i32 = 6;
@@ -179,7 +237,7 @@ impl PgStore {
             .max_size(8)
             .min_idle(Some(1))
             .connection_timeout(POOL_TIMEOUT)
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(Manager(PostgresConnectionManager::new(config, NoTls)))
             .map_err(|e| Error::Store {
                 path: name.clone().into(),
                 reason: format!(
@@ -574,12 +632,13 @@ impl ImageStore for PgStore {
                 let Some(q) = unit_vector(q) else { return Ok(Vec::new()) };
                 self.nearest_by(
                     "SELECT id, hash, norm, {order} AS d FROM vectors WHERE TRUE {filter}
-                     ORDER BY {order} LIMIT $2",
+                     ORDER BY {order} LIMIT {limit}",
                     "embedding <=> $1",
                     &[&q],
                     want,
                     filter,
-                    Some("i.half <=> $1::halfvec"),
+                    // Cast once (an init plan), not once a row as a generic plan would.
+                    Some("i.half <=> (SELECT $1::halfvec)"),
                 )
             }
             StoreQuery::Weighted { embedding, weights } => self.nearest_weighted(embedding, weights, want, filter),

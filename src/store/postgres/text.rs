@@ -284,7 +284,7 @@ impl PgStore {
                 "SELECT v.id, t.hash, v.norm, t.d FROM (
                      SELECT hash, {{order}} AS d FROM text_vectors
                      WHERE fingerprint = '{fingerprint}' {{filter}}
-                     ORDER BY {{order}} LIMIT $2) t
+                     ORDER BY {{order}} LIMIT {{limit}}) t
                  JOIN vectors v ON v.hash = t.hash"
             ),
             &format!("embedding::vector({d}) <=> $1"),
@@ -328,7 +328,7 @@ impl PgStore {
             &format!(
                 "SELECT v.id, j.hash, v.norm, j.d FROM (
                      SELECT hash, {{order}} AS d FROM joint WHERE model = {model_id} {{filter}}
-                     ORDER BY {{order}} LIMIT $2) j
+                     ORDER BY {{order}} LIMIT {{limit}}) j
                  JOIN vectors v ON v.hash = j.hash"
             ),
             &format!("embedding::vector({d}) <=> $1"),
@@ -354,18 +354,19 @@ impl PgStore {
         let w = Vector::from(weights.to_vec());
         self.nearest_by(
             "SELECT id, hash, norm, {order} AS d FROM vectors WHERE TRUE {filter}
-             ORDER BY {order} LIMIT $2",
-            "(embedding * $3) <=> $1",
+             ORDER BY {order} LIMIT {limit}",
+            "(embedding * $2) <=> $1",
             &[&qw, &w],
             k,
             filter,
-            Some("(i.half * $3::halfvec) <=> $1::halfvec"),
+            Some("(i.half * (SELECT $2::halfvec)) <=> (SELECT $1::halfvec)"),
         )
     }
 
     /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
-    /// (the query) and `$2` (the limit), plus `extra` from `$3` on, with
-    /// `{filter}` where the filter's condition on `hash` goes and `{order}`
+    /// (the query) and `{limit}` (a literal: a statement is planned once
+    /// per connection, and a generic plan for an unknown limit would sort
+    /// every row), plus `extra` from `$2` on, with `{filter}` where the filter's condition on `hash` goes and `{order}`
     /// where `order`, the distance an HNSW index orders by, goes (in the
     /// select list and the `ORDER BY`, so it is computed once a row); its
     /// hits are joined with their images, nearest first. `half` is the
@@ -380,7 +381,7 @@ impl PgStore {
     ///   walks iteratively, `strict_order`, so it needs no transaction of
     ///   its own: 3 round trips, 0.25 ms), with the usual candidate list.
     ///   Over 10k rows (`cargo bench --bench filters` with
-    ///   IMGSEARCH_BENCH_PG) a 50 % filter takes 1.3-1.4 ms where scoring
+    ///   IMGSEARCH_BENCH_PG) a 50 % filter takes 0.85-0.97 ms where scoring
     ///   every passing row took 17 ms. Twice the candidate list (and
     ///   `enable_sort` off, in a transaction) took 2.2-3.2 ms for recall
     ///   0.978 instead of 0.970 at 25 %, 0.968 instead of 0.956 at 50 %
@@ -390,7 +391,7 @@ impl PgStore {
     ///   half-precision embedding (no join, a 2.5 KB read: 1.3-1.8 us a
     ///   row), and the best `4 k` scored again in full precision, so the
     ///   distances returned are the unfiltered search's. A 10 % folder:
-    ///   2.8 ms where the join to `vectors` took 4.0-4.2 ms.
+    ///   2.3-2.5 ms where the join to `vectors` took 4.0-4.2 ms.
     /// - fewer, without: every passing row scored (the order by `(order) +
     ///   0`, which no index serves): a join to `vectors` by hash and a 5 KB
     ///   read, about 2.5 us a row.
@@ -411,9 +412,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let ef = self.ef_search.max(k);
-        let limit = k as i64;
-        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![args[0], &limit];
-        params.extend_from_slice(&args[1..]);
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = args.to_vec();
         let (conditions, values) = filter_sql(filter, params.len() + 1);
         params.extend(values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)));
         let plan = match () {
@@ -437,7 +436,8 @@ impl PgStore {
             false => format!("AND {conditions}"),
         };
         let sql = |order: &str| {
-            let inner = inner.replace("{filter}", &inner_filter).replace("{order}", order);
+            let inner =
+                inner.replace("{filter}", &inner_filter).replace("{order}", order).replace("{limit}", &k.to_string());
             format!(
                 "WITH nn AS ({inner})
                  SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm,
@@ -447,12 +447,13 @@ impl PgStore {
         };
         let run = |sql: &str, ef: usize| {
             self.retry(|c| {
+                let statement = c.prepared(sql)?;
                 if ef == DEFAULT_EF_SEARCH {
-                    return c.query(sql, &params);
+                    return c.query(&statement, &params);
                 }
                 let mut tx = c.transaction()?;
                 tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
-                let rows = tx.query(sql, &params)?;
+                let rows = tx.query(&statement, &params)?;
                 tx.commit()?;
                 Ok(rows)
             })

@@ -366,10 +366,11 @@ impl PgStore {
     /// Runs a nearest query: `inner` selects `id, hash, norm, d` for `$1`
     /// (the query) and `{limit}` (a literal: a statement is planned once
     /// per connection, and a generic plan for an unknown limit would sort
-    /// every row), plus `extra` from `$2` on, with `{filter}` where the filter's condition on `hash` goes and `{order}`
-    /// where `order`, the distance an HNSW index orders by, goes (in the
-    /// select list and the `ORDER BY`, so it is computed once a row); its
-    /// hits are joined with their images, nearest first. `half` is the
+    /// every row), plus `extra` from `$2` on, with `{filter}` where the
+    /// filter's condition on `hash` goes and `{order}` where `order`, the
+    /// distance an HNSW index orders by, goes (in the select list and the
+    /// `ORDER BY`, so it is computed once a row); its hits are joined with
+    /// their images, nearest first. `half` is the
     /// same distance over the `images` row's half-precision embedding
     /// (`i.half`), when `inner` ranks image embeddings.
     ///

@@ -4,7 +4,9 @@
 //! - `vectors`: one row per distinct content (sha256 unique), the unit
 //!   embedding as a pgvector column with an HNSW index (cosine), and its norm.
 //!   Two indexers that meet the same file store its vector once.
-//! - `images`: key, path (unique), hash, size, mtime, label.
+//! - `images`: key, path (unique), hash, size, mtime, label, photo facts,
+//!   and the embedding again at half precision (`half`), which a narrow
+//!   filter scores without a join to `vectors`.
 //! - `settings`: backbone and dimension; `schema_version`: the migrations
 //!   applied. Migrations run in one transaction under an advisory lock, so
 //!   processes starting together apply them once; a schema newer than this
@@ -28,7 +30,9 @@
 //! - `blobs`: the bytes of images uploaded through `serve`, so every
 //!   replica can show an upload another one received.
 //!
-//! Connections come from an r2d2 pool; each sets a statement timeout. Reads
+//! Connections come from an r2d2 pool; each sets a statement timeout and
+//! keeps the searches' statements it prepared (`Session`). `upkeep`
+//! refreshes the planner's statistics after bulk writes. Reads
 //! and the (idempotent, upserting) batch writes are retried after a lost
 //! connection; a batch is one transaction, so a retry neither loses nor
 //! duplicates anything.

@@ -10,11 +10,13 @@
 //! `cargo bench --bench filters` (N = 30k; `IMGSEARCH_BENCH_N` for more);
 //! `IMGSEARCH_BENCH_PG=<admin url>` runs it on PostgreSQL instead (a fresh
 //! database; `scripts/pg-test-server start DIR` prints a URL).
+//! `IMGSEARCH_BENCH_KIND=text` searches a text side instead (a linear
+//! projection onto the first 384 coordinates, standing in for zero-shot).
 
 use std::time::Instant;
 
 use imgsearch::metadata::PhotoMeta;
-use imgsearch::store::{Filter, ImageStore, NewImage, NewVector, Store, StoreQuery};
+use imgsearch::store::{Filter, ImageStore, NewImage, NewVector, Projection, Store, StoreQuery, TextSide};
 
 mod common;
 use common::{clustered, pct, queries, Rng};
@@ -72,7 +74,14 @@ fn main() {
     }
     let graph = store.upkeep().unwrap();
     println!("{n} images stored and indexed in {:.1} s (HNSW graph: {graph:?} rows)", start.elapsed().as_secs_f64());
-    let qs = queries(200, n, dim, &mut rng);
+    let text = std::env::var("IMGSEARCH_BENCH_KIND").is_ok_and(|k| k == "text");
+    let side = TextSide { name: "zero-shot", model_id: None, projection: &Prefix };
+    if text {
+        let start = Instant::now();
+        store.sync_text_side(&side, None).unwrap();
+        println!("text side: {} rows in {:.1} s", store.text_side_len(&side).unwrap(), start.elapsed().as_secs_f64());
+    }
+    let qs: &'static [f32] = queries(200, n, dim, &mut rng).leak();
     let day = |d: i64| 1_577_836_800 + d * 86_400;
     let cases = [
         ("no filter", Filter::default()),
@@ -93,15 +102,21 @@ fn main() {
     let mut ms = vec![Vec::new(); cases.len()];
     let (mut got, mut hit) = (vec![0usize; cases.len()], vec![0usize; cases.len()]);
     pool.install(|| {
+        // Here, in the one thread: a text side holds a `dyn Projection`.
+        let side = TextSide { name: "zero-shot", model_id: None, projection: &Prefix };
+        let query = |q: &'static [f32]| match text {
+            true => StoreQuery::Text { side, vector: &q[..TEXT_DIM] },
+            false => StoreQuery::Cnn(q),
+        };
         for q in qs.chunks_exact(dim) {
             for (c, (_, filter)) in cases.iter().enumerate() {
                 let t = Instant::now();
-                let found = store.search(&StoreQuery::Cnn(q), 10, filter).unwrap();
+                let found = store.search(&query(q), 10, filter).unwrap();
                 ms[c].push(t.elapsed().as_secs_f64() * 1e3);
                 got[c] += found.len().min(10);
                 // The truth: an exact scan of the images that pass.
                 store.set_exact(true);
-                let truth = store.search(&StoreQuery::Cnn(q), 10, filter).unwrap();
+                let truth = store.search(&query(q), 10, filter).unwrap();
                 store.set_exact(false);
                 let truth: Vec<i64> = truth.iter().take(10).map(|(r, _)| r.key).collect();
                 hit[c] += found.iter().take(10).filter(|(r, _)| truth.contains(&r.key)).count();
@@ -120,5 +135,26 @@ fn main() {
             got[c] as f64 / 200.0,
             hit[c] as f64 / got[c].max(1) as f64
         );
+    }
+}
+
+/// The text side's width.
+const TEXT_DIM: usize = 384;
+
+/// A linear projection onto the first `TEXT_DIM` coordinates.
+struct Prefix;
+
+impl Projection for Prefix {
+    fn in_dim(&self) -> usize {
+        1280
+    }
+    fn out_dim(&self) -> usize {
+        TEXT_DIM
+    }
+    fn fingerprint(&self) -> [u8; 16] {
+        [0x7e; 16]
+    }
+    fn project(&self, embeddings: &[f32]) -> imgsearch::Result<Vec<f32>> {
+        Ok(embeddings.chunks_exact(1280).flat_map(|r| r[..TEXT_DIM].iter().copied()).collect())
     }
 }

@@ -374,8 +374,33 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
     // The planner learns the tables' sizes at once, not a minute later.
     s.upkeep().unwrap();
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    let rows: f32 = client.query_one("SELECT reltuples FROM pg_class WHERE relname = 'images'", &[]).unwrap().get(0);
-    assert_eq!(rows, 400.0, "analyzed");
+    let mut rows = |table: &str| -> f32 {
+        client.query_one("SELECT reltuples FROM pg_class WHERE relname = $1", &[&table]).unwrap().get(0)
+    };
+    assert_eq!(rows("images"), 400.0, "analyzed");
+    // So is a text side when it is filled.
+    struct FirstTwoOf16;
+    impl Projection for FirstTwoOf16 {
+        fn in_dim(&self) -> usize {
+            16
+        }
+        fn out_dim(&self) -> usize {
+            2
+        }
+        fn fingerprint(&self) -> [u8; 16] {
+            [16; 16]
+        }
+        fn project(&self, embeddings: &[f32]) -> imgsearch::Result<Vec<f32>> {
+            Ok(embeddings.chunks_exact(16).flat_map(|r| [r[0], r[1]]).collect())
+        }
+    }
+    let side = TextSide { name: "zero-shot", model_id: None, projection: &FirstTwoOf16 };
+    assert_eq!(s.sync_text_side(&side, None).unwrap(), 400);
+    let stats: i64 = client
+        .query_one("SELECT COUNT(*) FROM pg_stats WHERE tablename = 'text_vectors' AND attname = 'fingerprint'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stats, 1, "text side analyzed (its row count alone comes with its index)");
     let few = Filter { under: Some("/few".into()), ..Default::default() };
     let weights: Vec<f32> = (0..dim).map(|d| 0.5 + d as f32 / dim as f32).collect();
     let same_as_exact = |s: &PgStore, what: &str| {

@@ -47,22 +47,32 @@ fn fresh_database(admin: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// A toy projection into a 2-d text space: the first two coordinates
-/// (times `scale`, so two fingerprints differ).
-struct FirstTwo(f32);
+/// A toy projection into a 2-d text space: the first two of `in_dim`
+/// coordinates (times `scale`, so two fingerprints differ).
+struct FirstTwo {
+    scale: f32,
+    in_dim: usize,
+}
+
+impl FirstTwo {
+    /// Of the suite's 3-d embeddings.
+    fn of_3(scale: f32) -> Self {
+        Self { scale, in_dim: 3 }
+    }
+}
 
 impl Projection for FirstTwo {
     fn in_dim(&self) -> usize {
-        3
+        self.in_dim
     }
     fn out_dim(&self) -> usize {
         2
     }
     fn fingerprint(&self) -> [u8; 16] {
-        [self.0 as u8; 16]
+        [self.scale as u8; 16]
     }
     fn project(&self, embeddings: &[f32]) -> imgsearch::Result<Vec<f32>> {
-        Ok(embeddings.chunks_exact(3).flat_map(|r| [r[0] * self.0, r[1] * self.0]).collect())
+        Ok(embeddings.chunks_exact(self.in_dim).flat_map(|r| [r[0] * self.scale, r[1] * self.scale]).collect())
     }
 }
 
@@ -78,7 +88,7 @@ fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
     assert_eq!(path(s.search(&StoreQuery::Cnn(&[0.0, 1.0, 0.0]), 1, &Filter::default()).unwrap()), "/moved/b.jpg");
 
     // A text side: every image gets its vector from the stored embeddings.
-    let zero_shot = FirstTwo(1.0);
+    let zero_shot = FirstTwo::of_3(1.0);
     let side = TextSide { name: "zero-shot", model_id: None, projection: &zero_shot };
     assert!(s.sync_text_side(&side, None).unwrap() >= 3, "every content projected");
     assert_eq!(s.sync_text_side(&side, None).unwrap(), 0, "nothing left to project");
@@ -90,7 +100,7 @@ fn text_sides_models_and_uploads(mut s: Box<dyn ImageStore>) {
     // Models: none until one is saved; then it is current, with its side's vectors.
     assert_eq!(s.model_id().unwrap(), None);
     assert!(s.model().unwrap().is_none());
-    let trained = FirstTwo(2.0);
+    let trained = FirstTwo::of_3(2.0);
     let new = NewModel { info: "{\"m\": 1}", weights: b"weights", report: "{}" };
     let saved = s.save_model(&new, &trained).unwrap();
     assert!(saved.rows >= 3 && !saved.location.is_empty(), "{saved:?}");
@@ -163,7 +173,7 @@ fn filters(mut s: Box<dyn ImageStore>) {
         },
         Filter { under: Some("/f/a".into()), label: Some("b".into()), ..Default::default() },
     ];
-    let zero_shot = FirstTwo(1.0);
+    let zero_shot = FirstTwo::of_3(1.0);
     let side = TextSide { name: "zero-shot", model_id: None, projection: &zero_shot };
     s.sync_text_side(&side, None).unwrap();
     let queries = [
@@ -379,22 +389,8 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
     };
     assert_eq!(rows("images"), 400.0, "analyzed");
     // So is a text side when it is filled.
-    struct FirstTwoOf16;
-    impl Projection for FirstTwoOf16 {
-        fn in_dim(&self) -> usize {
-            16
-        }
-        fn out_dim(&self) -> usize {
-            2
-        }
-        fn fingerprint(&self) -> [u8; 16] {
-            [16; 16]
-        }
-        fn project(&self, embeddings: &[f32]) -> imgsearch::Result<Vec<f32>> {
-            Ok(embeddings.chunks_exact(16).flat_map(|r| [r[0], r[1]]).collect())
-        }
-    }
-    let side = TextSide { name: "zero-shot", model_id: None, projection: &FirstTwoOf16 };
+    let first_two = FirstTwo { scale: 1.0, in_dim: dim };
+    let side = TextSide { name: "zero-shot", model_id: None, projection: &first_two };
     assert_eq!(s.sync_text_side(&side, None).unwrap(), 400);
     let stats: i64 = client
         .query_one("SELECT COUNT(*) FROM pg_stats WHERE tablename = 'text_vectors' AND attname = 'fingerprint'", &[])

@@ -280,11 +280,11 @@ impl Pointwise {
     fn set_precision(&mut self, precision: Precision, k: usize) {
         let n = self.bias.len();
         self.q = (precision == Precision::Int8 && QuantMatrix::supported(k)).then(|| QuantMatrix::new(&self.w_t, k, n));
-        // Tiles pay where a product sums over 100 inputs or more; below, f32
-        // is as fast (`cargo bench --bench embed`, bf16: 221 img/s on every
-        // 1x1 product, 228 from 100 inputs up, f32 194-196 in the same run).
-        self.b = (precision == Precision::Bf16 && super::amx::available() && k >= 100)
-            .then(|| BfMatrix::new(&self.w_t, k, n));
+        // Every 1x1 product runs on tiles, even over 16 inputs (half a tile):
+        // a band's rows go in one product, so the tiles are full of pixels
+        // (`cargo bench --bench embed`: 294-308 img/s, 286 with the
+        // products under 100 inputs in f32, f32 214 in the same run).
+        self.b = (precision == Precision::Bf16 && super::amx::available()).then(|| BfMatrix::new(&self.w_t, k, n));
     }
 }
 

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::amx::BfMatrix;
+use super::amx::{self, Bf16, BfMatrix, Rows};
 use super::int8::{Epilogue, QuantMatrix, Scratch};
 use crate::simd::simd;
 
@@ -263,6 +263,31 @@ impl Activation for u8 {
     }
 }
 
+impl Activation for Bf16 {
+    #[inline(always)]
+    fn relu6(x: f32) -> Bf16 {
+        Bf16(amx::bf16(relu6(x)))
+    }
+
+    #[inline(always)]
+    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [Bf16; LANES]) {
+        #[cfg(target_arch = "x86_64")]
+        if LANES == 16 && is_x86_feature_detected!("avx512bw") {
+            use std::arch::x86_64::*;
+            // SAFETY: the CPU has AVX-512BW; 16 floats are read and 16 bf16 written.
+            unsafe {
+                let v = _mm512_loadu_ps(acc.as_ptr());
+                let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
+                _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, amx::bf16_lanes(v));
+            }
+            return;
+        }
+        for i in 0..LANES {
+            dst[i] = Self::relu6(acc[i]);
+        }
+    }
+}
+
 /// For each block of [`LANES`] channels, the K*K weights stay in registers
 /// while the kernel slides along the row; each output is written once.
 #[inline(always)]
@@ -441,9 +466,8 @@ pub fn mbconv(x: &[f32], shape: MbConvShape, weights: &MbConvWeights, out: &mut 
     let out = &mut out[..batch * oh * ow * c_out];
     out.par_chunks_mut(oh * ow * c_out).enumerate().for_each(|(image, image_out)| {
         let x_image = &x[image * height * width * c_in..(image + 1) * height * width * c_in];
-        image_out.par_chunks_mut(band * ow * c_out).enumerate().for_each_init(
-            || (Vec::new(), Vec::new(), Scratch::default()),
-            |(staged, dw_out, scratch), (b, band_out)| {
+        image_out.par_chunks_mut(band * ow * c_out).enumerate().for_each(|(b, band_out)| {
+            BAND_BUFFERS.with_borrow_mut(|(staged, dw_out, scratch, bscratch)| {
                 simd(
                     #[inline(always)]
                     || {
@@ -455,14 +479,22 @@ pub fn mbconv(x: &[f32], shape: MbConvShape, weights: &MbConvWeights, out: &mut 
                             residual,
                             b * band,
                             band_out,
-                            (staged, dw_out, scratch),
+                            (staged, dw_out, scratch, bscratch),
                         )
                     },
                 )
-            },
-        );
+            })
+        });
     });
     (oh, ow)
+}
+
+thread_local! {
+    /// Each thread's buffers for [`mbconv_band`], kept between bands, layers
+    /// and batches: a fresh buffer per band (`for_each_init` makes one per
+    /// split of the work) cost a zero-fill of its pages each time.
+    #[allow(clippy::type_complexity)]
+    static BAND_BUFFERS: std::cell::RefCell<(Vec<f32>, Vec<f32>, Scratch, amx::Scratch)> = std::cell::RefCell::default();
 }
 
 #[inline(always)]
@@ -475,7 +507,7 @@ fn mbconv_band(
     residual: bool,
     oy0: usize,
     band_out: &mut [f32],
-    (staged, dw_out, scratch): (&mut Vec<f32>, &mut Vec<f32>, &mut Scratch),
+    (staged, dw_out, scratch, bscratch): (&mut Vec<f32>, &mut Vec<f32>, &mut Scratch, &mut amx::Scratch),
 ) {
     let MbConvShape { height, width, c_in, c_mid, c_out, kernel, stride, .. } = *shape;
     let ow = dw.out_width;
@@ -485,42 +517,64 @@ fn mbconv_band(
     let rows = (n_out - 1) * stride + kernel;
     staged.resize(rows * pw * c_mid, 0.0);
     let cols = width.min(pw - dw.pad_left);
+    // The image rows under the band: staging rows `top..top + (hi - lo)`.
+    let first = (oy0 * stride) as isize - dw.pad_top as isize;
+    let (lo, hi) = (first.max(0) as usize, ((first + rows as isize).min(height as isize)).max(0) as usize);
+    let top = (lo as isize - first) as usize;
     for r in 0..rows {
         let slot = &mut staged[r * pw * c_mid..(r + 1) * pw * c_mid];
-        let iy = (oy0 * stride + r) as isize - dw.pad_top as isize;
-        if iy < 0 || iy >= height as isize {
+        if r < top || r >= top + (hi - lo) {
             slot.fill(0.0);
-            continue;
+        } else {
+            slot[..dw.pad_left * c_mid].fill(0.0);
+            slot[(dw.pad_left + cols) * c_mid..].fill(0.0);
         }
-        slot[..dw.pad_left * c_mid].fill(0.0);
-        slot[(dw.pad_left + cols) * c_mid..].fill(0.0);
-        let src = &x_image[iy as usize * width * c_in..][..cols * c_in];
-        let dst = &mut slot[dw.pad_left * c_mid..(dw.pad_left + cols) * c_mid];
-        match weights.expand {
-            Some((_, bias)) if weights.expand_q.is_some() => {
-                weights.expand_q.unwrap().matmul(src, dst, Epilogue::BiasRelu6(bias), scratch)
-            }
-            Some((w_t, bias)) => {
-                match weights.expand_b {
-                    Some(b) => b.matmul(src, dst, false),
-                    None => matmul_serial(src, c_in, w_t, dst, false),
-                }
-                for px in dst.chunks_exact_mut(c_mid) {
-                    for (v, &b) in px.iter_mut().zip(bias) {
-                        *v = relu6(*v + b);
+    }
+    match (weights.expand, weights.expand_b) {
+        // The tiles take every row of the band in one product, written in place.
+        (Some((_, bias)), Some(b)) if cols == width && hi > lo => {
+            let m = (hi - lo) * width;
+            let a = b.rows(&mut bscratch.input, &x_image[lo * width * c_in..hi * width * c_in]);
+            let place = |p: usize| ((top + p / width) * pw + dw.pad_left + p % width) * c_mid;
+            b.product(a, m, staged, place, Epilogue::BiasRelu6(bias));
+        }
+        _ => {
+            for r in top..top + (hi - lo) {
+                let iy = lo + r - top;
+                let src = &x_image[iy * width * c_in..][..cols * c_in];
+                let dst = &mut staged[(r * pw + dw.pad_left) * c_mid..(r * pw + dw.pad_left + cols) * c_mid];
+                match weights.expand {
+                    Some((_, bias)) if weights.expand_q.is_some() => {
+                        weights.expand_q.unwrap().matmul(src, dst, Epilogue::BiasRelu6(bias), scratch)
                     }
+                    Some((w_t, bias)) => match weights.expand_b {
+                        Some(b) => b.matmul(src, dst, Epilogue::BiasRelu6(bias)),
+                        None => {
+                            matmul_serial(src, c_in, w_t, dst, false);
+                            for px in dst.chunks_exact_mut(c_mid) {
+                                for (v, &b) in px.iter_mut().zip(bias) {
+                                    *v = relu6(*v + b);
+                                }
+                            }
+                        }
+                    },
+                    None => dst.copy_from_slice(src),
                 }
             }
-            None => dst.copy_from_slice(src),
         }
     }
     // 2. Depthwise over the staged rows: f32, or straight into the int8
-    //    product's bytes.
+    //    or bf16 product's rows.
     let (dw_w, dw_b) = weights.depthwise;
     let pixels = n_out * ow;
     if weights.project_q.is_some() {
         let bytes = scratch.relu6_rows(pixels, c_mid);
         for (i, row_out) in bytes.chunks_exact_mut(ow * c_mid).enumerate() {
+            depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
+        }
+    } else if weights.project_b.is_some_and(|b| !b.splits()) {
+        let mid = Rows::room(&mut bscratch.mid, pixels, c_mid);
+        for (i, row_out) in mid.chunks_exact_mut(ow * c_mid).enumerate() {
             depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
         }
     } else {
@@ -545,7 +599,8 @@ fn mbconv_band(
     }
     match (weights.project_q, weights.project_b) {
         (Some(q), _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
-        (None, Some(b)) => b.matmul(dw_out, band_out, true),
+        (None, Some(b)) if b.splits() => b.matmul(dw_out, band_out, Epilogue::Accumulate),
+        (None, Some(b)) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
         (None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
     }
 }

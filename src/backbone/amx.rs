@@ -411,6 +411,9 @@ unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [Bf16]) {
 }
 
 /// 16 floats rounded to bf16 (ties to even), as in [`bf16`].
+///
+/// # Safety
+/// The CPU has AVX-512F and BW.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub unsafe fn bf16_lanes(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {

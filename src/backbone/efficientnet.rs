@@ -171,6 +171,11 @@ pub enum Precision {
     /// f32 everywhere: the exact path the NumPy reference pins.
     #[default]
     F32,
+    /// bf16 where the CPU has AMX tiles, else f32: the command line's
+    /// default. On the 1000 Pascal photos bf16's top-5 classes overlap
+    /// f32's at 0.996 and image->image P@10 is f32's (0.533), at 1.4x its
+    /// speed (`IMGSEARCH_BENCH_PHASE=agreement cargo bench --bench embed`).
+    Auto,
     /// int8 weights (per output channel) and activations (per pixel) with
     /// AVX-512 VNNI where the CPU has it, else f32: 1.27x the f32 forward,
     /// image->image P@10 within 0.0003, but the top-5 classes agree on only
@@ -178,17 +183,19 @@ pub enum Precision {
     /// embed`), so not the default.
     Int8,
     /// bf16 activations and two-term bf16 weights on AMX tiles where the
-    /// CPU has them (Sapphire Rapids and later), else f32.
+    /// CPU has them (Sapphire Rapids and later), else f32; inputs up to 32
+    /// wide go in as two terms too.
     Bf16,
 }
 
 impl Precision {
-    /// `IMGSEARCH_PRECISION` (`f32` or `int8`), else f32: for the benches
-    /// (the CLI reads the variable through `--precision`).
+    /// `IMGSEARCH_PRECISION` (`f32`, `auto`, `int8` or `bf16`), else f32:
+    /// for the benches (the CLI reads the variable through `--precision`).
     pub fn from_env() -> Self {
         match std::env::var("IMGSEARCH_PRECISION").as_deref() {
             Ok("int8") => Precision::Int8,
             Ok("bf16") => Precision::Bf16,
+            Ok("auto") => Precision::Auto,
             _ => Precision::F32,
         }
     }
@@ -354,9 +361,14 @@ impl EfficientNet {
         })
     }
 
-    /// Switches the blocks' 1x1 products between int8 (where the CPU runs
-    /// it) and f32.
+    /// Switches the blocks' 1x1 products between f32, int8 and bf16 (where
+    /// the CPU runs them); `Auto` picks bf16 where it runs, else f32.
     pub fn set_precision(&mut self, precision: Precision) {
+        let precision = match precision {
+            Precision::Auto if super::amx::available() => Precision::Bf16,
+            Precision::Auto => Precision::F32,
+            p => p,
+        };
         self.precision = precision;
         for block in &mut self.blocks {
             let s = block.spec;

@@ -50,3 +50,9 @@ pub fn lite0() -> Embedder {
     );
     Embedder::load(&weights, config).expect("Lite0 loads")
 }
+
+/// The Lite0 embedder as `imgsearch serve` and `index` run it: the
+/// default precision, `auto` (bf16 on AMX tiles where the CPU has them).
+pub fn lite0_as_served() -> Embedder {
+    lite0().with_precision(imgsearch::backbone::Precision::Auto)
+}

@@ -13,7 +13,7 @@ use imgsearch::server::{app, Options, State};
 use tower::ServiceExt;
 
 use crate::index::copy_images;
-use crate::lite0;
+use crate::lite0_as_served;
 
 const TOKEN: &str = "s3cret";
 
@@ -54,7 +54,7 @@ pub(crate) fn state_for(db: &Path, roots: Vec<PathBuf>, max_upload: usize) -> Ar
         ..Default::default()
     };
     let library = Library::open(options.settings(db), Access::Write).unwrap();
-    Arc::new(State::load(library, lite0(), words, options).unwrap())
+    Arc::new(State::load(library, lite0_as_served(), words, options).unwrap())
 }
 
 fn shared_state() -> Arc<State> {
@@ -777,7 +777,7 @@ async fn a_private_server_needs_the_token_for_reads_and_the_page_keeps_it_in_a_c
     let options =
         Options { roots: vec![g.photos.clone()], token: Some(TOKEN.into()), private: true, ..Default::default() };
     let library = Library::open(options.settings(&g.db), Access::Write).unwrap();
-    let state = Arc::new(State::load(library, lite0(), words, options).unwrap());
+    let state = Arc::new(State::load(library, lite0_as_served(), words, options).unwrap());
     let get = |uri: &str, headers: &[(&str, &str)]| {
         let mut req = Request::get(uri);
         for (k, v) in headers {

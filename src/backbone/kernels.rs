@@ -627,6 +627,21 @@ fn mbconv_band(
             let place = |p: usize| ((top + p / width) * pw + dw.pad_left + p % width) * c_mid;
             b.product(a, m, staged, place, Epilogue::BiasRelu6(bias));
         }
+        // f32: one `gemm` over the band's rows (it packs the weights once,
+        // not once a row) into `dw_out`, then bias + ReLU6 into place.
+        (Some((w_t, bias)), None) if weights.expand_q.is_none() && cols == width && hi > lo => {
+            let m = (hi - lo) * width;
+            dw_out.resize(m * c_mid, 0.0);
+            matmul_serial(&x_image[lo * width * c_in..hi * width * c_in], c_in, w_t, &mut dw_out[..m * c_mid], false);
+            for (r, sums) in dw_out[..m * c_mid].chunks_exact(width * c_mid).enumerate() {
+                let dst = &mut staged[((top + r) * pw + dw.pad_left) * c_mid..][..width * c_mid];
+                for (d_px, s_px) in dst.chunks_exact_mut(c_mid).zip(sums.chunks_exact(c_mid)) {
+                    for ((d, &v), &b) in d_px.iter_mut().zip(s_px).zip(bias) {
+                        *d = relu6(v + b);
+                    }
+                }
+            }
+        }
         _ => {
             for r in top..top + (hi - lo) {
                 let iy = lo + r - top;

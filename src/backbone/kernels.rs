@@ -223,23 +223,43 @@ fn depthwise_row_staged<O: Activation>(
     }
 }
 
-/// How a depthwise output is stored after its ReLU6: f32, or the u8 the
-/// int8 product reads (`0..=6` in 255 steps, the fixed range of ReLU6:
-/// `imgsearch eval` measured no loss against a per-pixel range).
+/// How a depthwise output is stored after its ReLU6: f32, the u8 the int8
+/// product reads (`0..=6` in 255 steps, the fixed range of ReLU6:
+/// `imgsearch eval` measured no loss against a per-pixel range), or the
+/// bf16 the AMX product reads.
 pub trait Activation: Copy {
     fn relu6(x: f32) -> Self;
-    /// [`LANES`] values at once (the depthwise kernel's register).
-    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [Self; LANES]);
-    /// The same from an AVX-512 register to `dst`.
+
+    /// 16 values already clamped to `0..=6`, converted and stored at `dst`.
     ///
     /// # Safety
     /// The CPU has AVX-512F and BW, and `dst` has room for [`LANES`] values.
     #[cfg(target_arch = "x86_64")]
+    unsafe fn store_clamped(v: std::arch::x86_64::__m512, dst: *mut Self);
+
+    /// ReLU6 of an AVX-512 register, stored at `dst`.
+    ///
+    /// # Safety
+    /// As [`Activation::store_clamped`].
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn store_relu6(acc: std::arch::x86_64::__m512, dst: *mut Self) {
-        let mut lanes = [0f32; LANES];
-        std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-        Self::relu6_lanes(&lanes, &mut *(dst as *mut [Self; LANES]));
+        use std::arch::x86_64::*;
+        Self::store_clamped(_mm512_min_ps(_mm512_max_ps(acc, _mm512_setzero_ps()), _mm512_set1_ps(6.0)), dst)
+    }
+
+    /// [`LANES`] values at once (the depthwise kernel's register).
+    #[inline(always)]
+    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [Self; LANES]) {
+        #[cfg(target_arch = "x86_64")]
+        if LANES == 16 && is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512BW; 16 floats are read and 16 values written.
+            unsafe { Self::store_relu6(std::arch::x86_64::_mm512_loadu_ps(acc.as_ptr()), dst.as_mut_ptr()) };
+            return;
+        }
+        for i in 0..LANES {
+            dst[i] = Self::relu6(acc[i]);
+        }
     }
 }
 
@@ -249,11 +269,10 @@ impl Activation for f32 {
         relu6(x)
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [f32; LANES]) {
-        for i in 0..LANES {
-            dst[i] = relu6(acc[i]);
-        }
+    unsafe fn store_clamped(v: std::arch::x86_64::__m512, dst: *mut f32) {
+        std::arch::x86_64::_mm512_storeu_ps(dst, v)
     }
 }
 
@@ -263,23 +282,12 @@ impl Activation for u8 {
         (relu6(x) * (255.0 / 6.0) + 0.5) as u8
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [u8; LANES]) {
-        #[cfg(target_arch = "x86_64")]
-        if LANES == 16 && is_x86_feature_detected!("avx512f") {
-            use std::arch::x86_64::*;
-            // SAFETY: the CPU has AVX-512F; 16 floats are read and 16 bytes written.
-            unsafe {
-                let v = _mm512_loadu_ps(acc.as_ptr());
-                let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
-                let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(255.0 / 6.0)));
-                _mm512_mask_cvtusepi32_storeu_epi8(dst.as_mut_ptr() as *mut _, 0xFFFF, q);
-            }
-            return;
-        }
-        for i in 0..LANES {
-            dst[i] = Self::relu6(acc[i]);
-        }
+    unsafe fn store_clamped(v: std::arch::x86_64::__m512, dst: *mut u8) {
+        use std::arch::x86_64::*;
+        let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(255.0 / 6.0)));
+        _mm512_mask_cvtusepi32_storeu_epi8(dst as *mut _, 0xFFFF, q);
     }
 }
 
@@ -289,22 +297,11 @@ impl Activation for Bf16 {
         Bf16(amx::bf16(relu6(x)))
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn relu6_lanes(acc: &[f32; LANES], dst: &mut [Bf16; LANES]) {
-        #[cfg(target_arch = "x86_64")]
-        if LANES == 16 && is_x86_feature_detected!("avx512bw") {
-            use std::arch::x86_64::*;
-            // SAFETY: the CPU has AVX-512BW; 16 floats are read and 16 bf16 written.
-            unsafe {
-                let v = _mm512_loadu_ps(acc.as_ptr());
-                let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(6.0));
-                _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, amx::bf16_lanes(v));
-            }
-            return;
-        }
-        for i in 0..LANES {
-            dst[i] = Self::relu6(acc[i]);
-        }
+    unsafe fn store_clamped(v: std::arch::x86_64::__m512, dst: *mut Bf16) {
+        use std::arch::x86_64::*;
+        _mm256_storeu_si256(dst as *mut __m256i, amx::bf16_lanes(v));
     }
 }
 

@@ -76,10 +76,7 @@ fn f32_of(b: u16) -> f32 {
 
 /// A `[k, n]` weight matrix packed into AMX B tiles, as two bf16 terms.
 pub struct BfMatrix {
-    /// Inputs per row of a product: `2 k` when the inputs are split.
     k: usize,
-    /// Whether each input goes in as two bf16 terms too (see [`BfMatrix::new`]).
-    split: bool,
     n: usize,
     /// `k` rounded up to whole tiles.
     kp: usize,
@@ -92,21 +89,9 @@ pub struct BfMatrix {
 }
 
 impl BfMatrix {
-    /// Packs `w_t` (`[k, n]`). Up to 32 inputs the inputs are split too:
-    /// each row goes in as its bf16 value and its rounding error side by
-    /// side, against the weights twice (below 32 this fills a tile row the
-    /// narrow input would leave half empty). Rounding the first block's
-    /// projection (32 inputs at 112 x 112) to bf16 alone took a flat
-    /// synthetic picture's embedding to a cosine of 0.995 with f32; split,
-    /// it stays above 0.999, as on the photos. It costs about 6 % of the
-    /// forward pass (`cargo bench --bench embed`).
+    /// Packs `w_t` (`[k, n]`).
     pub fn new(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), k * n);
-        let split = k <= KB;
-        let (w_t, k) = match split {
-            true => (&[w_t, w_t].concat()[..], 2 * k),
-            false => (w_t, k),
-        };
         let (kp, np) = (k.div_ceil(KB) * KB, n.div_ceil(2 * NB) * 2 * NB);
         let (mut hi, mut lo) = (vec![0u16; kp * np], vec![0u16; kp * np]);
         for nb in 0..np / NB {
@@ -125,41 +110,21 @@ impl BfMatrix {
                 }
             }
         }
-        Self { k, split, n, kp, np, hi, lo }
+        Self { k, n, kp, np, hi, lo }
     }
 
     /// `x` (`[m, k]` f32) as the bf16 rows of a product, in `buf`.
     pub fn rows<'a>(&self, buf: &'a mut Vec<Bf16>, x: &[f32]) -> Rows<'a> {
-        let k = if self.split { self.k / 2 } else { self.k };
-        let m = x.len() / k;
-        let dst = Rows::room(buf, m, self.k);
-        match self.split {
-            true => {
-                for (d, s) in dst.chunks_exact_mut(2 * k).zip(x.chunks_exact(k)) {
-                    let (hi, lo) = d.split_at_mut(k);
-                    to_bf16(s, hi);
-                    for ((l, h), &v) in lo.iter_mut().zip(hi.iter()).zip(s) {
-                        *l = Bf16(bf16(v - f32_of(h.0)));
-                    }
-                }
-            }
-            false => to_bf16(x, dst),
-        }
+        to_bf16(x, Rows::room(buf, x.len() / self.k, self.k));
         let buf: &'a Vec<Bf16> = buf;
         Rows(buf)
-    }
-
-    /// Whether [`BfMatrix::rows`] splits the inputs: then only it can
-    /// make this product's rows.
-    pub fn splits(&self) -> bool {
-        self.split
     }
 
     /// `out (+)= x @ w` for `x` `[m, k]`, `out` `[m, n]`, on this thread.
     pub fn matmul(&self, x: &[f32], out: &mut [f32], epilogue: Epilogue) {
         let m = out.len() / self.n;
         assert_eq!(out.len(), m * self.n);
-        assert_eq!(x.len() * if self.split { 2 } else { 1 }, m * self.k);
+        assert_eq!(x.len(), m * self.k);
         A.with(|a| {
             let mut a = a.borrow_mut();
             let rows = self.rows(&mut a, x);
@@ -170,9 +135,9 @@ impl BfMatrix {
     /// [`BfMatrix::matmul`] over all cores, in chunks of rows, stored.
     pub fn matmul_parallel(&self, x: &[f32], out: &mut [f32]) {
         use rayon::prelude::*;
-        let (rows, k) = (64, if self.split { self.k / 2 } else { self.k });
+        let rows = 64;
         out.par_chunks_mut(rows * self.n)
-            .zip(x.par_chunks(rows * k))
+            .zip(x.par_chunks(rows * self.k))
             .for_each(|(o, x)| self.matmul(x, o, Epilogue::Store));
     }
 
@@ -491,15 +456,14 @@ mod tests {
             return;
         }
         // 45 rows: a whole block of 32 and an edge; 37 outputs: whole tiles,
-        // an edge, and a tile of padding only. 40 inputs are rounded to
-        // bf16 (8 bits); 20 are split into two terms (about 16 bits).
-        for (k, precision) in [(40, 256.0), (20, 8192.0)] {
+        // an edge, and a tile of padding only; 40 inputs (a whole tile and
+        // part of one) and 20 (part of one), rounded to bf16 (8 bits).
+        for (k, precision) in [(40, 256.0), (20, 256.0)] {
             let (m, n) = (45, 37);
             let mut rnd = crate::test_uniform(11);
             let w: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
             let x: Vec<f32> = (0..m * k).map(|_| rnd() * 4.0).collect();
             let b = BfMatrix::new(&w, k, n);
-            assert_eq!(b.splits(), k <= KB);
             let mut stored = vec![f32::NAN; m * n];
             b.matmul(&x, &mut stored, Epilogue::Store);
             let mut summed = vec![1.0f32; m * n];

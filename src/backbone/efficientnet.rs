@@ -183,8 +183,8 @@ pub enum Precision {
     /// embed`), so not the default.
     Int8,
     /// bf16 activations and two-term bf16 weights on AMX tiles where the
-    /// CPU has them (Sapphire Rapids and later), else f32; inputs up to 32
-    /// wide go in as two terms too.
+    /// CPU has them (Sapphire Rapids and later), but for the first block's
+    /// projection; f32 there, and everywhere else.
     Bf16,
 }
 
@@ -284,14 +284,11 @@ impl Weights<'_> {
 impl Pointwise {
     /// Makes (or drops) the int8 copy and the bf16 tiles for `precision`,
     /// where this CPU runs them; `k` is the input width.
-    fn set_precision(&mut self, precision: Precision, k: usize) {
+    fn set_precision(&mut self, precision: Precision, k: usize, tiles: bool) {
         let n = self.bias.len();
         self.q = (precision == Precision::Int8 && QuantMatrix::supported(k)).then(|| QuantMatrix::new(&self.w_t, k, n));
-        // Every 1x1 product runs on tiles, even over 16 inputs (half a tile):
-        // a band's rows go in one product, so the tiles are full of pixels
-        // (`cargo bench --bench embed`: 294-308 img/s, 286 with the
-        // products under 100 inputs in f32, f32 214 in the same run).
-        self.b = (precision == Precision::Bf16 && super::amx::available()).then(|| BfMatrix::new(&self.w_t, k, n));
+        self.b =
+            (precision == Precision::Bf16 && super::amx::available() && tiles).then(|| BfMatrix::new(&self.w_t, k, n));
     }
 }
 
@@ -372,12 +369,20 @@ impl EfficientNet {
         self.precision = precision;
         for block in &mut self.blocks {
             let s = block.spec;
-            for (p, k) in block.expand.iter_mut().map(|e| (e, s.c_in)).chain([(&mut block.project, s.c_mid())]) {
-                p.set_precision(precision, k);
+            if let Some(e) = block.expand.as_mut() {
+                e.set_precision(precision, s.c_in, true);
             }
+            // The projections over 32 inputs or fewer (the first block's, on
+            // the 112 x 112 map) stay f32. Rounding its inputs to bf16 took a
+            // flat synthetic picture's embedding to a cosine of 0.995 with
+            // f32; splitting them into two bf16 terms made it 0.41 against
+            // 0.23 ms an image in f32 (`IMGSEARCH_PROFILE`). The expansions
+            // over 16 and 24 inputs run on tiles: 4 % faster than in f32
+            // (`cargo bench --bench embed`), and harmless to the embedding.
+            block.project.set_precision(precision, s.c_mid(), s.c_mid() > 32);
         }
         let c = self.head.w_t.len() / self.head.bias.len();
-        self.head.set_precision(precision, c);
+        self.head.set_precision(precision, c, true);
     }
 
     /// The arithmetic the 1x1 products run in: the precision asked for

@@ -673,7 +673,7 @@ fn mbconv_band(
         for (i, row_out) in bytes.chunks_exact_mut(ow * c_mid).enumerate() {
             depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
         }
-    } else if weights.project_b.is_some_and(|b| !b.splits()) {
+    } else if weights.project_b.is_some() {
         let mid = Rows::room(&mut bscratch.mid, pixels, c_mid);
         for (i, row_out) in mid.chunks_exact_mut(ow * c_mid).enumerate() {
             depthwise_row_staged(&staged[i * stride * pw * c_mid..], dw, dw_w, dw_b, row_out);
@@ -700,7 +700,6 @@ fn mbconv_band(
     }
     match (weights.project_q, weights.project_b) {
         (Some(q), _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
-        (None, Some(b)) if b.splits() => b.matmul(dw_out, band_out, Epilogue::Accumulate),
         (None, Some(b)) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
         (None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
     }

@@ -194,15 +194,20 @@ fn depthwise_row_staged<O: Activation>(
     let c = s.channels;
     let vector_c = c / LANES * LANES;
     #[cfg(target_arch = "x86_64")]
-    let wide = is_x86_feature_detected!("avx512f") && s.out_width >= 4;
+    let wide = is_x86_feature_detected!("avx512bw") && s.out_width >= 4;
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
+    let eight = s.out_width >= 8;
     match s.kernel {
-        // SAFETY: the CPU has AVX-512F; the slices are checked inside.
+        // SAFETY: the CPU has AVX-512F and BW; the slices are checked inside.
         #[cfg(target_arch = "x86_64")]
-        3 if wide => unsafe { outputs_in_registers::<3, O>(scratch, &s, w, bias, vector_c, out_row) },
+        3 if wide && eight => unsafe { outputs_in_registers::<3, 8, O>(scratch, &s, w, bias, vector_c, out_row) },
         #[cfg(target_arch = "x86_64")]
-        5 if wide => unsafe { outputs_in_registers::<5, O>(scratch, &s, w, bias, vector_c, out_row) },
+        3 if wide => unsafe { outputs_in_registers::<3, 4, O>(scratch, &s, w, bias, vector_c, out_row) },
+        #[cfg(target_arch = "x86_64")]
+        5 if wide && eight => unsafe { outputs_in_registers::<5, 8, O>(scratch, &s, w, bias, vector_c, out_row) },
+        #[cfg(target_arch = "x86_64")]
+        5 if wide => unsafe { outputs_in_registers::<5, 4, O>(scratch, &s, w, bias, vector_c, out_row) },
         3 => taps_in_registers::<3, O>(scratch, &s, w, bias, vector_c, out_row),
         5 => taps_in_registers::<5, O>(scratch, &s, w, bias, vector_c, out_row),
         _ => {}
@@ -307,32 +312,18 @@ impl Activation for Bf16 {
 
 /// The depthwise row with AVX-512 FMAs, eight output pixels at a time:
 /// each of their sums is a chain of `K * K` dependent FMAs, so one pixel
-/// at a time waits on the FMA's latency (70-80 cycles per 16 outputs of a
-/// 5x5 kernel where eight chains take about 15). One kernel row's weights
+/// at a time waits on the FMA's latency. Timed on one band alone (session
+/// 11, cycles at 3 GHz per 16 outputs of a 5x5 kernel): 63-87 for
+/// [`taps_in_registers`], 55 for one pixel at a time here, 38-52 for
+/// eight; the whole forward pass went 300 -> 355 img/s. One kernel row's weights
 /// sit in registers while the eight sums take their taps; a row whose
 /// width is not a multiple of eight ends with a group shifted back over
 /// pixels already written (the same values again).
+/// `N` (8, or 4 for narrower rows) is a constant, so that the sums stay in
+/// registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn outputs_in_registers<const K: usize, O: Activation>(
-    scratch: &[f32],
-    s: &DepthwiseShape,
-    w: &[f32],
-    bias: &[f32],
-    vector_c: usize,
-    out_row: &mut [O],
-) {
-    // The group's size is a constant, so that its sums stay in registers.
-    match s.out_width >= 8 {
-        true => outputs_in_registers_n::<K, 8, O>(scratch, s, w, bias, vector_c, out_row),
-        false => outputs_in_registers_n::<K, 4, O>(scratch, s, w, bias, vector_c, out_row),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-unsafe fn outputs_in_registers_n<const K: usize, const N: usize, O: Activation>(
+unsafe fn outputs_in_registers<const K: usize, const N: usize, O: Activation>(
     scratch: &[f32],
     s: &DepthwiseShape,
     w: &[f32],

@@ -169,7 +169,10 @@ impl BfMatrix {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("{out:p} {m} {}", place(0));
+        {
+            let _ = (out, place, epilogue);
+            unreachable!("`available` is false off x86-64");
+        }
     }
 
     /// Up to 32 rows of `a` (row stride `k`) times every output. A tile row

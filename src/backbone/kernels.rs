@@ -315,10 +315,11 @@ impl Activation for Bf16 {
 /// at a time waits on the FMA's latency. Timed on one band alone (session
 /// 11, cycles at 3 GHz per 16 outputs of a 5x5 kernel): 63-87 for
 /// [`taps_in_registers`], 55 for one pixel at a time here, 38-52 for
-/// eight; the whole forward pass went 300 -> 355 img/s. One kernel row's weights
-/// sit in registers while the eight sums take their taps; a row whose
+/// eight; the whole forward pass went 300 -> 355 img/s. One kernel row's
+/// weights sit in registers while the eight sums take their taps; a row whose
 /// width is not a multiple of eight ends with a group shifted back over
 /// pixels already written (the same values again).
+///
 /// `N` (8, or 4 for narrower rows) is a constant, so that the sums stay in
 /// registers.
 #[cfg(target_arch = "x86_64")]

@@ -177,7 +177,7 @@ pub enum Precision {
     /// speed (`IMGSEARCH_BENCH_PHASE=agreement cargo bench --bench embed`).
     Auto,
     /// int8 weights (per output channel) and activations (per pixel) with
-    /// AVX-512 VNNI where the CPU has it, else f32: 1.27x the f32 forward,
+    /// AVX-512 VNNI where the CPU has it, else f32: ~1.6x the f32 forward,
     /// image->image P@10 within 0.0003, but the top-5 classes agree on only
     /// 95 % of images (`IMGSEARCH_BENCH_PHASE=agreement cargo bench --bench
     /// embed`), so not the default.

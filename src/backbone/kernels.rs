@@ -594,7 +594,9 @@ fn mbconv_band(
     let pw = padded_width(dw);
     let rows = (n_out - 1) * stride + kernel;
     staged.resize(rows * pw * c_mid, 0.0);
-    let cols = width.min(pw - dw.pad_left);
+    // With "same" padding and a kernel at least as wide as its stride, the
+    // padded rows hold every input column.
+    assert!(pw - dw.pad_left >= width, "mbconv: a staging row shorter than its input row");
     // The image rows under the band: staging rows `top..top + (hi - lo)`.
     let first = (oy0 * stride) as isize - dw.pad_top as isize;
     let (lo, hi) = (first.max(0) as usize, ((first + rows as isize).min(height as isize)).max(0) as usize);
@@ -605,25 +607,30 @@ fn mbconv_band(
             slot.fill(0.0);
         } else {
             slot[..dw.pad_left * c_mid].fill(0.0);
-            slot[(dw.pad_left + cols) * c_mid..].fill(0.0);
+            slot[(dw.pad_left + width) * c_mid..].fill(0.0);
         }
     }
-    match (weights.expand, weights.expand_b) {
+    let (input, m) = (&x_image[lo * width * c_in..hi * width * c_in], (hi - lo) * width);
+    // Where input pixel `p` (of the band's rows) lands in the staging rows.
+    let place = |p: usize| ((top + p / width) * pw + dw.pad_left + p % width) * c_mid;
+    match (weights.expand, weights.expand_q, weights.expand_b) {
+        // int8: row by row, bias + ReLU6 in the microkernel's store.
+        (Some((_, bias)), Some(q), _) => {
+            for (r, src) in input.chunks_exact(width * c_in).enumerate() {
+                q.matmul(src, &mut staged[place(r * width)..][..width * c_mid], Epilogue::BiasRelu6(bias), scratch)
+            }
+        }
         // The tiles take every row of the band in one product, written in place.
-        (Some((_, bias)), Some(b)) if cols == width && hi > lo => {
-            let m = (hi - lo) * width;
-            let a = b.rows(&mut bscratch.input, &x_image[lo * width * c_in..hi * width * c_in]);
-            let place = |p: usize| ((top + p / width) * pw + dw.pad_left + p % width) * c_mid;
-            b.product(a, m, staged, place, Epilogue::BiasRelu6(bias));
+        (Some((_, bias)), None, Some(b)) => {
+            b.product(b.rows(&mut bscratch.input, input), m, staged, place, Epilogue::BiasRelu6(bias))
         }
         // f32: one `gemm` over the band's rows (it packs the weights once,
         // not once a row) into `dw_out`, then bias + ReLU6 into place.
-        (Some((w_t, bias)), None) if weights.expand_q.is_none() && cols == width && hi > lo => {
-            let m = (hi - lo) * width;
+        (Some((w_t, bias)), None, None) => {
             dw_out.resize(m * c_mid, 0.0);
-            matmul_serial(&x_image[lo * width * c_in..hi * width * c_in], c_in, w_t, &mut dw_out[..m * c_mid], false);
+            matmul_serial(input, c_in, w_t, &mut dw_out[..m * c_mid], false);
             for (r, sums) in dw_out[..m * c_mid].chunks_exact(width * c_mid).enumerate() {
-                let dst = &mut staged[((top + r) * pw + dw.pad_left) * c_mid..][..width * c_mid];
+                let dst = &mut staged[place(r * width)..][..width * c_mid];
                 for (d_px, s_px) in dst.chunks_exact_mut(c_mid).zip(sums.chunks_exact(c_mid)) {
                     for ((d, &v), &b) in d_px.iter_mut().zip(s_px).zip(bias) {
                         *d = relu6(v + b);
@@ -631,28 +638,9 @@ fn mbconv_band(
                 }
             }
         }
-        _ => {
-            for r in top..top + (hi - lo) {
-                let iy = lo + r - top;
-                let src = &x_image[iy * width * c_in..][..cols * c_in];
-                let dst = &mut staged[(r * pw + dw.pad_left) * c_mid..(r * pw + dw.pad_left + cols) * c_mid];
-                match weights.expand {
-                    Some((_, bias)) if weights.expand_q.is_some() => {
-                        weights.expand_q.unwrap().matmul(src, dst, Epilogue::BiasRelu6(bias), scratch)
-                    }
-                    Some((w_t, bias)) => match weights.expand_b {
-                        Some(b) => b.matmul(src, dst, Epilogue::BiasRelu6(bias)),
-                        None => {
-                            matmul_serial(src, c_in, w_t, dst, false);
-                            for px in dst.chunks_exact_mut(c_mid) {
-                                for (v, &b) in px.iter_mut().zip(bias) {
-                                    *v = relu6(*v + b);
-                                }
-                            }
-                        }
-                    },
-                    None => dst.copy_from_slice(src),
-                }
+        (None, _, _) => {
+            for (r, src) in input.chunks_exact(width * c_in).enumerate() {
+                staged[place(r * width)..][..width * c_mid].copy_from_slice(src);
             }
         }
     }

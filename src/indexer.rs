@@ -279,12 +279,16 @@ pub fn index_folders(
     let mut pending: Vec<NewImage> = Vec::with_capacity(BATCH);
     let mut write_error: Option<Error> = None;
     let mut done = 0;
+    // Results arrive as decoding finishes; they are stored in walk order,
+    // so keys (and the page's "added" order) do not depend on timing.
+    let mut arrived: std::collections::BTreeMap<usize, Option<NewImage>> = Default::default();
+    let mut next = 0;
     embedder.embed_files(&paths, |i, result| {
         done += 1;
         on_progress(done, total);
         let (f, hash) = &to_embed[i];
-        match result {
-            Ok(e) => pending.push(NewImage {
+        let image = match result {
+            Ok(e) => Some(NewImage {
                 path: path_to_text(&f.path),
                 hash: hash.clone(),
                 size: f.size,
@@ -293,7 +297,15 @@ pub fn index_folders(
                 vector: NewVector::Embedding(e.embedding),
                 meta: crate::metadata::read(&f.path, f.mtime),
             }),
-            Err(e) => report.failed.push((f.path.clone(), e.to_string())),
+            Err(e) => {
+                report.failed.push((f.path.clone(), e.to_string()));
+                None
+            }
+        };
+        arrived.insert(i, image);
+        while let Some(image) = arrived.remove(&next) {
+            pending.extend(image);
+            next += 1;
         }
         if pending.len() >= BATCH && write_error.is_none() {
             match waiting(|| store.add_batch(&pending)) {

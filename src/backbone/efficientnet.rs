@@ -213,7 +213,8 @@ struct Block {
 /// What the network returns for a batch of images.
 #[derive(Debug)]
 pub struct Features {
-    /// `(n, 1280)`: the pooled output of the head, before the classifier.
+    /// `(n, 1280)`: the pooled output of the head minus its expected value
+    /// ([`super::centre`]): the embedding.
     pub embeddings: Tensor,
     /// `(n, 1000)`: ImageNet logits.
     pub logits: Tensor,
@@ -420,9 +421,13 @@ impl EfficientNet {
             )));
         }
         let input = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let pooled = self.forward_slice(&input, n)?;
+        let mut pooled = self.forward_slice(&input, n)?;
+        let logits =
+            Tensor::from_slice(&pooled, (n, 1280), &Device::Cpu)?.matmul(&self.fc_w.t()?)?.broadcast_add(&self.fc_b)?;
+        for e in pooled.chunks_exact_mut(1280) {
+            super::centre_in_place(self.config.kind, e);
+        }
         let embeddings = Tensor::from_vec(pooled, (n, 1280), &Device::Cpu)?;
-        let logits = embeddings.matmul(&self.fc_w.t()?)?.broadcast_add(&self.fc_b)?;
         Ok(Features { embeddings, logits })
     }
 

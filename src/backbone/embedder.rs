@@ -13,7 +13,8 @@ use crate::Result;
 /// One image's embedding and classifier output.
 #[derive(Debug, Clone)]
 pub struct Embedded {
-    /// The 1280-d pooled CNN embedding (not normalised).
+    /// The 1280-d CNN embedding: the pooled feature minus its expected
+    /// value ([`super::centre`]), not normalised.
     pub embedding: Vec<f32>,
     /// The 1000 ImageNet logits.
     pub logits: Vec<f32>,

@@ -221,8 +221,7 @@ pub fn joint(
     let trained_model = JointModel::from_tensors(fitted.info.clone(), &fitted.tensors)?;
     let space = crate::joint::TextSpace::load(models_dir, &config, Some((0, trained_model)), job.words_file)?;
     let query_encoder = &space.encoder;
-    let (weights, bias) =
-        crate::joint::zeroshot::classifier(&crate::models::backbone_weights(models_dir, job.backbone))?;
+    let (weights, bias) = crate::joint::zeroshot::classifier(models_dir, job.backbone)?;
     let mut zero_shot_variants = Vec::new();
     let prompts: &[crate::joint::zeroshot::ClassPrompt] = match query_encoder {
         crate::text::QueryEncoder::Sentences { .. } => {

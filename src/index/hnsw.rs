@@ -596,6 +596,25 @@ impl HnswIndex {
         w.write_all(bytes)
     }
 
+    /// Deletes the graph saved in `dir` (its manifest first, so a crash
+    /// midway leaves no graph, never a partial one).
+    pub fn remove(dir: &Path) -> Result<()> {
+        let manifest = dir.join(format!("{BASENAME}.json"));
+        match std::fs::remove_file(&manifest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&manifest, e)),
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&format!("{BASENAME}.")) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `dir` holds a saved graph (its manifest).
     pub fn exists(dir: &Path) -> bool {
         read_manifest(dir).is_some()

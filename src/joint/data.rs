@@ -301,6 +301,7 @@ pub fn fit(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        embedding_version: crate::backbone::EMBEDDING_VERSION,
     };
     let model = JointModel::from_tensors(info.clone(), &tensors)?;
     Ok(Fitted { info, tensors, model, targets, report })

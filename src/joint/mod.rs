@@ -69,6 +69,15 @@ pub struct ModelInfo {
     pub split_source: String,
     pub options: TrainOptions,
     pub created_unix: u64,
+    /// Which embeddings it was trained on ([`crate::backbone::EMBEDDING_VERSION`]);
+    /// a model from before centred embeddings (absent: 1) gets the centre
+    /// folded into its first layer when loaded.
+    #[serde(default = "uncentred")]
+    pub embedding_version: u32,
+}
+
+fn uncentred() -> u32 {
+    1
 }
 
 /// A trained head, ready to project CNN embeddings into the word space.
@@ -109,7 +118,21 @@ impl JointModel {
             }
             Ok((wt, bias))
         };
-        let (w1t, b1) = fold("fc1", "bn1", info.hidden, info.in_dim)?;
+        let (w1t, mut b1) = fold("fc1", "bn1", info.hidden, info.in_dim)?;
+        if info.embedding_version < crate::backbone::EMBEDDING_VERSION {
+            // Trained on uncentred embeddings: x W1ᵀ = (x - c) W1ᵀ + c W1ᵀ.
+            let centre = crate::backbone::centre(info.backbone.parse()?);
+            if centre.len() != info.in_dim {
+                return Err(Error::Msg(format!(
+                    "joint model: {} inputs, embeddings have {}",
+                    info.in_dim,
+                    centre.len()
+                )));
+            }
+            for (row, &c) in w1t.chunks_exact(info.hidden).zip(centre) {
+                b1.iter_mut().zip(row).for_each(|(b, w)| *b += c * w);
+            }
+        }
         let (w2t, b2) = fold("fc2", "bn2", info.out_dim, info.hidden)?;
         let fingerprint = {
             use sha2::Digest;
@@ -215,6 +238,35 @@ impl JointModel {
 mod tests {
     use super::*;
 
+    /// A model trained on uncentred embeddings (no `embedding_version` in
+    /// its `model.json`) gives on centred ones what it gave on those.
+    #[test]
+    fn a_model_from_before_centred_embeddings_reads_centred_ones() {
+        let backbone = crate::backbone::Backbone::Lite0;
+        let x: Vec<f32> = (0..4 * 1280).map(|i| ((i * 7) % 11) as f32 / 10.0).collect();
+        let y: Vec<f32> = (0..4 * 2).map(|i| ((i * 3) % 5) as f32 - 2.0).collect();
+        let options = TrainOptions { epochs: 1, batch_size: 2, hidden: 5, ..Default::default() };
+        let (t, _) = train(&x, &y, 1280, 2, &options, |_, _| {}).unwrap();
+        let mut json = serde_json::json!({
+            "backbone": "lite0",
+            "words": EncoderId::Words { name: "toy".into(), words: 2, dim: 2 },
+            "in_dim": 1280, "hidden": 5, "out_dim": 2, "labels": [], "skipped_labels": [],
+            "train": [], "test": [], "split_source": "", "options": options, "created_unix": 0,
+        });
+        let old: ModelInfo = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(old.embedding_version, 1, "a model.json without the field predates centring");
+        json["embedding_version"] = crate::backbone::EMBEDDING_VERSION.into();
+        let new: ModelInfo = serde_json::from_value(json).unwrap();
+        let (old, new) = (JointModel::from_tensors(old, &t).unwrap(), JointModel::from_tensors(new, &t).unwrap());
+        let mut centred = x[..1280].to_vec();
+        crate::backbone::centre_in_place(backbone, &mut centred);
+        let (want, got) = (new.project(&x[..1280]).unwrap(), old.project(&centred).unwrap());
+        for (w, g) in want.iter().zip(&got) {
+            assert!((w - g).abs() < 1e-3 * w.abs().max(1.0), "{want:?} vs {got:?}");
+        }
+        assert_ne!(old.fingerprint(), new.fingerprint(), "the text sides it made are made again");
+    }
+
     #[test]
     fn folded_projection_matches_training_mode_eval_of_the_head() {
         // Train a tiny head, then compare the folded projection with the
@@ -236,6 +288,7 @@ mod tests {
             split_source: String::new(),
             options,
             created_unix: 0,
+            embedding_version: crate::backbone::EMBEDDING_VERSION,
         };
         let model = JointModel::from_tensors(info, &t).unwrap();
         let got = model.project(&x[..4]).unwrap();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::Projection;
-use crate::backbone::{imagenet_classes, Config};
+use crate::backbone::{imagenet_classes, Backbone, Config};
 use crate::text::{QueryEncoder, TextEncoder};
 use crate::{Error, Result};
 
@@ -124,7 +124,7 @@ impl ZeroShot {
     /// from the converted checkpoint, the class texts from the cache (made
     /// on first use: a second or two with the sentence encoder).
     pub fn load(models: &Path, backbone: &Config, encoder: &QueryEncoder) -> Result<Self> {
-        let (weights, bias) = classifier(&crate::models::backbone_weights(models, backbone.kind))?;
+        let (weights, bias) = classifier(models, backbone.kind)?;
         let prompt = ClassPrompt::DEFAULT;
         let texts = class_texts(models, encoder, prompt)?;
         Self::new(&weights, &bias, &texts, encoder.dim())
@@ -191,8 +191,10 @@ impl Projection for ZeroShot {
     }
 }
 
-/// The classifier layer of a converted backbone: `(_fc.weight, _fc.bias)`.
-pub fn classifier(weights: &Path) -> Result<(Vec<f32>, Vec<f32>)> {
+/// The classifier layer of a converted backbone, `(_fc.weight, _fc.bias)`,
+/// its bias moved to read centred embeddings ([`crate::backbone::centre`]).
+pub fn classifier(models: &Path, backbone: Backbone) -> Result<(Vec<f32>, Vec<f32>)> {
+    let weights = &crate::models::backbone_weights(models, backbone);
     if !weights.exists() {
         return Err(Error::ModelMissing { path: weights.to_path_buf() });
     }
@@ -208,7 +210,10 @@ pub fn classifier(weights: &Path) -> Result<(Vec<f32>, Vec<f32>)> {
         })?;
         Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
     };
-    Ok((get("_fc.weight")?, get("_fc.bias")?))
+    let (w, mut b) = (get("_fc.weight")?, get("_fc.bias")?);
+    // The checkpoint's classifier reads the pooled feature; ours read it centred.
+    crate::backbone::fold_into_bias(backbone, &w, &mut b);
+    Ok((w, b))
 }
 
 /// The 1000 class texts embedded by `encoder`, `[1000, dim]`, cached in the

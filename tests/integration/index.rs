@@ -649,7 +649,9 @@ fn a_heic_from_a_pascal_photo_is_indexed_beside_its_original() {
     };
     let (ours, reference) = (distance("phone.heic"), distance("phone-decoded.png"));
     assert!((ours - reference).abs() < 0.002, "our decode {ours}, libheif's {reference}");
-    assert!(ours < 0.06, "the HEIC lies {ours} from its original");
+    // Quality 90 loses detail of its own: 0.064 here (centred embeddings
+    // spread distances 1.23x against the pooled features' 0.052).
+    assert!(ours < 0.075, "the HEIC lies {ours} from its original");
     let exact = distance("lossless.heic");
     assert!(exact < 0.05, "a lossless HEIC of the photo's pixels lies {exact} from it");
 }

@@ -1034,3 +1034,86 @@ fn the_library_searches_any_store_through_the_facade() {
     assert_eq!(library.image_embedding(&x.key.to_string(), |_| unreachable!()).unwrap(), [1.0, 0.0, 0.0]);
     assert!(library.image(-1).unwrap_err().to_string().contains("no image with key -1"));
 }
+
+/// 1280-d pooled features as an older imgsearch stored them (non-negative).
+fn pooled(i: usize) -> Vec<f32> {
+    (0..1280).map(|j| ((i * 7 + j * 3) % 13) as f32 * 0.1).collect()
+}
+
+/// What the store must hold for [`pooled`] once moved: it minus the centre.
+fn assert_centred(s: &dyn ImageStore, path: &str, i: usize) {
+    let centre = imgsearch::backbone::centre(imgsearch::backbone::Backbone::Lite0);
+    let got = s.embedding(&s.by_path(path).unwrap().unwrap()).unwrap();
+    let off = got.iter().zip(pooled(i)).zip(centre).map(|((g, p), c)| (g - (p - c)).abs()).fold(0f32, f32::max);
+    assert!(off < 1e-4, "{path}: off the centred embedding by {off}");
+}
+
+/// A store an older imgsearch wrote (uncentred vectors, no `embedding`
+/// setting) is moved to centred embeddings by the first writer's open,
+/// without the network; a reader before that is told what to run.
+#[test]
+fn an_embedded_store_from_before_centred_embeddings_is_moved_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Store::open(dir.path(), "lite0", 1280).unwrap();
+        s.add_batch(&[image("/a.jpg", "ha", pooled(0)), image("/b.jpg", "hb", pooled(1))]).unwrap();
+        s.add_batch(&[image("/c.jpg", "hc", pooled(2))]).unwrap();
+    }
+    let meta = rusqlite::Connection::open(dir.path().join("meta.sqlite")).unwrap();
+    meta.execute("DELETE FROM settings WHERE name = 'embedding'", []).unwrap();
+    drop(meta);
+    // An earlier attempt's staged rows, whose transaction never committed.
+    std::fs::write(dir.path().join("vectors.f32.centred"), b"half written").unwrap();
+    let err = Store::open_read_only(dir.path(), "lite0", 1280).err().expect("a reader cannot move it").to_string();
+    assert!(err.contains("imgsearch index") && err.contains("centred"), "{err}");
+
+    let s = Store::open(dir.path(), "lite0", 1280).unwrap();
+    for (path, i) in [("/a.jpg", 0), ("/b.jpg", 1), ("/c.jpg", 2)] {
+        assert_centred(&s, path, i);
+    }
+    assert!(!dir.path().join("vectors.f32.centred").exists());
+    let checked = s.verify(&[]).unwrap();
+    assert!(checked.damaged.is_empty(), "the batches' checksums follow the moved rows: {:?}", checked.damaged);
+    let mut q = pooled(1);
+    imgsearch::backbone::centre_in_place(imgsearch::backbone::Backbone::Lite0, &mut q);
+    let hits = s.search(&StoreQuery::Cnn(&q), 1, &Filter::default()).unwrap();
+    assert_eq!(hits[0].0.path, "/b.jpg");
+    assert!(hits[0].1 < 1e-3, "the moved row is the query's: distance {}", hits[0].1);
+    drop(s);
+    // Moved once: a second open and a reader see the same rows.
+    let again = Store::open_read_only(dir.path(), "lite0", 1280).unwrap();
+    assert_centred(&again, "/c.jpg", 2);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL (IMGSEARCH_TEST_PG, see scripts/pg-test-server); CI runs it with --ignored"]
+fn a_postgres_database_from_before_centred_embeddings_is_moved_on_open() {
+    let admin = pg_admin("a_postgres_database_from_before_centred_embeddings_is_moved_on_open");
+    let url = fresh_database(&admin);
+    {
+        let mut s = PgStore::open(&url, "lite0", 1280).unwrap();
+        s.add_batch(&[image("/a.jpg", "ha", pooled(0)), image("/b.jpg", "hb", pooled(1))]).unwrap();
+    }
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client.batch_execute("DELETE FROM settings WHERE name = 'embedding'").unwrap();
+    let s = PgStore::open(&url, "lite0", 1280).unwrap();
+    assert_centred(&s, "/a.jpg", 0);
+    assert_centred(&s, "/b.jpg", 1);
+    // The half-precision copies (narrow filters rank on them) moved too.
+    let stale: i64 = client
+        .query_one(
+            "SELECT COUNT(*) FROM images i JOIN vectors v ON v.hash = i.hash
+             WHERE (i.half <=> v.embedding::halfvec(1280)) > 1e-3",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stale, 0);
+    let mut q = pooled(1);
+    imgsearch::backbone::centre_in_place(imgsearch::backbone::Backbone::Lite0, &mut q);
+    let hits = s.search(&StoreQuery::Cnn(&q), 1, &Filter::default()).unwrap();
+    assert_eq!(hits[0].0.path, "/b.jpg");
+    // Moved once: opening again leaves the rows as they are.
+    drop(s);
+    assert_centred(&PgStore::open(&url, "lite0", 1280).unwrap(), "/b.jpg", 1);
+}

@@ -25,6 +25,7 @@
 mod derived;
 use derived::{CachedRecords, FilteredRows};
 mod lock;
+mod migrate;
 mod model;
 mod search;
 mod text_vectors;
@@ -255,7 +256,9 @@ impl Store {
             }
             _ => {
                 conn.execute_batch(&format!(
-                    "INSERT OR REPLACE INTO settings VALUES ('backbone', '{backbone}'), ('dim', '{dim}'), ('rows', '0');"
+                    "INSERT OR REPLACE INTO settings VALUES ('backbone', '{backbone}'), ('dim', '{dim}'), ('rows', '0'),
+                         ('embedding', '{}');",
+                    crate::backbone::EMBEDDING_VERSION
                 ))
                 .map_err(|e| db_err(dir, e))?;
             }
@@ -289,11 +292,21 @@ impl Store {
         };
         if read_only {
             store.open_vectors(false)?;
+            if store.rows > 0 && store.embedding_version()? < crate::backbone::EMBEDDING_VERSION {
+                return Err(Error::Store {
+                    path: dir.to_path_buf(),
+                    reason: "written by an older imgsearch, before centred embeddings; run `imgsearch index` on \
+                             it once (it moves the stored vectors, nothing is embedded again)"
+                        .into(),
+                });
+            }
             return Ok(store);
         }
         // An uncommitted tail is cut off only when no other process is writing.
         let lock = WriteLock::try_acquire(dir)?;
         store.open_vectors(lock.is_some())?;
+        drop(lock);
+        store.centre_old_vectors(backbone)?;
         Ok(store)
     }
 

@@ -350,7 +350,65 @@ impl PgStore {
                 .map_err(|e| self.pg_err(e))?;
             }
         }
+        let version = setting(&mut tx, "embedding")?.and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+        if version < crate::backbone::EMBEDDING_VERSION {
+            self.centre_old_vectors(&mut tx, backbone, dim)?;
+            tx.execute(
+                "INSERT INTO settings VALUES ('embedding', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&crate::backbone::EMBEDDING_VERSION.to_string()],
+            )
+            .map_err(|e| self.pg_err(e))?;
+        }
         tx.commit().map_err(|e| self.pg_err(e))
+    }
+
+    /// Moves the vectors of a database written before centred embeddings
+    /// ([`crate::backbone::centre`]) to them, inside the migration's
+    /// transaction (all or nothing): each row's unit vector times its norm,
+    /// minus the backbone's centre, normalised again; the half-precision
+    /// copies follow, and the HNSW index is built again after the load.
+    /// The trained model's joint rows stay: its first layer takes the
+    /// centre into its bias, so they are what it gives now.
+    fn centre_old_vectors(&self, tx: &mut postgres::Transaction<'_>, backbone: &str, dim: usize) -> Result<()> {
+        let pg = |e| self.pg_err(e);
+        if tx.query_opt("SELECT 1 FROM vectors LIMIT 1", &[]).map_err(pg)?.is_none() {
+            return Ok(());
+        }
+        let backbone: crate::backbone::Backbone = backbone.parse()?;
+        if crate::backbone::centre(backbone).len() != dim {
+            return Err(self.err(format!(
+                "its {dim}-d vectors of backbone {backbone} predate centred embeddings, and this imgsearch has \
+                 no centre for them"
+            )));
+        }
+        tx.batch_execute("DROP INDEX IF EXISTS vectors_embedding_hnsw").map_err(pg)?;
+        let select = tx.prepare("SELECT hash, embedding, norm FROM vectors").map_err(pg)?;
+        let update = tx.prepare("UPDATE vectors SET embedding = $2, norm = $3 WHERE hash = $1").map_err(pg)?;
+        let portal = tx.bind(&select, &[]).map_err(pg)?;
+        let mut moved = 0;
+        loop {
+            let rows = tx.query_portal(&portal, 1024).map_err(pg)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let (hash, v, norm): (String, Vector, f32) = (r.get(0), r.get(1), r.get(2));
+                let mut raw: Vec<f32> = v.as_slice().iter().map(|x| x * norm).collect();
+                crate::backbone::centre_in_place(backbone, &mut raw);
+                let norm = crate::vector::normalize(&mut raw);
+                tx.execute(&update, &[&hash, &Vector::from(raw), &norm]).map_err(pg)?;
+            }
+            moved += rows.len();
+        }
+        // An open portal on `vectors` would keep the index from being built.
+        drop(portal);
+        tx.batch_execute(&format!(
+            "UPDATE images i SET half = v.embedding::halfvec({dim}) FROM vectors v WHERE v.hash = i.hash;
+             CREATE INDEX vectors_embedding_hnsw ON vectors USING hnsw (embedding vector_cosine_ops);"
+        ))
+        .map_err(pg)?;
+        tracing::info!("{}: moved {moved} vectors to centred embeddings", self.name);
+        Ok(())
     }
 
     fn records(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<ImageRecord>> {

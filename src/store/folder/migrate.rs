@@ -1,0 +1,142 @@
+//! Moving a store written before centred embeddings
+//! ([`crate::backbone::centre`]) to them, without re-embedding anything:
+//! every stored row is its unit vector times its norm, so the centred
+//! embedding is that minus the backbone's centre.
+//!
+//! Crash-safe in three steps under the write lock: the new rows go into
+//! `vectors.f32.centred` (synced); one SQLite transaction records the new
+//! norms, the batches' checksums and `embedding = 2`; the file replaces
+//! `vectors.f32` by rename. An open that finds the staged file finishes the
+//! rename when the transaction committed and deletes it when it did not.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{db_err, Store, WriteLock, VECTORS_HEADER};
+use crate::backbone::{Backbone, EMBEDDING_VERSION};
+use crate::index::HnswIndex;
+use crate::{Error, Result};
+
+impl Store {
+    fn staged_vectors(&self) -> PathBuf {
+        self.dir.join("vectors.f32.centred")
+    }
+
+    /// The embedding version the store records (1 when it records none).
+    pub(super) fn embedding_version(&self) -> Result<u32> {
+        let value: Option<String> = self
+            .conn()
+            .query_row("SELECT value FROM settings WHERE name = 'embedding'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_err(&self.dir, e))?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
+    /// Brings an older store's vectors to [`EMBEDDING_VERSION`] (a writer's open).
+    pub(super) fn centre_old_vectors(&mut self, backbone: &str) -> Result<()> {
+        let current = self.embedding_version()? >= EMBEDDING_VERSION;
+        if current && !self.staged_vectors().exists() {
+            return Ok(());
+        }
+        let _lock = WriteLock::acquire(&self.dir)?;
+        self.catch_up(true)?;
+        let staged = self.staged_vectors();
+        if self.embedding_version()? >= EMBEDDING_VERSION {
+            // A migration that committed but did not get to its rename.
+            if staged.exists() {
+                self.replace_vectors(&staged)?;
+            }
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&staged);
+        let dim = self.dim;
+        let centre_fits = |b: Backbone| crate::backbone::centre(b).len() == dim;
+        let backbone = match backbone.parse::<Backbone>() {
+            Ok(b) if centre_fits(b) => Some(b),
+            // No rows: nothing to move. Rows of a backbone this build lacks: refused.
+            _ if self.rows == 0 => None,
+            _ => {
+                return Err(Error::Store {
+                    path: self.dir.clone(),
+                    reason: format!(
+                        "its {dim}-d vectors of backbone {backbone} predate centred embeddings, and this \
+                                 imgsearch has no centre for them"
+                    ),
+                })
+            }
+        };
+        let norms: HashMap<u64, f32> = self.row_norms(0)?.into_iter().collect();
+        let mmap = self.mmap.as_ref().expect("vectors are mapped on open");
+        let mut bytes = mmap[..VECTORS_HEADER].to_vec();
+        let mut new_norms = Vec::with_capacity(norms.len());
+        for row in 0..self.rows {
+            let unit = &self.vectors()[row as usize * dim..(row as usize + 1) * dim];
+            // A row no image uses any more keeps its old value; nothing reads it.
+            let out = match norms.get(&row) {
+                Some(&norm) => {
+                    let mut v: Vec<f32> = unit.iter().map(|u| u * norm).collect();
+                    crate::backbone::centre_in_place(backbone.expect("rows have a backbone"), &mut v);
+                    new_norms.push((row, crate::vector::normalize(&mut v)));
+                    v
+                }
+                None => unit.to_vec(),
+            };
+            out.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+        }
+        let written = std::fs::File::create(&staged).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        written.map_err(|e| Error::io(&staged, e))?;
+        let row_bytes = dim * 4;
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        let dir = &self.dir;
+        let tx = conn.transaction().map_err(|e| db_err(dir, e))?;
+        {
+            let mut update = tx.prepare("UPDATE images SET norm = ?2 WHERE row = ?1").map_err(|e| db_err(dir, e))?;
+            for (row, norm) in &new_norms {
+                update.execute(params![*row as i64, *norm as f64]).map_err(|e| db_err(dir, e))?;
+            }
+            let batches: Vec<(i64, i64)> = {
+                let mut stmt = tx.prepare("SELECT first_row, rows FROM vector_batches").map_err(|e| db_err(dir, e))?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| db_err(dir, e))?;
+                rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(dir, e))?
+            };
+            for (first, rows) in batches {
+                let start = VECTORS_HEADER + first as usize * row_bytes;
+                let end = start + rows as usize * row_bytes;
+                if end <= bytes.len() {
+                    use sha2::Digest;
+                    tx.execute(
+                        "UPDATE vector_batches SET sha256 = ?2 WHERE first_row = ?1",
+                        params![first, format!("{:x}", sha2::Sha256::digest(&bytes[start..end]))],
+                    )
+                    .map_err(|e| db_err(dir, e))?;
+                }
+            }
+            tx.execute("INSERT OR REPLACE INTO settings VALUES ('embedding', ?1)", [EMBEDDING_VERSION.to_string()])
+                .map_err(|e| db_err(dir, e))?;
+        }
+        tx.commit().map_err(|e| db_err(dir, e))?;
+        *self.records.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.replace_vectors(&staged)?;
+        tracing::info!("{}: moved {} vectors to centred embeddings", self.dir.display(), new_norms.len());
+        Ok(())
+    }
+
+    /// The staged vector file becomes `vectors.f32`; the graph built on the
+    /// old rows goes (the next `index` builds it again).
+    fn replace_vectors(&mut self, staged: &std::path::Path) -> Result<()> {
+        let path = self.vectors_path();
+        std::fs::rename(staged, &path).map_err(|e| Error::io(&path, e))?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        HnswIndex::remove(&self.dir)?;
+        *self.hnsw.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.open_vectors(true)
+    }
+}

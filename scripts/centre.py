@@ -5,7 +5,8 @@ Image->image search compares embeddings by cosine. The pooled ReLU6
 features all sit in the positive orthant around a common offset, which
 drowns out what tells two photos apart; subtracting the features' expected
 value first is the usual fix (it raised image->image precision@10 on the
-Pascal photos from 0.533 to 0.549, `imgsearch eval`).
+Pascal photos from 0.533 to 0.5495 with Lite0, 0.572 to 0.592 with Lite2,
+`imgsearch eval --precision f32`).
 
 The expected value comes from the network alone, no photos: the head's
 batch norm says each channel's pre-activation has mean beta and standard

@@ -7,8 +7,8 @@
 //! the head's batch norm gives each channel's mean and spread over
 //! ImageNet, and the mean of a clipped normal follows
 //! (`scripts/centre.py`, which writes `assets/centre_<backbone>.f32`).
-//! Image->image precision@10 on the Pascal photos: 0.533 → 0.549 (Lite0,
-//! `imgsearch eval`).
+//! Image->image precision@10 on the Pascal photos: 0.533 → 0.5495 (Lite0,
+//! f32; 0.550 bf16), Lite2 0.572 → 0.592 (`imgsearch eval`).
 //!
 //! Stores written before (embedding version 1, uncentred) are moved by the
 //! same vector when a writer opens them ([`crate::store`]); a joint model

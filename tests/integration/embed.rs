@@ -86,3 +86,34 @@ fn embed_files_reports_each_failure_and_embeds_the_rest() {
     let err2 = results[2].clone().unwrap().unwrap_err();
     assert!(err2.contains("missing.png"), "{err2}");
 }
+
+/// `assets/centre_lite0.f32` is what `scripts/centre.py` derives from the
+/// converted weights: per channel, the mean of ReLU6 over N(beta, gamma²)
+/// of the head's batch norm.
+#[test]
+fn the_shipped_centre_is_the_head_batch_norm_s_expected_relu6() {
+    let lite0 = imgsearch::backbone::Backbone::Lite0;
+    let weights = imgsearch::models::backbone_weights(&imgsearch::models::models_dir(None), lite0);
+    let t = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).expect("run `imgsearch models fetch`");
+    let get = |name: &str| t[name].to_vec1::<f32>().unwrap();
+    let (gamma, beta) = (get("_bn1.weight"), get("_bn1.bias"));
+    // Abramowitz and Stegun 7.1.26 (error under 1.5e-7).
+    let erf = |x: f64| {
+        let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+        let y = 1.0
+            - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592)
+                * t
+                * (-x * x).exp();
+        y.copysign(x)
+    };
+    let cdf = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+    let pdf = |x: f64| (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let centre = imgsearch::backbone::centre(lite0);
+    assert_eq!(centre.len(), gamma.len());
+    for (c, (&g, &b)) in gamma.iter().zip(&beta).enumerate() {
+        let (m, s) = (b as f64, (g as f64).abs());
+        let (lo, hi) = (-m / s, (6.0 - m) / s);
+        let want = m * (cdf(hi) - cdf(lo)) + s * (pdf(lo) - pdf(hi)) + 6.0 * (1.0 - cdf(hi));
+        assert!((centre[c] as f64 - want).abs() < 1e-5, "channel {c}: shipped {}, derived {want}", centre[c]);
+    }
+}

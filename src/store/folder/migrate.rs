@@ -68,6 +68,13 @@ impl Store {
                 })
             }
         };
+        if self.rows > 0 {
+            tracing::info!(
+                "{}: moving {} stored vectors to centred embeddings (once; nothing is embedded again)",
+                self.dir.display(),
+                self.rows
+            );
+        }
         let norms: HashMap<u64, f32> = self.row_norms(0)?.into_iter().collect();
         let mmap = self.mmap.as_ref().expect("vectors are mapped on open");
         let mut bytes = mmap[..VECTORS_HEADER].to_vec();
@@ -123,7 +130,6 @@ impl Store {
         tx.commit().map_err(|e| db_err(dir, e))?;
         *self.records.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.replace_vectors(&staged)?;
-        tracing::info!("{}: moved {} vectors to centred embeddings", self.dir.display(), new_norms.len());
         Ok(())
     }
 

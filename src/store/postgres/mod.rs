@@ -381,11 +381,16 @@ impl PgStore {
                  no centre for them"
             )));
         }
+        let rows: i64 = tx.query_one("SELECT count(*) FROM vectors", &[]).map_err(pg)?.get(0);
+        tracing::info!(
+            "{}: moving {rows} stored vectors to centred embeddings and rebuilding their index (once; other \
+             processes wait for it; nothing is embedded again)",
+            self.name
+        );
         tx.batch_execute("DROP INDEX IF EXISTS vectors_embedding_hnsw").map_err(pg)?;
         let select = tx.prepare("SELECT hash, embedding, norm FROM vectors").map_err(pg)?;
         let update = tx.prepare("UPDATE vectors SET embedding = $2, norm = $3 WHERE hash = $1").map_err(pg)?;
         let portal = tx.bind(&select, &[]).map_err(pg)?;
-        let mut moved = 0;
         loop {
             let rows = tx.query_portal(&portal, 1024).map_err(pg)?;
             if rows.is_empty() {
@@ -398,7 +403,6 @@ impl PgStore {
                 let norm = crate::vector::normalize(&mut raw);
                 tx.execute(&update, &[&hash, &Vector::from(raw), &norm]).map_err(pg)?;
             }
-            moved += rows.len();
         }
         // An open portal on `vectors` would keep the index from being built.
         drop(portal);
@@ -407,7 +411,6 @@ impl PgStore {
              CREATE INDEX vectors_embedding_hnsw ON vectors USING hnsw (embedding vector_cosine_ops);"
         ))
         .map_err(pg)?;
-        tracing::info!("{}: moved {moved} vectors to centred embeddings", self.name);
         Ok(())
     }
 

@@ -76,13 +76,30 @@ impl Store {
             );
         }
         let norms: HashMap<u64, f32> = self.row_norms(0)?.into_iter().collect();
-        let mmap = self.mmap.as_ref().expect("vectors are mapped on open");
-        let mut bytes = mmap[..VECTORS_HEADER].to_vec();
+        // Each batch's checksum is made again over its moved rows, as they are written.
+        let batches: Vec<(u64, u64)> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT first_row, rows FROM vector_batches ORDER BY first_row")
+                .map_err(|e| db_err(&self.dir, e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))
+                .map_err(|e| db_err(&self.dir, e))?;
+            rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(&self.dir, e))?
+        };
+        let mut sums: Vec<(u64, String)> = Vec::with_capacity(batches.len());
+        let mut batch = batches.iter().peekable();
+        let mut hasher: Option<(u64, u64, sha2::Sha256)> = None;
         let mut new_norms = Vec::with_capacity(norms.len());
+        let io = |e| Error::io(&staged, e);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&staged).map_err(io)?);
+        out.write_all(&self.mmap.as_ref().expect("vectors are mapped on open")[..VECTORS_HEADER]).map_err(io)?;
+        let mut row_bytes = Vec::with_capacity(dim * 4);
         for row in 0..self.rows {
+            use sha2::Digest;
             let unit = &self.vectors()[row as usize * dim..(row as usize + 1) * dim];
             // A row no image uses any more keeps its old value; nothing reads it.
-            let out = match norms.get(&row) {
+            let moved = match norms.get(&row) {
                 Some(&norm) => {
                     let mut v: Vec<f32> = unit.iter().map(|u| u * norm).collect();
                     crate::backbone::centre_in_place(backbone.expect("rows have a backbone"), &mut v);
@@ -91,14 +108,22 @@ impl Store {
                 }
                 None => unit.to_vec(),
             };
-            out.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            row_bytes.clear();
+            moved.iter().for_each(|v| row_bytes.extend_from_slice(&v.to_le_bytes()));
+            out.write_all(&row_bytes).map_err(io)?;
+            if hasher.is_none() && batch.peek().is_some_and(|&&(first, _)| first == row) {
+                let &(first, rows) = batch.next().expect("peeked");
+                hasher = Some((first, first + rows, sha2::Sha256::new()));
+            }
+            if let Some((first, end, h)) = hasher.as_mut() {
+                h.update(&row_bytes);
+                if row + 1 == *end {
+                    sums.push((*first, format!("{:x}", std::mem::take(h).finalize())));
+                    hasher = None;
+                }
+            }
         }
-        let written = std::fs::File::create(&staged).and_then(|mut f| {
-            f.write_all(&bytes)?;
-            f.sync_all()
-        });
-        written.map_err(|e| Error::io(&staged, e))?;
-        let row_bytes = dim * 4;
+        out.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
         let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
         let dir = &self.dir;
         let tx = conn.transaction().map_err(|e| db_err(dir, e))?;
@@ -107,22 +132,9 @@ impl Store {
             for (row, norm) in &new_norms {
                 update.execute(params![*row as i64, *norm as f64]).map_err(|e| db_err(dir, e))?;
             }
-            let batches: Vec<(i64, i64)> = {
-                let mut stmt = tx.prepare("SELECT first_row, rows FROM vector_batches").map_err(|e| db_err(dir, e))?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| db_err(dir, e))?;
-                rows.collect::<std::result::Result<_, _>>().map_err(|e| db_err(dir, e))?
-            };
-            for (first, rows) in batches {
-                let start = VECTORS_HEADER + first as usize * row_bytes;
-                let end = start + rows as usize * row_bytes;
-                if end <= bytes.len() {
-                    use sha2::Digest;
-                    tx.execute(
-                        "UPDATE vector_batches SET sha256 = ?2 WHERE first_row = ?1",
-                        params![first, format!("{:x}", sha2::Sha256::digest(&bytes[start..end]))],
-                    )
+            for (first, sha) in &sums {
+                tx.execute("UPDATE vector_batches SET sha256 = ?2 WHERE first_row = ?1", params![*first as i64, sha])
                     .map_err(|e| db_err(dir, e))?;
-                }
             }
             tx.execute("INSERT OR REPLACE INTO settings VALUES ('embedding', ?1)", [EMBEDDING_VERSION.to_string()])
                 .map_err(|e| db_err(dir, e))?;

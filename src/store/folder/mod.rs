@@ -292,11 +292,13 @@ impl Store {
         };
         if read_only {
             store.open_vectors(false)?;
-            if store.rows > 0 && store.embedding_version()? < crate::backbone::EMBEDDING_VERSION {
+            let moving = dir.join("vectors.f32.centred").exists();
+            if moving || (store.rows > 0 && store.embedding_version()? < crate::backbone::EMBEDDING_VERSION) {
                 return Err(Error::Store {
                     path: dir.to_path_buf(),
-                    reason: "written by an older imgsearch, before centred embeddings; run `imgsearch index` on \
-                             it once (it moves the stored vectors, nothing is embedded again)"
+                    reason: "written by an older imgsearch, before centred embeddings (or being moved to them \
+                             now); run `imgsearch index` on it once (it moves the stored vectors, nothing is \
+                             embedded again)"
                         .into(),
                 });
             }

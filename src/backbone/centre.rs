@@ -42,6 +42,27 @@ pub fn centre_in_place(backbone: Backbone, raw: &mut [f32]) {
     }
 }
 
+/// The backbone named `name`, when its centre fits a store's `dim`-d rows
+/// (what moves rows written before centring); else why they cannot move.
+pub fn centre_for_rows(name: &str, dim: usize) -> std::result::Result<Backbone, String> {
+    match name.parse::<Backbone>() {
+        Ok(b) if centre(b).len() == dim => Ok(b),
+        _ => Err(format!(
+            "its {dim}-d vectors of backbone {name} predate centred embeddings, and this imgsearch has no centre \
+             for them"
+        )),
+    }
+}
+
+/// A stored row of version 1 (a unit vector and the embedding's norm) as
+/// version 2: the unit vector of `unit * norm - centre`, and its norm.
+pub fn recentre(backbone: Backbone, unit: &[f32], norm: f32) -> (Vec<f32>, f32) {
+    let mut v: Vec<f32> = unit.iter().map(|u| u * norm).collect();
+    centre_in_place(backbone, &mut v);
+    let norm = crate::vector::normalize(&mut v);
+    (v, norm)
+}
+
 /// `bias + weights · centre`: a linear layer over uncentred embeddings
 /// (`weights` `[out, 1280]`, row-major) rewritten to read centred ones.
 pub fn fold_into_bias(backbone: Backbone, weights: &[f32], bias: &mut [f32]) {

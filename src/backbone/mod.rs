@@ -14,7 +14,7 @@ pub mod kernels;
 mod preprocess;
 pub mod raw;
 
-pub use centre::{centre, centre_in_place, fold_into_bias, EMBEDDING_VERSION};
+pub use centre::{centre, centre_for_rows, centre_in_place, fold_into_bias, recentre, EMBEDDING_VERSION};
 pub use classes::{imagenet_classes, resolve_class, suggest_classes, ImageNetClass};
 pub use efficientnet::{Backbone, BlockSpec, Config, EfficientNet, Features, Precision};
 pub use embedder::{softmax, top_k, Embedded, Embedder};

@@ -16,9 +16,11 @@ use std::path::PathBuf;
 use rusqlite::{params, OptionalExtension};
 
 use super::{db_err, Store, WriteLock, VECTORS_HEADER};
-use crate::backbone::{Backbone, EMBEDDING_VERSION};
+use crate::backbone::EMBEDDING_VERSION;
 use crate::index::HnswIndex;
 use crate::{Error, Result};
+
+const SET_VERSION: &str = "INSERT OR REPLACE INTO settings VALUES ('embedding', ?1)";
 
 impl Store {
     fn staged_vectors(&self) -> PathBuf {
@@ -53,28 +55,16 @@ impl Store {
         }
         let _ = std::fs::remove_file(&staged);
         let dim = self.dim;
-        let centre_fits = |b: Backbone| crate::backbone::centre(b).len() == dim;
-        let backbone = match backbone.parse::<Backbone>() {
-            Ok(b) if centre_fits(b) => Some(b),
-            // No rows: nothing to move. Rows of a backbone this build lacks: refused.
-            _ if self.rows == 0 => None,
-            _ => {
-                return Err(Error::Store {
-                    path: self.dir.clone(),
-                    reason: format!(
-                        "its {dim}-d vectors of backbone {backbone} predate centred embeddings, and this \
-                                 imgsearch has no centre for them"
-                    ),
-                })
-            }
-        };
-        if self.rows > 0 {
-            tracing::info!(
-                "{}: moving {} stored vectors to centred embeddings (once; nothing is embedded again)",
-                self.dir.display(),
-                self.rows
-            );
+        if self.rows == 0 {
+            return self.record_embedding_version();
         }
+        let backbone = crate::backbone::centre_for_rows(backbone, dim)
+            .map_err(|reason| Error::Store { path: self.dir.clone(), reason })?;
+        tracing::info!(
+            "{}: moving {} stored vectors to centred embeddings (once; nothing is embedded again)",
+            self.dir.display(),
+            self.rows
+        );
         let norms: HashMap<u64, f32> = self.row_norms(0)?.into_iter().collect();
         // Each batch's checksum is made again over its moved rows, as they are written.
         let batches: Vec<(u64, u64)> = {
@@ -101,9 +91,8 @@ impl Store {
             // A row no image uses any more keeps its old value; nothing reads it.
             let moved = match norms.get(&row) {
                 Some(&norm) => {
-                    let mut v: Vec<f32> = unit.iter().map(|u| u * norm).collect();
-                    crate::backbone::centre_in_place(backbone.expect("rows have a backbone"), &mut v);
-                    new_norms.push((row, crate::vector::normalize(&mut v)));
+                    let (v, norm) = crate::backbone::recentre(backbone, unit, norm);
+                    new_norms.push((row, norm));
                     v
                 }
                 None => unit.to_vec(),
@@ -136,12 +125,17 @@ impl Store {
                 tx.execute("UPDATE vector_batches SET sha256 = ?2 WHERE first_row = ?1", params![*first as i64, sha])
                     .map_err(|e| db_err(dir, e))?;
             }
-            tx.execute("INSERT OR REPLACE INTO settings VALUES ('embedding', ?1)", [EMBEDDING_VERSION.to_string()])
-                .map_err(|e| db_err(dir, e))?;
+            tx.execute(SET_VERSION, [EMBEDDING_VERSION.to_string()]).map_err(|e| db_err(dir, e))?;
         }
         tx.commit().map_err(|e| db_err(dir, e))?;
         *self.records.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.replace_vectors(&staged)?;
+        Ok(())
+    }
+
+    /// Records [`EMBEDDING_VERSION`] (a store with no rows has nothing to move).
+    fn record_embedding_version(&self) -> Result<()> {
+        self.conn().execute(SET_VERSION, [EMBEDDING_VERSION.to_string()]).map_err(|e| db_err(&self.dir, e))?;
         Ok(())
     }
 

@@ -374,13 +374,7 @@ impl PgStore {
         if tx.query_opt("SELECT 1 FROM vectors LIMIT 1", &[]).map_err(pg)?.is_none() {
             return Ok(());
         }
-        let backbone: crate::backbone::Backbone = backbone.parse()?;
-        if crate::backbone::centre(backbone).len() != dim {
-            return Err(self.err(format!(
-                "its {dim}-d vectors of backbone {backbone} predate centred embeddings, and this imgsearch has \
-                 no centre for them"
-            )));
-        }
+        let backbone = crate::backbone::centre_for_rows(backbone, dim).map_err(|reason| self.err(reason))?;
         let rows: i64 = tx.query_one("SELECT count(*) FROM vectors", &[]).map_err(pg)?.get(0);
         tracing::info!(
             "{}: moving {rows} stored vectors to centred embeddings and rebuilding their index (once; other \
@@ -398,10 +392,8 @@ impl PgStore {
             }
             for r in &rows {
                 let (hash, v, norm): (String, Vector, f32) = (r.get(0), r.get(1), r.get(2));
-                let mut raw: Vec<f32> = v.as_slice().iter().map(|x| x * norm).collect();
-                crate::backbone::centre_in_place(backbone, &mut raw);
-                let norm = crate::vector::normalize(&mut raw);
-                tx.execute(&update, &[&hash, &Vector::from(raw), &norm]).map_err(pg)?;
+                let (moved, norm) = crate::backbone::recentre(backbone, v.as_slice(), norm);
+                tx.execute(&update, &[&hash, &Vector::from(moved), &norm]).map_err(pg)?;
             }
         }
         // An open portal on `vectors` would keep the index from being built.

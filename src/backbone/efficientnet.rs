@@ -421,14 +421,30 @@ impl EfficientNet {
             )));
         }
         let input = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut pooled = self.forward_slice(&input, n)?;
+        let (embeddings, logits) = self.forward_flat(&input, n)?;
+        let embeddings = Tensor::from_vec(embeddings, (n, 1280), &Device::Cpu)?;
+        Ok(Features { embeddings, logits })
+    }
+
+    /// [`Self::forward`] on `n` NHWC images laid end to end in one slice
+    /// (what the embedder holds; a tensor would cost it a copy of the
+    /// batch each way): the embeddings, `n x 1280` row-major, and the logits.
+    pub fn forward_flat(&self, input: &[f32], n: usize) -> Result<(Vec<f32>, Tensor)> {
+        let size = self.config.image_size;
+        if input.len() != n * size * size * 3 {
+            return Err(Error::Msg(format!(
+                "EfficientNet-{} expects {n} images of {size} x {size} x 3 floats, got {} floats",
+                self.config.name,
+                input.len()
+            )));
+        }
+        let mut pooled = self.forward_slice(input, n)?;
         let logits =
             Tensor::from_slice(&pooled, (n, 1280), &Device::Cpu)?.matmul(&self.fc_w.t()?)?.broadcast_add(&self.fc_b)?;
         for e in pooled.chunks_exact_mut(1280) {
             super::centre_in_place(self.config.kind, e);
         }
-        let embeddings = Tensor::from_vec(pooled, (n, 1280), &Device::Cpu)?;
-        Ok(Features { embeddings, logits })
+        Ok((pooled, logits))
     }
 
     /// The convolutional trunk on a raw NHWC batch; returns `n x 1280` pooled features.

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use candle_core::{Device, Tensor};
-
 use super::{Config, EfficientNet, Preprocess};
 use crate::Result;
 
@@ -76,13 +74,14 @@ impl Embedder {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let size = self.model.config().image_size;
-        let flat: Vec<f32> = images.iter().flat_map(|v| v.iter().copied()).collect();
-        let batch = Tensor::from_vec(flat, (images.len(), size, size, 3), &Device::Cpu)?;
-        let features = self.model.forward(&batch)?;
-        let embeddings = features.embeddings.to_vec2::<f32>()?;
-        let logits = features.logits.to_vec2::<f32>()?;
-        Ok(embeddings.into_iter().zip(logits).map(|(embedding, logits)| Embedded { embedding, logits }).collect())
+        let flat = images.concat();
+        let (embeddings, logits) = self.model.forward_flat(&flat, images.len())?;
+        let logits = logits.to_vec2::<f32>()?;
+        Ok(embeddings
+            .chunks_exact(1280)
+            .zip(logits)
+            .map(|(e, logits)| Embedded { embedding: e.to_vec(), logits })
+            .collect())
     }
 
     /// Embeds one file.

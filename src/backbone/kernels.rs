@@ -201,13 +201,37 @@ fn depthwise_row_staged<O: Activation>(
     match s.kernel {
         // SAFETY: the CPU has AVX-512F and BW; the slices are checked inside.
         #[cfg(target_arch = "x86_64")]
-        3 if wide && eight => unsafe { outputs_in_registers::<3, 8, O>(scratch, &s, w, bias, vector_c, out_row) },
+        3 if wide && eight && s.stride == 1 => unsafe {
+            outputs_in_registers::<3, 8, 1, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
         #[cfg(target_arch = "x86_64")]
-        3 if wide => unsafe { outputs_in_registers::<3, 4, O>(scratch, &s, w, bias, vector_c, out_row) },
+        3 if wide && eight && s.stride == 2 => unsafe {
+            outputs_in_registers::<3, 8, 2, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
         #[cfg(target_arch = "x86_64")]
-        5 if wide && eight => unsafe { outputs_in_registers::<5, 8, O>(scratch, &s, w, bias, vector_c, out_row) },
+        3 if wide && s.stride == 1 => unsafe {
+            outputs_in_registers::<3, 4, 1, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
         #[cfg(target_arch = "x86_64")]
-        5 if wide => unsafe { outputs_in_registers::<5, 4, O>(scratch, &s, w, bias, vector_c, out_row) },
+        3 if wide && s.stride == 2 => unsafe {
+            outputs_in_registers::<3, 4, 2, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
+        #[cfg(target_arch = "x86_64")]
+        5 if wide && eight && s.stride == 1 => unsafe {
+            outputs_in_registers::<5, 8, 1, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
+        #[cfg(target_arch = "x86_64")]
+        5 if wide && eight && s.stride == 2 => unsafe {
+            outputs_in_registers::<5, 8, 2, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
+        #[cfg(target_arch = "x86_64")]
+        5 if wide && s.stride == 1 => unsafe {
+            outputs_in_registers::<5, 4, 1, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
+        #[cfg(target_arch = "x86_64")]
+        5 if wide && s.stride == 2 => unsafe {
+            outputs_in_registers::<5, 4, 2, O>(scratch, &s, w, bias, vector_c, out_row)
+        },
         3 => taps_in_registers::<3, O>(scratch, &s, w, bias, vector_c, out_row),
         5 => taps_in_registers::<5, O>(scratch, &s, w, bias, vector_c, out_row),
         _ => {}
@@ -324,7 +348,7 @@ impl Activation for Bf16 {
 /// registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn outputs_in_registers<const K: usize, const N: usize, O: Activation>(
+unsafe fn outputs_in_registers<const K: usize, const N: usize, const S: usize, O: Activation>(
     scratch: &[f32],
     s: &DepthwiseShape,
     w: &[f32],
@@ -333,6 +357,8 @@ unsafe fn outputs_in_registers<const K: usize, const N: usize, O: Activation>(
     out_row: &mut [O],
 ) {
     use std::arch::x86_64::*;
+    const MAX_INPUTS: usize = 7 * 2 + 5;
+    assert!((N - 1) * S + K <= MAX_INPUTS && s.stride == S, "outputs_in_registers: shape");
     let (c, stride, ow) = (s.channels, s.stride, s.out_width);
     let pw = padded_width(s);
     // Everything read below lies inside these.
@@ -350,11 +376,16 @@ unsafe fn outputs_in_registers<const K: usize, const N: usize, O: Activation>(
                 for (kx, wv) in wr.iter_mut().enumerate() {
                     *wv = _mm512_loadu_ps(wp.add((ky * K + kx) * c + c0));
                 }
-                let row = sp.add(ky * pw * c + c0);
+                let row = sp.add(ky * pw * c + c0).add(start * S * c);
+                // The inputs under the N outputs, each loaded once: the
+                // neighbours' windows overlap by K - S pixels.
+                let mut xs = [_mm512_setzero_ps(); MAX_INPUTS];
+                for (i, x) in xs.iter_mut().enumerate().take((N - 1) * S + K) {
+                    *x = _mm512_loadu_ps(row.add(i * c));
+                }
                 for (o, a) in acc.iter_mut().enumerate() {
-                    let px = row.add((start + o) * stride * c);
                     for (kx, &wv) in wr.iter().enumerate() {
-                        *a = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(kx * c)), wv, *a);
+                        *a = _mm512_fmadd_ps(xs[o * S + kx], wv, *a);
                     }
                 }
             }

@@ -421,24 +421,27 @@ impl EfficientNet {
             )));
         }
         let input = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (embeddings, logits) = self.forward_flat(&input, n)?;
+        let images: Vec<&[f32]> = input.chunks_exact(size * size * 3).collect();
+        let (embeddings, logits) = self.forward_images(&images)?;
         let embeddings = Tensor::from_vec(embeddings, (n, 1280), &Device::Cpu)?;
         Ok(Features { embeddings, logits })
     }
 
-    /// [`Self::forward`] on `n` NHWC images laid end to end in one slice
-    /// (what the embedder holds; a tensor would cost it a copy of the
-    /// batch each way): the embeddings, `n x 1280` row-major, and the logits.
-    pub fn forward_flat(&self, input: &[f32], n: usize) -> Result<(Vec<f32>, Tensor)> {
+    /// [`Self::forward`] on HWC images as the embedder holds them, each
+    /// its own slice (a tensor cost a copy of the batch each way, and
+    /// joining the images one): the embeddings, `n x 1280` row-major, and
+    /// the logits.
+    pub fn forward_images(&self, images: &[&[f32]]) -> Result<(Vec<f32>, Tensor)> {
         let size = self.config.image_size;
-        if input.len() != n * size * size * 3 {
+        if let Some(bad) = images.iter().find(|x| x.len() != size * size * 3) {
             return Err(Error::Msg(format!(
-                "EfficientNet-{} expects {n} images of {size} x {size} x 3 floats, got {} floats",
+                "EfficientNet-{} expects images of {size} x {size} x 3 floats, got one of {} floats",
                 self.config.name,
-                input.len()
+                bad.len()
             )));
         }
-        let mut pooled = self.forward_slice(input, n)?;
+        let n = images.len();
+        let mut pooled = self.forward_slice(images)?;
         let logits =
             Tensor::from_slice(&pooled, (n, 1280), &Device::Cpu)?.matmul(&self.fc_w.t()?)?.broadcast_add(&self.fc_b)?;
         for e in pooled.chunks_exact_mut(1280) {
@@ -447,12 +450,13 @@ impl EfficientNet {
         Ok((pooled, logits))
     }
 
-    /// The convolutional trunk on a raw NHWC batch; returns `n x 1280` pooled features.
+    /// The convolutional trunk on a batch of raw HWC images; returns `n x 1280` pooled features.
     ///
     /// Each MBConv block runs fused (see [`kernels::mbconv`]): only the
     /// narrow block inputs and outputs live in memory, in buffers kept between
     /// calls so that a batch touches no fresh pages.
-    fn forward_slice(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+    fn forward_slice(&self, images: &[&[f32]]) -> Result<Vec<f32>> {
+        let n = images.len();
         let mut fresh = Workspace::default();
         let mut guard = self.workspace.try_lock();
         let ws = match guard.as_deref_mut() {
@@ -469,7 +473,7 @@ impl EfficientNet {
         let (mut x, mut next, dw) = (xb, mb, db);
         let size = self.config.image_size;
         let mut prof = Profile::from_env();
-        let (mut h, mut w) = kernels::stem(input, n, size, size, &self.stem_w, &self.stem_b, x);
+        let (mut h, mut w) = kernels::stem(images, size, size, &self.stem_w, &self.stem_b, x);
         prof.lap("stem");
         let mut c = 32;
         for block in &self.blocks {

@@ -74,8 +74,8 @@ impl Embedder {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let flat = images.concat();
-        let (embeddings, logits) = self.model.forward_flat(&flat, images.len())?;
+        let images: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
+        let (embeddings, logits) = self.model.forward_images(&images)?;
         let logits = logits.to_vec2::<f32>()?;
         Ok(embeddings
             .chunks_exact(1280)

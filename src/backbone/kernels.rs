@@ -436,11 +436,10 @@ fn taps_in_registers<const K: usize, O: Activation>(
 }
 
 /// The stem: a dense 3x3 stride-2 convolution from RGB, + bias + ReLU6, with
-/// TF "SAME" padding. `x` is `[n, h, w, 3]`, `w` is `[3, 3, 3, c_out]`.
+/// TF "SAME" padding. Each of `images` is `[h, w, 3]`, `w` is `[3, 3, 3, c_out]`.
 /// Writes `[n, oh, ow, c_out]` into the front of `out`; returns `(oh, ow)`.
 pub fn stem(
-    x: &[f32],
-    batch: usize,
+    images: &[&[f32]],
     height: usize,
     width: usize,
     w: &[f32],
@@ -452,7 +451,8 @@ pub fn stem(
     const C_IN: usize = 3;
     let c_out = bias.len();
     assert_eq!(c_out, STEM_CHANNELS, "stem: EfficientNet-Lite's stem has 32 channels");
-    assert_eq!(x.len(), batch * height * width * C_IN, "stem: input shape");
+    let batch = images.len();
+    assert!(images.iter().all(|x| x.len() == height * width * C_IN), "stem: input shape");
     assert_eq!(w.len(), K * K * C_IN * c_out, "stem: weight shape");
     let (oh, pad_top) = same_padding(height, K, STRIDE);
     let (ow, pad_left) = same_padding(width, K, STRIDE);
@@ -460,7 +460,7 @@ pub fn stem(
     out.par_chunks_mut(ow * c_out).enumerate().for_each(|(row, out_row)| {
         let n = row / oh;
         let oy = row % oh;
-        let image = &x[n * height * width * C_IN..(n + 1) * height * width * C_IN];
+        let image = images[n];
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F; the slices are checked inside.
@@ -936,8 +936,9 @@ mod tests {
             let (oh, pad_top) = same_padding(h, 3, 2);
             let (ow, pad_left) = same_padding(w, 3, 2);
             let mut out = vec![0f32; 2 * oh * ow * STEM_CHANNELS];
-            let got =
-                stem(&x.flatten_all()?.to_vec1()?, 2, h, w, &wt.flatten_all()?.to_vec1()?, &b.to_vec1()?, &mut out);
+            let flat = x.flatten_all()?.to_vec1::<f32>()?;
+            let images: Vec<&[f32]> = flat.chunks_exact(h * w * 3).collect();
+            let got = stem(&images, h, w, &wt.flatten_all()?.to_vec1()?, &b.to_vec1()?, &mut out);
             assert_eq!(got, (oh, ow));
             let ours = Tensor::from_vec(out, (2, oh, ow, STEM_CHANNELS), &dev)?;
             let (pad_b, pad_r) = ((oh - 1) * 2 + 3 - h - pad_top, (ow - 1) * 2 + 3 - w - pad_left);

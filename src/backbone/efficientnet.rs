@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::amx::BfMatrix;
 use super::int8::QuantMatrix;
-use super::kernels::{self, MbConvShape, MbConvWeights};
+use super::kernels::{self, BlockInput, MbConvShape, MbConvWeights};
 use crate::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
@@ -473,10 +473,18 @@ impl EfficientNet {
         let (mut x, mut next, dw) = (xb, mb, db);
         let size = self.config.image_size;
         let mut prof = Profile::from_env();
-        let (mut h, mut w) = kernels::stem(images, size, size, &self.stem_w, &self.stem_b, x);
-        prof.lap("stem");
+        let stem = kernels::Stem { images, height: size, width: size, w: &self.stem_w, bias: &self.stem_b };
+        let (mut h, mut w) = stem.out_size();
+        // The first block takes the stem's rows as it goes when it can (see
+        // `kernels::BlockInput::Stem`); else the stem runs on its own.
+        let first = &self.blocks[0].spec;
+        let fused = self.blocks[0].expand.is_none() && !(first.stride == 1 && first.c_in == first.c_out);
+        if !fused {
+            stem.run(x);
+            prof.lap("stem");
+        }
         let mut c = 32;
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
             let s = block.spec;
             let shape = MbConvShape {
                 batch: n,
@@ -497,8 +505,16 @@ impl EfficientNet {
                 expand_b: block.expand.as_ref().and_then(|e| e.b.as_ref()),
                 project_b: block.project.b.as_ref(),
             };
-            (h, w) = kernels::mbconv(&x[..n * h * w * s.c_in], shape, &weights, next);
-            prof.lap(if s.kernel == 3 { "MBConv k3" } else { "MBConv k5" });
+            let input = match i == 0 && fused {
+                true => BlockInput::Stem(stem),
+                false => BlockInput::Map(&x[..n * h * w * s.c_in]),
+            };
+            (h, w) = kernels::mbconv(input, shape, &weights, next);
+            prof.lap(match (i == 0 && fused, s.kernel) {
+                (true, _) => "stem + MBConv 1",
+                (_, 3) => "MBConv k3",
+                _ => "MBConv k5",
+            });
             std::mem::swap(&mut x, &mut next);
             c = s.c_out;
         }

@@ -221,13 +221,11 @@ fn depthwise_row_staged<O: Activation>(
             outputs_in_registers::<5, 8, 1, O>(scratch, &s, w, bias, vector_c, out_row)
         },
         #[cfg(target_arch = "x86_64")]
-        5 if wide && eight && s.stride == 2 => unsafe {
-            outputs_in_registers::<5, 8, 2, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        #[cfg(target_arch = "x86_64")]
         5 if wide && s.stride == 1 => unsafe {
             outputs_in_registers::<5, 4, 1, O>(scratch, &s, w, bias, vector_c, out_row)
         },
+        // Four at a time: eight would hold 19 inputs, 8 sums and 5 weights,
+        // every register, and spill (1-4 % slower forward passes).
         #[cfg(target_arch = "x86_64")]
         5 if wide && s.stride == 2 => unsafe {
             outputs_in_registers::<5, 4, 2, O>(scratch, &s, w, bias, vector_c, out_row)
@@ -344,7 +342,7 @@ impl Activation for Bf16 {
 /// width is not a multiple of eight ends with a group shifted back over
 /// pixels already written (the same values again).
 ///
-/// `N` (8, or 4 for narrower rows) is a constant, so that the sums stay in
+/// `N` (8, or 4 for narrower rows and 5x5 stride 2) is a constant, so that the sums stay in
 /// registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]

@@ -7,7 +7,8 @@
 //! results returned of the 10 asked, and recall@10 against an exact scan of
 //! the images that pass.
 //!
-//! `cargo bench --bench filters` (N = 30k; `IMGSEARCH_BENCH_N` for more);
+//! `cargo bench --bench filters` (N = 30k; `IMGSEARCH_BENCH_N` for more;
+//! `IMGSEARCH_BENCH_ORDER=interleaved` for rows not in walk order, see below);
 //! `IMGSEARCH_BENCH_PG=<admin url>` runs it on PostgreSQL instead (a fresh
 //! database; `scripts/pg-test-server start DIR` prints a URL).
 //! `IMGSEARCH_BENCH_KIND=text` searches a text side instead (a linear
@@ -41,13 +42,23 @@ fn main() {
         Err(_) => Box::new(Store::open(dir.path(), "lite0", dim).unwrap()),
     };
     let start = Instant::now();
+    // The images go in as `imgsearch index` stores them: in walk order, a
+    // folder's after the previous folder's. IMGSEARCH_BENCH_ORDER=interleaved
+    // stores image i i-th instead, so that each folder's rows are spread
+    // over the whole table (as a folder filled a little at a time over
+    // many runs would be): the worst case for a scan of one folder's rows.
+    let mut order: Vec<usize> = (0..n).collect();
+    let interleaved = std::env::var("IMGSEARCH_BENCH_ORDER").is_ok_and(|o| o == "interleaved");
+    if !interleaved {
+        order.sort_by_key(|&i| (i % 10, i));
+    }
+    println!("rows stored {}", if interleaved { "interleaved" } else { "in walk order" });
     // Image i: label "l{i % 200}" (0.5% each), taken on day i % 1000 of 2020+, cameras as below.
-    for (b, chunk) in vectors.chunks(1000 * dim).enumerate() {
+    for chunk in order.chunks(1000) {
         let batch: Vec<NewImage> = chunk
-            .chunks_exact(dim)
-            .enumerate()
-            .map(|(j, v)| {
-                let i = b * 1000 + j;
+            .iter()
+            .map(|&i| {
+                let v = &vectors[i * dim..(i + 1) * dim];
                 NewImage {
                     path: format!("/photos/{}/{i}.jpg", i % 10),
                     hash: format!("{i:08x}"),

@@ -186,7 +186,16 @@ impl HnswIndex {
                 }
             }
         };
-        (start..n).into_par_iter().for_each(|i| this.kernel.run(|| this.insert(i as u32)));
+        // In a fixed shuffled order, not row order: rows come in walk order,
+        // a folder's after another's, and folders follow content (a trip,
+        // an event). Linked in that order, each folder's nodes found only
+        // their own folder's to link to, and recall@10 over 30k clustered
+        // rows stored folder by folder fell to 0.978 (0.760 through a
+        // one-folder filter) against 0.999 (0.996) for rows in no order
+        // (`cargo bench --bench filters`).
+        let mut order: Vec<u32> = (start as u32..n as u32).collect();
+        shuffle(&mut order, n as u64);
+        order.into_par_iter().for_each(|i| this.kernel.run(|| this.insert(i)));
     }
 
     /// Links node `q` (its code already stored) into the graph.
@@ -700,12 +709,25 @@ impl HnswIndex {
 /// The level of a new node: `floor(-ln(u) / ln(M))`, `u` drawn from the
 /// row number (a rebuild draws the same levels).
 fn random_level(row: u64, level_scale: f64) -> usize {
-    let mut z = row.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let u = ((splitmix(row) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+    ((-u.ln() * level_scale) as usize).min(MAX_LEVEL)
+}
+
+/// SplitMix64's output for `x`: a well-mixed 64-bit value.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    let u = ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-    ((-u.ln() * level_scale) as usize).min(MAX_LEVEL)
+    z ^ (z >> 31)
+}
+
+/// Fisher-Yates with a generator seeded by `seed`: the same order each time.
+fn shuffle(items: &mut [u32], seed: u64) {
+    let mut state = seed;
+    for i in (1..items.len()).rev() {
+        state = splitmix(state);
+        items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
 }
 
 /// `graph-i8.json`: which generation is current and how to check it.

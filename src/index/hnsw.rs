@@ -1040,6 +1040,45 @@ mod tests {
         assert!(found as f64 / asked as f64 >= 0.95, "filtered recall {found}/{asked}");
     }
 
+    /// Rows stored folder by folder, where each folder holds a tenth of the
+    /// clusters (a trip's photos look alike), are found as well as the same
+    /// rows stored in no order, also through a filter that passes one folder.
+    /// (Linked in row order, the folder-by-folder graph found 0.92 and 0.84
+    /// where the other found 0.965 and 0.92; now 0.98 and 0.97.)
+    #[test]
+    fn rows_stored_folder_by_folder_are_found_like_any() {
+        let (dim, n, clusters) = (32, 6000, 60);
+        let mixed = clustered(n, dim, clusters, 17);
+        let queries = clustered(40, dim, clusters, 5);
+        // Row i of `mixed` lies in cluster i % 60 and folder i % 10.
+        let recall = |order: &[usize]| {
+            let v: Vec<f32> = order.iter().flat_map(|&i| mixed[i * dim..(i + 1) * dim].iter().copied()).collect();
+            // One thread: a parallel build's links depend on the order inserts meet in.
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let graph = one.install(|| HnswIndex::build(&v, dim, HnswParams::default()));
+            let folder = |id: usize| order[id] % 10 == 3;
+            let rows: Vec<usize> = (0..n).filter(|&i| folder(i)).collect();
+            let exact = ExactIndex::new(&v, dim);
+            let (mut all, mut filtered) = (0, 0);
+            for q in queries.chunks_exact(dim) {
+                let truth: Vec<usize> = exact.search(q, 10).iter().map(|h| h.id).collect();
+                all += graph.over(&v, dim).search(q, 10).iter().filter(|h| truth.contains(&h.id)).count();
+                let truth: Vec<usize> = exact.search_among(q, &rows, 10).iter().map(|h| h.id).collect();
+                let hits = graph.over(&v, dim).search_filtered(q, 10, &folder, 0.1);
+                filtered += hits.iter().filter(|h| truth.contains(&h.id)).count();
+            }
+            (all as f64 / 400.0, filtered as f64 / 400.0)
+        };
+        let mut by_folder: Vec<usize> = (0..n).collect();
+        by_folder.sort_by_key(|&i| (i % 10, i));
+        let (any, sorted) = (recall(&(0..n).collect::<Vec<_>>()), recall(&by_folder));
+        assert!(any.0 >= 0.9 && any.1 >= 0.85, "rows in no order: recall@10 {any:?}");
+        assert!(
+            sorted.0 >= any.0 - 0.03 && sorted.1 >= any.1 - 0.05,
+            "folder by folder: recall@10 {sorted:?} against {any:?} in no order"
+        );
+    }
+
     /// Level-0 links point at other rows in the graph, and a row's nearest
     /// neighbour is nearly always among them (the diversity rule keeps the
     /// first). Built on one thread: a parallel build's links depend on the

@@ -218,20 +218,28 @@ fn migrations(dim: usize) -> Vec<String> {
              UPDATE images i SET half = v.embedding::halfvec({dim}) FROM vectors v WHERE v.hash = i.hash;"
         ),
         // Version 7: the image index built again with a wider candidate
-        // list while linking (see `VECTORS_HNSW`).
-        format!("DROP INDEX IF EXISTS vectors_embedding_hnsw; {VECTORS_HNSW};"),
+        // list while linking (see `HNSW_BUILD_LIST`).
+        format!("DROP INDEX IF EXISTS vectors_embedding_hnsw; {};", vectors_hnsw()),
     ]
 }
 
-/// pgvector's HNSW index over the image embeddings. Rows arrive in walk
-/// order, a folder's after another's, and a folder's photos look alike; a
-/// graph linked in that order with pgvector's default candidate list (64)
-/// found 0.946-0.958 of the true 10 nearest over 10k clustered rows stored
-/// folder by folder (1.000 for the same rows in no order). 128 finds 0.993
-/// and builds 1.6x as long (2.1 s against 1.3 s for those rows), 200 finds
-/// 0.999 at 2x (`IMGSEARCH_BENCH_PG=... cargo bench --bench filters`).
-const VECTORS_HNSW: &str =
-    "CREATE INDEX vectors_embedding_hnsw ON vectors USING hnsw (embedding vector_cosine_ops) WITH (ef_construction = 128)";
+/// The candidate list pgvector's HNSW indexes link with (`ef_construction`).
+/// Rows arrive in walk order, a folder's after another's, and a folder's
+/// photos look alike; a graph linked in that order with pgvector's default
+/// (64) found 0.946-0.958 of the true 10 nearest over 10k clustered rows
+/// stored folder by folder (1.000 for the same rows in no order), a 384-d
+/// text side over them 0.932. 128 finds 0.993 and builds 1.6x as long
+/// (2.1 s against 1.3 s for those rows), 200 finds 0.999 at 2x
+/// (`IMGSEARCH_BENCH_PG=... cargo bench --bench filters`).
+pub(super) const HNSW_BUILD_LIST: usize = 128;
+
+/// Creates pgvector's HNSW index over the image embeddings.
+fn vectors_hnsw() -> String {
+    format!(
+        "CREATE INDEX vectors_embedding_hnsw ON vectors USING hnsw (embedding vector_cosine_ops) \
+         WITH (ef_construction = {HNSW_BUILD_LIST})"
+    )
+}
 
 impl PgStore {
     /// Connects to `url`, applies pending migrations, and checks that the
@@ -413,7 +421,8 @@ impl PgStore {
         drop(portal);
         tx.batch_execute(&format!(
             "UPDATE images i SET half = v.embedding::halfvec({dim}) FROM vectors v WHERE v.hash = i.hash;
-             {VECTORS_HNSW};"
+             {};",
+            vectors_hnsw()
         ))
         .map_err(pg)?;
         Ok(())

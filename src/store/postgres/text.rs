@@ -5,7 +5,7 @@
 
 use pgvector::Vector;
 
-use super::{record_at, unit_vector, PgStore, DEFAULT_EF_SEARCH, HALF};
+use super::{record_at, unit_vector, PgStore, DEFAULT_EF_SEARCH, HALF, HNSW_BUILD_LIST};
 use crate::store::{Filter, ImageRecord, NewImage, StoredModel};
 use crate::{Error, Result};
 
@@ -78,7 +78,8 @@ impl PgStore {
             }
             // Built after the load: faster than maintaining it row by row.
             tx.batch_execute(&format!(
-                "CREATE INDEX joint_hnsw_{id} ON joint USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops) WHERE model = {id}"
+                "CREATE INDEX joint_hnsw_{id} ON joint USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops)
+                 WITH (ef_construction = {HNSW_BUILD_LIST}) WHERE model = {id}"
             ))
             .map_err(pg)?;
             Ok((id, total))
@@ -192,7 +193,8 @@ impl PgStore {
                 tx.execute("SELECT pg_advisory_xact_lock(7355610)", &[])?;
                 tx.batch_execute(&format!(
                     "CREATE INDEX IF NOT EXISTS {index} ON text_vectors
-                     USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops) WHERE fingerprint = '{fingerprint}'"
+                     USING hnsw ((embedding::vector({out_dim})) vector_cosine_ops)
+                     WITH (ef_construction = {HNSW_BUILD_LIST}) WHERE fingerprint = '{fingerprint}'"
                 ))?;
                 let old: Vec<String> = tx
                     .query(

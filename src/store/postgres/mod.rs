@@ -250,10 +250,14 @@ impl PgStore {
         // Every connection starts with the default candidate list and walks
         // iteratively (a filtered walk goes on until k pass; an unfiltered
         // one stops at k as before), so a search needs no transaction of
-        // its own to set them (3 round trips).
+        // its own to set them (3 round trips). In relaxed order: the walk
+        // keeps rows it meets late instead of dropping them, and the outer
+        // query sorts anyway. Over 10k rows in walk order, recall@10 0.987
+        // -> 0.999 unfiltered, 0.943 -> 0.957 through a 25 % filter (1.90x
+        // the unfiltered p50 against 2.03x).
         config.options(&format!(
             "-c statement_timeout={STATEMENT_TIMEOUT_MS} -c hnsw.ef_search={DEFAULT_EF_SEARCH} \
-             -c hnsw.iterative_scan=strict_order"
+             -c hnsw.iterative_scan=relaxed_order"
         ));
         // Short: while the server is down, requests answer 503 in seconds, not a minute.
         config.connect_timeout(Duration::from_secs(3));

@@ -381,7 +381,7 @@ impl PgStore {
     /// index or scores every passing row whatever the share. So the share
     /// is counted (kept a minute per filter):
     /// - a fifth or more pass: pgvector's iterative walk (every connection
-    ///   walks iteratively, `strict_order`, so it needs no transaction of
+    ///   walks iteratively, `relaxed_order`, so it needs no transaction of
     ///   its own: 3 round trips, 0.25 ms), with the usual candidate list.
     ///   Over 10k rows (`cargo bench --bench filters` with
     ///   IMGSEARCH_BENCH_PG) a 50 % filter takes 0.85-0.97 ms where scoring

@@ -351,6 +351,14 @@ impl PgStore {
             )));
         }
         for (i, sql) in migrations(dim).iter().enumerate().skip(current as usize) {
+            if current > 0 {
+                // An upgrade: some rebuild an index, minutes for millions of rows.
+                tracing::info!(
+                    "{}: moving the schema to version {} (once; other processes wait for it)",
+                    self.name,
+                    i + 1
+                );
+            }
             tx.batch_execute(sql).map_err(|e| self.err(format!("migration {}: {e}", i + 1)))?;
             tx.execute("INSERT INTO schema_version VALUES ($1)", &[&(i as i32 + 1)]).map_err(|e| self.pg_err(e))?;
         }

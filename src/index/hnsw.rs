@@ -102,6 +102,9 @@ pub struct HnswIndex {
     /// The entry node and its level; `None` while the graph is empty.
     entry: Mutex<Option<(u32, usize)>>,
     kernel: Kernel,
+    /// Every row was linked in a shuffled order (graphs saved before that
+    /// linked in row order; a writer builds those again).
+    shuffled: bool,
 }
 
 impl HnswIndex {
@@ -123,9 +126,17 @@ impl HnswIndex {
             locks: Vec::new(),
             entry: Mutex::new(None),
             kernel: Kernel::detect(),
+            shuffled: true,
         };
         index.insert_rows(vectors, dim, 0);
         index
+    }
+
+    /// Whether every row was linked in a shuffled order; a graph saved by
+    /// an earlier imgsearch linked its rows in the order they were stored,
+    /// which loses recall when folders follow content (see `insert_rows`).
+    pub fn links_shuffled(&self) -> bool {
+        self.shuffled
     }
 
     fn quantize_into(&self, row: &[f32], out: &mut [i8]) {
@@ -561,6 +572,7 @@ impl HnswIndex {
             entry,
             top,
             sha256: crate::files::sha256_file(&file)?,
+            shuffled: self.shuffled,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Store {
             path: dir.join(BASENAME),
@@ -702,6 +714,7 @@ impl HnswIndex {
             upper,
             entry: Mutex::new((n > 0).then_some((manifest.entry, manifest.top))),
             kernel: Kernel::detect(),
+            shuffled: manifest.shuffled,
         })
     }
 }
@@ -742,6 +755,9 @@ struct Manifest {
     entry: u32,
     top: usize,
     sha256: String,
+    /// Absent (false) in graphs saved before rows were linked shuffled.
+    #[serde(default)]
+    shuffled: bool,
 }
 
 fn read_manifest(dir: &Path) -> Option<Manifest> {

@@ -416,7 +416,19 @@ fn the_hnsw_graph_is_kept_once_updated_and_rebuilt_when_damaged() {
     let (out, err) = index();
     assert!(err.contains("rebuilding"), "{err}");
     assert!(out.contains("HNSW index:"), "{out}");
-    assert!(imgsearch::index::HnswIndex::load(&db, Default::default()).is_ok());
+    assert!(imgsearch::index::HnswIndex::load(&db, Default::default()).unwrap().links_shuffled());
+    // A graph saved before rows were linked in a shuffled order (no
+    // `shuffled` in its manifest) is built again once, then kept.
+    let manifest = db.join("graph-i8.json");
+    let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("shuffled").expect("the manifest records the linking order");
+    std::fs::write(&manifest, serde_json::to_vec(&old).unwrap()).unwrap();
+    assert!(!imgsearch::index::HnswIndex::load(&db, Default::default()).unwrap().links_shuffled());
+    let (_, err) = index();
+    assert!(err.contains("building the HNSW graph again"), "{err}");
+    assert!(imgsearch::index::HnswIndex::load(&db, Default::default()).unwrap().links_shuffled());
+    let (_, err) = index();
+    assert!(!err.contains("building the HNSW graph again"), "only once: {err}");
 }
 
 /// Regression: two `index` runs on one store at once once left images with

@@ -79,6 +79,17 @@ impl Store {
             },
             None => None,
         };
+        // A graph whose rows were linked in row order is built again, once.
+        let saved = saved.filter(|index| {
+            if !index.links_shuffled() {
+                tracing::info!(
+                    "{}: building the HNSW graph again (once): it linked its rows in the order they were stored, \
+                     which loses recall when a folder's photos look alike",
+                    self.dir.display()
+                );
+            }
+            index.links_shuffled()
+        });
         let index = match saved {
             Some(index) if index.len() == rows => return Ok(Some(index)),
             Some(mut index) if index.len() < rows => {

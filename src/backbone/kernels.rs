@@ -194,45 +194,19 @@ fn depthwise_row_staged<O: Activation>(
     let c = s.channels;
     let vector_c = c / LANES * LANES;
     #[cfg(target_arch = "x86_64")]
-    let wide = is_x86_feature_detected!("avx512bw") && s.out_width >= 4;
+    let done = match s.kernel {
+        3 => outputs_in_registers_for::<3, O>(scratch, &s, w, bias, vector_c, out_row),
+        5 => outputs_in_registers_for::<5, O>(scratch, &s, w, bias, vector_c, out_row),
+        _ => false,
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let wide = false;
-    let eight = s.out_width >= 8;
-    match s.kernel {
-        // SAFETY: the CPU has AVX-512F and BW; the slices are checked inside.
-        #[cfg(target_arch = "x86_64")]
-        3 if wide && eight && s.stride == 1 => unsafe {
-            outputs_in_registers::<3, 8, 1, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        #[cfg(target_arch = "x86_64")]
-        3 if wide && eight && s.stride == 2 => unsafe {
-            outputs_in_registers::<3, 8, 2, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        #[cfg(target_arch = "x86_64")]
-        3 if wide && s.stride == 1 => unsafe {
-            outputs_in_registers::<3, 4, 1, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        #[cfg(target_arch = "x86_64")]
-        3 if wide && s.stride == 2 => unsafe {
-            outputs_in_registers::<3, 4, 2, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        #[cfg(target_arch = "x86_64")]
-        5 if wide && eight && s.stride == 1 => unsafe {
-            outputs_in_registers::<5, 8, 1, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        #[cfg(target_arch = "x86_64")]
-        5 if wide && s.stride == 1 => unsafe {
-            outputs_in_registers::<5, 4, 1, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        // Four at a time: eight would hold 19 inputs, 8 sums and 5 weights,
-        // every register, and spill (1-4 % slower forward passes).
-        #[cfg(target_arch = "x86_64")]
-        5 if wide && s.stride == 2 => unsafe {
-            outputs_in_registers::<5, 4, 2, O>(scratch, &s, w, bias, vector_c, out_row)
-        },
-        3 => taps_in_registers::<3, O>(scratch, &s, w, bias, vector_c, out_row),
-        5 => taps_in_registers::<5, O>(scratch, &s, w, bias, vector_c, out_row),
-        _ => {}
+    let done = false;
+    if !done {
+        match s.kernel {
+            3 => taps_in_registers::<3, O>(scratch, &s, w, bias, vector_c, out_row),
+            5 => taps_in_registers::<5, O>(scratch, &s, w, bias, vector_c, out_row),
+            _ => {}
+        }
     }
     // Whatever the vector path did not cover: other kernel sizes, leftover channels.
     let first_c = if matches!(s.kernel, 3 | 5) { vector_c } else { 0 };
@@ -330,6 +304,38 @@ impl Activation for Bf16 {
         use std::arch::x86_64::*;
         _mm256_storeu_si256(dst as *mut __m256i, amx::bf16_lanes(v));
     }
+}
+
+/// [`outputs_in_registers`] with the outputs at a time and the stride of
+/// this row, where the CPU has AVX-512BW and the row is four outputs wide
+/// or more; `false` where it did nothing.
+#[cfg(target_arch = "x86_64")]
+fn outputs_in_registers_for<const K: usize, O: Activation>(
+    scratch: &[f32],
+    s: &DepthwiseShape,
+    w: &[f32],
+    bias: &[f32],
+    vector_c: usize,
+    out_row: &mut [O],
+) -> bool {
+    if !is_x86_feature_detected!("avx512bw") || s.out_width < 4 {
+        return false;
+    }
+    // Eight at a time where the row allows, but for 5x5 stride 2: eight
+    // would hold 19 inputs, 8 sums and 5 weights, every register, and spill
+    // (1-4 % slower forward passes).
+    let eight = s.out_width >= 8 && !(K == 5 && s.stride == 2);
+    // SAFETY: the CPU has AVX-512F and BW; the slices are checked inside.
+    unsafe {
+        match (s.stride, eight) {
+            (1, true) => outputs_in_registers::<K, 8, 1, O>(scratch, s, w, bias, vector_c, out_row),
+            (1, false) => outputs_in_registers::<K, 4, 1, O>(scratch, s, w, bias, vector_c, out_row),
+            (2, true) => outputs_in_registers::<K, 8, 2, O>(scratch, s, w, bias, vector_c, out_row),
+            (2, false) => outputs_in_registers::<K, 4, 2, O>(scratch, s, w, bias, vector_c, out_row),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The depthwise row with AVX-512 FMAs, eight output pixels at a time:

@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use super::amx::BfMatrix;
 use super::int8::QuantMatrix;
 use super::kernels::{self, BlockInput, MbConvShape, MbConvWeights};
+use super::packed::PackedMatrix;
 use crate::{Error, Result};
 
 const BN_EPS: f64 = 1e-3;
@@ -163,6 +164,8 @@ struct Pointwise {
     bias: Vec<f32>,
     q: Option<QuantMatrix>,
     b: Option<BfMatrix>,
+    /// Packed for the AVX-512 f32 kernels, where neither of those runs.
+    f: Option<PackedMatrix>,
 }
 
 /// The arithmetic of the network's 1x1 products.
@@ -278,7 +281,9 @@ impl Weights<'_> {
     fn pointwise(&self, conv: &str, bn: &str, c_in: usize, c_out: usize) -> Result<Pointwise> {
         let (w, bias) = self.conv_bn(conv, bn, &[c_out, c_in, 1, 1])?;
         let w_t = w.reshape((c_out, c_in))?.t()?.contiguous()?.flatten_all()?.to_vec1()?;
-        Ok(Pointwise { w_t, bias, q: None, b: None })
+        let mut p = Pointwise { w_t, bias, q: None, b: None, f: None };
+        p.set_precision(Precision::F32, c_in, false);
+        Ok(p)
     }
 }
 
@@ -290,6 +295,8 @@ impl Pointwise {
         self.q = (precision == Precision::Int8 && QuantMatrix::supported(k)).then(|| QuantMatrix::new(&self.w_t, k, n));
         self.b =
             (precision == Precision::Bf16 && super::amx::available() && tiles).then(|| BfMatrix::new(&self.w_t, k, n));
+        self.f = (self.q.is_none() && self.b.is_none() && super::packed::available())
+            .then(|| PackedMatrix::new(&self.w_t, k, n));
     }
 }
 
@@ -504,6 +511,8 @@ impl EfficientNet {
                 project_q: block.project.q.as_ref(),
                 expand_b: block.expand.as_ref().and_then(|e| e.b.as_ref()),
                 project_b: block.project.b.as_ref(),
+                expand_f: block.expand.as_ref().and_then(|e| e.f.as_ref()),
+                project_f: block.project.f.as_ref(),
             };
             let input = match i == 0 && fused {
                 true => BlockInput::Stem(stem),
@@ -519,10 +528,15 @@ impl EfficientNet {
             c = s.c_out;
         }
         let head_len = n * h * w * 1280;
-        match (&self.head.q, &self.head.b) {
-            (Some(q), _) => q.matmul_parallel(&x[..n * h * w * c], &mut dw[..head_len], super::int8::Epilogue::Store),
-            (None, Some(b)) => b.matmul_parallel(&x[..n * h * w * c], &mut dw[..head_len]),
-            (None, None) => kernels::pointwise(&x[..n * h * w * c], c, &self.head.w_t, None, None, &mut dw[..head_len]),
+        match (&self.head.q, &self.head.b, &self.head.f) {
+            (Some(q), _, _) => {
+                q.matmul_parallel(&x[..n * h * w * c], &mut dw[..head_len], super::int8::Epilogue::Store)
+            }
+            (None, Some(b), _) => b.matmul_parallel(&x[..n * h * w * c], &mut dw[..head_len]),
+            (None, None, Some(f)) => f.matmul_parallel(&x[..n * h * w * c], &mut dw[..head_len]),
+            (None, None, None) => {
+                kernels::pointwise(&x[..n * h * w * c], c, &self.head.w_t, None, None, &mut dw[..head_len])
+            }
         }
         prof.lap("head 1x1");
         let pooled = kernels::relu6_mean_pool(&dw[..head_len], n, &self.head.bias);

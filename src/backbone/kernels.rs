@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::amx::{self, Bf16, BfMatrix, Rows};
 use super::int8::{Epilogue, QuantMatrix, Scratch};
+use super::packed::PackedMatrix;
 use crate::simd::simd;
 
 /// TF "SAME" padding: the output size and the padding before the first pixel.
@@ -643,6 +644,9 @@ pub struct MbConvWeights<'a> {
     /// Their bf16 tiles, when the AMX path runs.
     pub expand_b: Option<&'a BfMatrix>,
     pub project_b: Option<&'a BfMatrix>,
+    /// Packed for the AVX-512 f32 kernels, where those run.
+    pub expand_f: Option<&'a PackedMatrix>,
+    pub project_f: Option<&'a PackedMatrix>,
 }
 
 /// Where an MBConv block's input rows come from.
@@ -784,7 +788,12 @@ fn mbconv_band(
         (Some((_, bias)), None, Some(b)) => {
             b.product(b.rows(&mut bscratch.input, input()), m, staged, place, Epilogue::BiasRelu6(bias))
         }
-        // f32: one `gemm` over the band's rows (it packs the weights once,
+        // f32 on AVX-512: the packed weights, bias + ReLU6 in the store.
+        (Some((_, bias)), None, None) if weights.expand_f.is_some() => {
+            let f = weights.expand_f.expect("checked");
+            f.product(input(), m, staged, place, Epilogue::BiasRelu6(bias))
+        }
+        // f32 elsewhere: one `gemm` over the band's rows (it packs the weights once,
         // not once a row) into `dw_out`, then bias + ReLU6 into place.
         (Some((w_t, bias)), None, None) => {
             dw_out.resize(m * c_mid, 0.0);
@@ -847,10 +856,11 @@ fn mbconv_band(
             d_px.copy_from_slice(p_b);
         }
     }
-    match (weights.project_q, weights.project_b) {
-        (Some(q), _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
-        (None, Some(b)) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
-        (None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
+    match (weights.project_q, weights.project_b, weights.project_f) {
+        (Some(q), _, _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
+        (None, Some(b), _) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
+        (None, None, Some(f)) => f.product(dw_out, pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
+        (None, None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
     }
 }
 

@@ -11,6 +11,7 @@ mod embedder;
 mod heif;
 mod int8;
 pub mod kernels;
+mod packed;
 mod preprocess;
 pub mod raw;
 

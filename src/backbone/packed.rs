@@ -1,0 +1,317 @@
+//! The f32 path of the 1x1 convolutions on AVX-512: weights packed once
+//! at load, products with the block's epilogue in the microkernel's store.
+//!
+//! Why our own and not `gemm` (which the rest of the crate uses, and which
+//! runs where AVX-512 is missing): profiled on the f32 forward pass
+//! (`perf record` on `cargo bench --bench embed`, session 13), gemm's
+//! microkernels ran near the FMA peak, but it packed the same weights again
+//! on every call (8 % of the pass), and its product had to land in a buffer
+//! of its own, which a second pass then read for bias + ReLU6 and copied
+//! into the depthwise's zero-padded rows (5-6 %). Here the weights are
+//! packed at load, and a tile of sums goes from the registers through the
+//! epilogue to its row, wherever that is: the same contract as the bf16
+//! tiles of [`super::amx`] and the int8 path of [`super::int8`].
+//!
+//! The microkernel keeps 24 output vectors in registers: 8 rows x 48
+//! outputs or 12 x 32 (12 x 16 for a panel's last 16). Each step loads one
+//! row of the weight panel and broadcasts one input of each row, read where
+//! the rows are. (Packing the rows first, as gemm does, took a fifth of the
+//! forward pass as a scalar transpose: 204 against 241 img/s.)
+
+use super::int8::Epilogue;
+
+/// f32 lanes of one AVX-512 register.
+const LANES: usize = 16;
+/// Outputs per weight panel: three registers.
+const PANEL: usize = 3 * LANES;
+/// Rows of the input taken together (every microkernel's rows divide it).
+const ROWS: usize = 24;
+
+/// Whether this CPU runs the packed kernels (AVX-512 F).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::env::var_os("IMGSEARCH_NO_PACKED").is_none() && is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `[k, n]` weight matrix in panels of 48 outputs: panel `j` is
+/// `[k, 48]`, zero past `n`.
+pub struct PackedMatrix {
+    k: usize,
+    n: usize,
+    w: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs `w_t` (`[k, n]`, row-major).
+    pub fn new(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w_t.len(), k * n, "packed: weights are not [k, n]");
+        let panels = n.div_ceil(PANEL);
+        let mut w = vec![0f32; panels * k * PANEL];
+        for (j, panel) in w.chunks_exact_mut(k * PANEL).enumerate() {
+            let cols = (n - j * PANEL).min(PANEL);
+            for (i, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                row[..cols].copy_from_slice(&w_t[i * n + j * PANEL..][..cols]);
+            }
+        }
+        Self { k, n, w }
+    }
+
+    /// `out = x @ w` for `x` `[m, k]` and `out` `[m, n]`, in parallel over
+    /// blocks of rows (the head).
+    pub fn matmul_parallel(&self, x: &[f32], out: &mut [f32]) {
+        use rayon::prelude::*;
+        let rows = 4 * ROWS;
+        out.par_chunks_mut(rows * self.n).zip(x.par_chunks(rows * self.k)).for_each(|(o, x)| {
+            let n = self.n;
+            self.product(x, x.len() / self.k, o, |p| p * n, Epilogue::Store)
+        });
+    }
+
+    /// The product of `x` (`[m, k]`, row-major) with these weights on this
+    /// thread; row `p` of the result goes to `out[place(p)..][..n]` through
+    /// `epilogue`.
+    pub fn product(&self, x: &[f32], m: usize, out: &mut [f32], place: impl Fn(usize) -> usize, epilogue: Epilogue) {
+        assert!(available(), "the packed path runs only where `packed::available()`");
+        let k = self.k;
+        assert!(x.len() >= m * k, "packed: {} inputs for {m} x {k}", x.len());
+        if let Epilogue::BiasRelu6(bias) = epilogue {
+            assert!(bias.len() >= self.n, "packed: bias shorter than {}", self.n);
+        }
+        for m0 in (0..m).step_by(ROWS) {
+            let rows = (m - m0).min(ROWS);
+            let mut at = [0usize; ROWS];
+            for (r, at) in at[..rows].iter_mut().enumerate() {
+                *at = place(m0 + r);
+                assert!(*at + self.n <= out.len(), "packed: row {} placed past the output", m0 + r);
+            }
+            // SAFETY: AVX-512 F is there (`available`), `x` holds the
+            // block's rows of `k` (checked above), each panel is `[k, 48]`,
+            // the bias (checked above) reaches `n`, and every row's
+            // `at + n` is inside `out` (checked above); stores past `n` are
+            // masked off.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                self.rows(&x[m0 * k..(m0 + rows) * k], &at[..rows], out, epilogue)
+            };
+        }
+    }
+
+    /// One block of up to `ROWS` rows (`a`, `[rows, k]`) times every panel.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows(&self, a: &[f32], at: &[usize], out: &mut [f32], epilogue: Epilogue) {
+        let (k, rows) = (self.k, at.len());
+        let (ap, op) = (a.as_ptr(), out.as_mut_ptr());
+        for (j, panel) in self.w.chunks_exact(k * PANEL).enumerate() {
+            let j0 = j * PANEL;
+            let cols = (self.n - j0).min(PANEL);
+            let bias = match epilogue {
+                Epilogue::BiasRelu6(b) => Some(b.as_ptr().add(j0)),
+                _ => None,
+            };
+            let mode = match epilogue {
+                Epilogue::BiasRelu6(_) => Mode::BiasRelu6,
+                Epilogue::Accumulate => Mode::Accumulate,
+                Epilogue::Store => Mode::Store,
+            };
+            let t = Tile { k, b: panel.as_ptr(), op, j0, cols, bias, mode };
+            // The widest registers the panel's columns fill, rows in the
+            // microkernel's count; the last call takes what is left.
+            match cols.div_ceil(LANES) {
+                3 => {
+                    for r0 in (0..rows).step_by(8) {
+                        t.run::<8, 3>(ap.add(r0 * k), &at[r0..rows.min(r0 + 8)]);
+                    }
+                }
+                2 => {
+                    for r0 in (0..rows).step_by(12) {
+                        t.run::<12, 2>(ap.add(r0 * k), &at[r0..rows.min(r0 + 12)]);
+                    }
+                }
+                _ => {
+                    for r0 in (0..rows).step_by(12) {
+                        t.run::<12, 1>(ap.add(r0 * k), &at[r0..rows.min(r0 + 12)]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    BiasRelu6,
+    Accumulate,
+    Store,
+}
+
+/// One weight panel's product, for the microkernel.
+struct Tile {
+    k: usize,
+    /// The panel, `[k, 48]`.
+    b: *const f32,
+    op: *mut f32,
+    /// The panel's first output and how many of its 48 are real.
+    j0: usize,
+    cols: usize,
+    bias: Option<*const f32>,
+    mode: Mode,
+}
+
+impl Tile {
+    /// `MR` rows (of which `at.len()` are real) by `NV` registers of
+    /// outputs; `a` points at the first of the rows, `k` apart. Rows past
+    /// the real ones read the last real row again and are not stored.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn run<const MR: usize, const NV: usize>(&self, a: *const f32, at: &[usize]) {
+        use std::arch::x86_64::*;
+        let mask = |v: usize| -> __mmask16 {
+            match self.cols.saturating_sub(v * LANES) {
+                c if c >= LANES => !0,
+                c => (1u16 << c) - 1,
+            }
+        };
+        let masks: [__mmask16; NV] = std::array::from_fn(mask);
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        match self.mode {
+            Mode::BiasRelu6 => {
+                let b = self.bias.expect("bias for BiasRelu6");
+                let bias: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.add(v * LANES)));
+                for row in acc.iter_mut() {
+                    *row = bias;
+                }
+            }
+            Mode::Accumulate => {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    if r < at.len() {
+                        let d = self.op.add(at[r] + self.j0);
+                        *row = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
+                    }
+                }
+            }
+            Mode::Store => {}
+        }
+        let last = at.len() - 1;
+        let x: [*const f32; MR] = std::array::from_fn(|r| a.add(r.min(last) * self.k));
+        for p in 0..self.k {
+            let w = self.b.add(p * PANEL);
+            let w: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(v * LANES)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xr = _mm512_set1_ps(*x[r].add(p));
+                for (v, acc) in row.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(xr, w[v], *acc);
+                }
+            }
+        }
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        // Rows by index up to the constant `MR` (a loop bounded by
+        // `at.len()` kept the sums in memory, stored at every step).
+        for (r, row) in acc.iter().enumerate() {
+            if r >= at.len() {
+                break;
+            }
+            let d = self.op.add(at[r] + self.j0);
+            for (v, &s) in row.iter().enumerate() {
+                let s = match self.mode {
+                    Mode::BiasRelu6 => _mm512_min_ps(_mm512_max_ps(s, zero), six),
+                    _ => s,
+                };
+                _mm512_mask_storeu_ps(d.add(v * LANES), masks[v], s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w_t: &[f32], k: usize, n: usize) -> Vec<f32> {
+        let m = x.len() / k;
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                for j in 0..n {
+                    out[i * n + j] += x[i * k + p] * w_t[p * n + j];
+                }
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rnd = crate::test_uniform(seed);
+        (0..len).map(|_| rnd() * 2.0).collect()
+    }
+
+    /// Whether the kernels ran; where not, the CPU must lack AVX-512 (or
+    /// they were turned off), so nothing takes this path.
+    fn runs_here() -> bool {
+        if !available() {
+            #[cfg(target_arch = "x86_64")]
+            assert!(
+                !is_x86_feature_detected!("avx512f") || std::env::var_os("IMGSEARCH_NO_PACKED").is_some(),
+                "the CPU has AVX-512 but the packed kernels are off"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Every panel width (48, 32, 16 and masked tails), row counts short
+    /// of a block, each epilogue, and rows placed with gaps between them.
+    #[test]
+    fn products_match_a_plain_matmul_with_each_epilogue() {
+        if !runs_here() {
+            return;
+        }
+        for &(m, k, n) in
+            &[(1, 3, 1), (7, 16, 96), (25, 24, 144), (49, 32, 16), (30, 40, 24), (61, 80, 112), (9, 8, 200)]
+        {
+            let (x, w_t, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
+            let expect = reference(&x, &w_t, k, n);
+            let packed = PackedMatrix::new(&w_t, k, n);
+            // Rows `stride` apart with a sentinel in the gaps.
+            let stride = n + 5;
+            let start = values(m * stride, 4);
+            for epilogue in [Epilogue::Store, Epilogue::Accumulate, Epilogue::BiasRelu6(&bias)] {
+                let mut out = start.clone();
+                packed.product(&x, m, &mut out, |p| p * stride, epilogue);
+                for i in 0..m {
+                    for j in 0..stride {
+                        let got = out[i * stride + j];
+                        let want = match (j < n, epilogue) {
+                            (false, _) => start[i * stride + j],
+                            (true, Epilogue::Store) => expect[i * n + j],
+                            (true, Epilogue::Accumulate) => start[i * stride + j] + expect[i * n + j],
+                            (true, Epilogue::BiasRelu6(b)) => (expect[i * n + j] + b[j]).clamp(0.0, 6.0),
+                        };
+                        assert!((got - want).abs() < 1e-4, "m{m} k{k} n{n} row {i} col {j}: {got} against {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_parallel_product_covers_every_row() {
+        if !runs_here() {
+            return;
+        }
+        let (m, k, n) = (300, 20, 70);
+        let (x, w_t) = (values(m * k, 5), values(k * n, 6));
+        let mut out = vec![f32::NAN; m * n];
+        PackedMatrix::new(&w_t, k, n).matmul_parallel(&x, &mut out);
+        for (got, want) in out.iter().zip(reference(&x, &w_t, k, n)) {
+            assert!((got - want).abs() < 1e-4, "{got} against {want}");
+        }
+    }
+}

@@ -844,8 +844,11 @@ fn mbconv_band(
     }
     // 3. Projection, starting from bias (+ the block's input rows when residual).
     let (p_w, p_b) = weights.project;
-    if residual {
-        let res = &x_image[oy0 * width * c_in..][..band_out.len()];
+    let res = residual.then(|| &x_image[oy0 * width * c_in..][..band_out.len()]);
+    if let Some(f) = weights.project_f {
+        return f.project(dw_out, pixels, band_out, p_b, res);
+    }
+    if let Some(res) = res {
         for (d_px, r_px) in band_out.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
             for ((d, &r), &b) in d_px.iter_mut().zip(r_px).zip(p_b) {
                 *d = r + b;
@@ -856,11 +859,10 @@ fn mbconv_band(
             d_px.copy_from_slice(p_b);
         }
     }
-    match (weights.project_q, weights.project_b, weights.project_f) {
-        (Some(q), _, _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
-        (None, Some(b), _) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
-        (None, None, Some(f)) => f.product(dw_out, pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
-        (None, None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
+    match (weights.project_q, weights.project_b) {
+        (Some(q), _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
+        (None, Some(b)) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
+        (None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
     }
 }
 

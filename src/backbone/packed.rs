@@ -79,10 +79,31 @@ impl PackedMatrix {
     /// thread; row `p` of the result goes to `out[place(p)..][..n]` through
     /// `epilogue`.
     pub fn product(&self, x: &[f32], m: usize, out: &mut [f32], place: impl Fn(usize) -> usize, epilogue: Epilogue) {
+        let (start, relu6) = match epilogue {
+            Epilogue::BiasRelu6(bias) => (Start::Bias(bias, None), true),
+            Epilogue::Accumulate => (Start::Out, false),
+            Epilogue::Store => (Start::Zero, false),
+        };
+        self.run(x, m, out, place, start, relu6)
+    }
+
+    /// A projection: `out = bias (+ residual) + x @ w`, `out` and
+    /// `residual` `[m, n]`. The sums start from the bias and residual in
+    /// the registers, so `out` is written once (filling it first, for
+    /// gemm to add onto, was a pass of its own).
+    pub fn project(&self, x: &[f32], m: usize, out: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+        if let Some(r) = residual {
+            assert!(r.len() >= m * self.n, "packed: residual shorter than {m} x {}", self.n);
+        }
+        let n = self.n;
+        self.run(x, m, out, |p| p * n, Start::Bias(bias, residual), false)
+    }
+
+    fn run(&self, x: &[f32], m: usize, out: &mut [f32], place: impl Fn(usize) -> usize, start: Start, relu6: bool) {
         assert!(available(), "the packed path runs only where `packed::available()`");
         let k = self.k;
         assert!(x.len() >= m * k, "packed: {} inputs for {m} x {k}", x.len());
-        if let Epilogue::BiasRelu6(bias) = epilogue {
+        if let Start::Bias(bias, _) = start {
             assert!(bias.len() >= self.n, "packed: bias shorter than {}", self.n);
         }
         AT.with_borrow_mut(|at| {
@@ -93,11 +114,13 @@ impl PackedMatrix {
             }
             // SAFETY: AVX-512 F is there (`available`), `x` holds `m` rows
             // of `k` (checked above), each panel is `[k, 48]`, the bias
-            // (checked above) reaches `n`, and every row's `at + n` is
-            // inside `out` (checked above); stores past `n` are masked off.
+            // (checked above) reaches `n`, every row's `at + n` is inside
+            // `out` (checked above) and the residual, laid out as `out`
+            // with rows `n` apart, holds `m` rows (checked in `project`);
+            // loads and stores past `n` are masked off.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                self.panels(x, at, out, epilogue)
+                self.panels(x, at, out, start, relu6)
             };
         });
     }
@@ -108,30 +131,35 @@ impl PackedMatrix {
     /// 192 bytes of weights per step of 24 FMAs against 32 bytes of rows.)
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn panels(&self, x: &[f32], at: &[usize], out: &mut [f32], epilogue: Epilogue) {
+    unsafe fn panels(&self, x: &[f32], at: &[usize], out: &mut [f32], start: Start, relu6: bool) {
         let (k, m) = (self.k, at.len());
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        // Slices of `k` accumulate onto the first one's sums, which the
-        // bias + ReLU6 store cannot: there the whole `k` (an expansion's
+        // Slices of `k` after the first add onto its sums in `out`, which
+        // the ReLU6 store cannot: there the whole `k` (an expansion's
         // input, 192 at most in Lite0 and Lite2) goes at once.
-        let kc = match epilogue {
-            Epilogue::BiasRelu6(_) => k,
-            _ => KC,
-        };
+        let kc = if relu6 { k } else { KC };
         for (j, panel) in self.w.chunks_exact(k * PANEL).enumerate() {
             let j0 = j * PANEL;
             let cols = (self.n - j0).min(PANEL);
-            let bias = match epilogue {
-                Epilogue::BiasRelu6(b) => Some(b.as_ptr().add(j0)),
-                _ => None,
-            };
             for k0 in (0..k).step_by(kc) {
-                let mode = match epilogue {
-                    Epilogue::BiasRelu6(_) => Mode::BiasRelu6,
-                    Epilogue::Store if k0 == 0 => Mode::Store,
-                    _ => Mode::Accumulate,
+                let (bias, residual, from_out) = match start {
+                    _ if k0 > 0 => (None, None, true),
+                    Start::Zero => (None, None, false),
+                    Start::Out => (None, None, true),
+                    Start::Bias(b, r) => (Some(b.as_ptr().add(j0)), r.map(|r| r.as_ptr().add(j0)), false),
                 };
-                let t = Tile { k: kc.min(k - k0), lda: k, b: panel.as_ptr().add(k0 * PANEL), op, j0, cols, bias, mode };
+                let t = Tile {
+                    k: kc.min(k - k0),
+                    lda: k,
+                    b: panel.as_ptr().add(k0 * PANEL),
+                    op,
+                    j0,
+                    cols,
+                    bias,
+                    residual,
+                    from_out,
+                    relu6,
+                };
                 let a = xp.add(k0);
                 // The widest registers the panel's columns fill, rows in the
                 // microkernel's count; the last call takes what is left.
@@ -163,11 +191,14 @@ thread_local! {
     static AT: std::cell::RefCell<Vec<usize>> = std::cell::RefCell::default();
 }
 
+/// Where a product's sums start.
 #[derive(Clone, Copy)]
-enum Mode {
-    BiasRelu6,
-    Accumulate,
-    Store,
+enum Start<'a> {
+    Zero,
+    /// What `out` holds.
+    Out,
+    /// The bias, plus a row of the residual (laid out as `out`).
+    Bias(&'a [f32], Option<&'a [f32]>),
 }
 
 /// One weight panel's product, for the microkernel.
@@ -181,8 +212,13 @@ struct Tile {
     /// The panel's first output and how many of its 48 are real.
     j0: usize,
     cols: usize,
+    /// Where the sums start: the bias (at `j0`), plus the residual's row
+    /// (at `at + j0`), or `out`'s row.
     bias: Option<*const f32>,
-    mode: Mode,
+    residual: Option<*const f32>,
+    from_out: bool,
+    /// ReLU6 on the way out.
+    relu6: bool,
 }
 
 impl Tile {
@@ -202,23 +238,29 @@ impl Tile {
         };
         let masks: [__mmask16; NV] = std::array::from_fn(mask);
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        match self.mode {
-            Mode::BiasRelu6 => {
-                let b = self.bias.expect("bias for BiasRelu6");
-                let bias: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.add(v * LANES)));
-                for row in acc.iter_mut() {
-                    *row = bias;
-                }
+        if let Some(b) = self.bias {
+            let bias: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], b.add(v * LANES)));
+            for row in acc.iter_mut() {
+                *row = bias;
             }
-            Mode::Accumulate => {
-                for (r, row) in acc.iter_mut().enumerate() {
-                    if r < at.len() {
-                        let d = self.op.add(at[r] + self.j0);
-                        *row = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
+        }
+        // The rows' own starts (by index up to the constant `MR`: see the store).
+        if let Some(res) = self.residual {
+            for (r, row) in acc.iter_mut().enumerate() {
+                if r < at.len() {
+                    let d = res.add(at[r]);
+                    for (v, acc) in row.iter_mut().enumerate() {
+                        *acc = _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
                     }
                 }
             }
-            Mode::Store => {}
+        } else if self.from_out {
+            for (r, row) in acc.iter_mut().enumerate() {
+                if r < at.len() {
+                    let d = self.op.add(at[r] + self.j0);
+                    *row = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
+                }
+            }
         }
         let last = at.len() - 1;
         let x: [*const f32; MR] = std::array::from_fn(|r| a.add(r.min(last) * self.lda));
@@ -241,10 +283,7 @@ impl Tile {
             }
             let d = self.op.add(at[r] + self.j0);
             for (v, &s) in row.iter().enumerate() {
-                let s = match self.mode {
-                    Mode::BiasRelu6 => _mm512_min_ps(_mm512_max_ps(s, zero), six),
-                    _ => s,
-                };
+                let s = if self.relu6 { _mm512_min_ps(_mm512_max_ps(s, zero), six) } else { s };
                 _mm512_mask_storeu_ps(d.add(v * LANES), masks[v], s);
             }
         }
@@ -288,15 +327,23 @@ mod tests {
     }
 
     /// Every panel width (48, 32, 16 and masked tails), row counts short
-    /// of a block, each epilogue, and rows placed with gaps between them.
+    /// of a microkernel's, inputs in several slices (300 > 2 x `KC`), each
+    /// epilogue, and rows placed with gaps between them.
     #[test]
     fn products_match_a_plain_matmul_with_each_epilogue() {
         if !runs_here() {
             return;
         }
-        for &(m, k, n) in
-            &[(1, 3, 1), (7, 16, 96), (25, 24, 144), (49, 32, 16), (30, 40, 24), (61, 80, 112), (9, 8, 200)]
-        {
+        for &(m, k, n) in &[
+            (1, 3, 1),
+            (7, 16, 96),
+            (25, 24, 144),
+            (49, 32, 16),
+            (30, 40, 24),
+            (61, 80, 112),
+            (9, 8, 200),
+            (13, 300, 50),
+        ] {
             let (x, w_t, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
             let expect = reference(&x, &w_t, k, n);
             let packed = PackedMatrix::new(&w_t, k, n);
@@ -317,6 +364,26 @@ mod tests {
                         };
                         assert!((got - want).abs() < 1e-4, "m{m} k{k} n{n} row {i} col {j}: {got} against {want}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn projections_start_from_bias_and_residual() {
+        if !runs_here() {
+            return;
+        }
+        for &(m, k, n) in &[(30, 144, 24), (49, 1152, 320), (5, 40, 16)] {
+            let (x, w_t, bias, residual) = (values(m * k, 7), values(k * n, 8), values(n, 9), values(m * n, 10));
+            let expect = reference(&x, &w_t, k, n);
+            let packed = PackedMatrix::new(&w_t, k, n);
+            for with_residual in [false, true] {
+                let mut out = vec![f32::NAN; m * n];
+                packed.project(&x, m, &mut out, &bias, with_residual.then_some(&residual[..]));
+                for (i, (got, sum)) in out.iter().zip(&expect).enumerate() {
+                    let want = sum + bias[i % n] + if with_residual { residual[i] } else { 0.0 };
+                    assert!((got - want).abs() < 1e-3, "m{m} k{k} n{n} at {i}: {got} against {want}");
                 }
             }
         }

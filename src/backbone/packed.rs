@@ -132,7 +132,7 @@ impl PackedMatrix {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn panels(&self, x: &[f32], at: &[usize], out: &mut [f32], start: Start, relu6: bool) {
-        let (k, m) = (self.k, at.len());
+        let k = self.k;
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
         // Slices of `k` after the first add onto its sums in `out`, which
         // the ReLU6 store cannot: there the whole `k` (an expansion's

@@ -176,7 +176,7 @@ pub enum Precision {
     F32,
     /// bf16 where the CPU has AMX tiles, else f32: the command line's
     /// default. On the 1000 Pascal photos bf16's top-5 classes overlap
-    /// f32's at 0.996 and image->image P@10 is f32's (0.550 against 0.5495), at 1.4x its
+    /// f32's at 0.996 and image->image P@10 is f32's (0.550 against 0.5495), at 1.5x its
     /// speed (`IMGSEARCH_BENCH_PHASE=agreement cargo bench --bench embed`).
     Auto,
     /// int8 weights (per output channel) and activations (per pixel) with

@@ -432,6 +432,11 @@ impl PgStore {
                               ORDER BY COALESCE({half}, -1) LIMIT {})",
                 4 * k
             ),
+            // Every passing row scored: its row looked up by hash, one
+            // probe each (as an array, which the planner cannot turn into
+            // a hash join over the whole table). A text side's 10 % folder
+            // at 10k: 1.3 ms where `IN` hashed all 10k rows in 3.1-4.4 ms.
+            Plan::Exact => format!("AND hash = ANY(ARRAY(SELECT i.hash FROM images i WHERE {conditions}))"),
             _ => format!("AND hash IN (SELECT i.hash FROM images i WHERE {conditions})"),
         };
         let outer_filter = match conditions.is_empty() {

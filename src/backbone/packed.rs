@@ -29,16 +29,21 @@ const PANEL: usize = 3 * LANES;
 /// 256 270, whole panels 268 img/s.
 const KC: usize = 128;
 
-/// Whether this CPU runs the packed kernels (AVX-512 F).
+/// Whether this CPU runs the packed kernels (AVX-512 F), unless
+/// `IMGSEARCH_NO_PACKED` is set (then `gemm` runs: the benches' baseline).
+/// Checked once: every product asserts it.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::env::var_os("IMGSEARCH_NO_PACKED").is_none() && is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("IMGSEARCH_NO_PACKED").is_none() && is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
 }
 
 /// A `[k, n]` weight matrix in panels of 48 outputs: panel `j` is

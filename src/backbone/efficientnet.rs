@@ -289,7 +289,8 @@ impl Weights<'_> {
 
 impl Pointwise {
     /// Makes (or drops) the int8 copy and the bf16 tiles for `precision`,
-    /// where this CPU runs them; `k` is the input width.
+    /// where this CPU runs them, and the packed f32 weights where neither
+    /// runs; `k` is the input width.
     fn set_precision(&mut self, precision: Precision, k: usize, tiles: bool) {
         let n = self.bias.len();
         self.q = (precision == Precision::Int8 && QuantMatrix::supported(k)).then(|| QuantMatrix::new(&self.w_t, k, n));

@@ -777,25 +777,22 @@ fn mbconv_band(
     let input = || &x_image[lo * width * c_in..hi * width * c_in];
     // Where input pixel `p` (of the band's rows) lands in the staging rows.
     let place = |p: usize| ((top + p / width) * pw + dw.pad_left + p % width) * c_mid;
-    match (weights.expand, weights.expand_q, weights.expand_b) {
+    match (weights.expand, weights.expand_q, weights.expand_b, weights.expand_f) {
         // int8: row by row, bias + ReLU6 in the microkernel's store.
-        (Some((_, bias)), Some(q), _) => {
+        (Some((_, bias)), Some(q), _, _) => {
             for (r, src) in input().chunks_exact(width * c_in).enumerate() {
                 q.matmul(src, &mut staged[place(r * width)..][..width * c_mid], Epilogue::BiasRelu6(bias), scratch)
             }
         }
         // The tiles take every row of the band in one product, written in place.
-        (Some((_, bias)), None, Some(b)) => {
+        (Some((_, bias)), None, Some(b), _) => {
             b.product(b.rows(&mut bscratch.input, input()), m, staged, place, Epilogue::BiasRelu6(bias))
         }
-        // f32 on AVX-512: the packed weights, bias + ReLU6 in the store.
-        (Some((_, bias)), None, None) if weights.expand_f.is_some() => {
-            let f = weights.expand_f.expect("checked");
-            f.product(input(), m, staged, place, Epilogue::BiasRelu6(bias))
-        }
+        // f32 on AVX-512: the weights packed at load, bias + ReLU6 in the store.
+        (Some((_, bias)), None, None, Some(f)) => f.product(input(), m, staged, place, Epilogue::BiasRelu6(bias)),
         // f32 elsewhere: one `gemm` over the band's rows (it packs the weights once,
         // not once a row) into `dw_out`, then bias + ReLU6 into place.
-        (Some((w_t, bias)), None, None) => {
+        (Some((w_t, bias)), None, None, None) => {
             dw_out.resize(m * c_mid, 0.0);
             matmul_serial(input(), c_in, w_t, &mut dw_out[..m * c_mid], false);
             for (r, sums) in dw_out[..m * c_mid].chunks_exact(width * c_mid).enumerate() {
@@ -809,7 +806,7 @@ fn mbconv_band(
         }
         // The stem's rows computed in place (the stem's output never
         // travels to memory: writing and copying it was 0.2 ms an image).
-        (None, _, _) => match stem {
+        (None, ..) => match stem {
             Some((stem, image)) => {
                 for r in 0..hi - lo {
                     stem.row(image, lo + r, &mut staged[place(r * width)..][..width * c_mid]);

@@ -16,7 +16,7 @@
 //! outputs or 12 x 32 (12 x 16 for a panel's last 16). Each step loads one
 //! row of the weight panel and broadcasts one input of each row, read where
 //! the rows are. (Packing the rows first, as gemm does, took a fifth of the
-//! forward pass as a scalar transpose: 204 against 241 img/s.)
+//! forward pass as a scalar transpose: 204 img/s, below gemm's 241.)
 
 use super::int8::Epilogue;
 
@@ -213,6 +213,11 @@ struct Tile {
     relu6: bool,
 }
 
+/// `N` rows of `at` from `r0`, as an array.
+fn rows<const N: usize>(at: &[usize], r0: usize) -> &[usize; N] {
+    at[r0..r0 + N].try_into().expect("N rows from r0")
+}
+
 impl Tile {
     /// All rows `at` (from `a`, `lda` apart) in microkernels of `MR` rows,
     /// then what is left in 8, 4, 2 and 1. (Rounding the last tile up to
@@ -227,36 +232,38 @@ impl Tile {
             let x = a.add(r0 * self.lda);
             r0 += match m - r0 {
                 left if left >= MR => {
-                    self.run::<MR, NV>(x, &at[r0..r0 + MR]);
+                    self.run::<MR, NV>(x, rows(at, r0));
                     MR
                 }
                 8.. => {
-                    self.run::<8, NV>(x, &at[r0..r0 + 8]);
+                    self.run::<8, NV>(x, rows(at, r0));
                     8
                 }
                 4.. => {
-                    self.run::<4, NV>(x, &at[r0..r0 + 4]);
+                    self.run::<4, NV>(x, rows(at, r0));
                     4
                 }
                 2.. => {
-                    self.run::<2, NV>(x, &at[r0..r0 + 2]);
+                    self.run::<2, NV>(x, rows(at, r0));
                     2
                 }
                 _ => {
-                    self.run::<1, NV>(x, &at[r0..r0 + 1]);
+                    self.run::<1, NV>(x, rows(at, r0));
                     1
                 }
             };
         }
     }
 
-    /// `MR` rows (of which `at.len()` are real) by `NV` registers of
-    /// outputs; `a` points at the first of the rows, `k` apart. Rows past
-    /// the real ones read the last real row again and are not stored.
+    /// `MR` rows by `NV` registers of outputs; `a` points at the first of
+    /// the rows, `lda` apart, and row `r` goes to `at[r] + j0`. The rows
+    /// are a fixed-size array: every loop over them is unrolled, so the
+    /// sums stay in registers (a loop bounded by a slice's length kept
+    /// them in memory, stored at every step: half the speed).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn run<const MR: usize, const NV: usize>(&self, a: *const f32, at: &[usize]) {
+    unsafe fn run<const MR: usize, const NV: usize>(&self, a: *const f32, at: &[usize; MR]) {
         use std::arch::x86_64::*;
         let mask = |v: usize| -> __mmask16 {
             match self.cols.saturating_sub(v * LANES) {
@@ -272,26 +279,20 @@ impl Tile {
                 *row = bias;
             }
         }
-        // The rows' own starts (by index up to the constant `MR`: see the store).
         if let Some(res) = self.residual {
-            for (r, row) in acc.iter_mut().enumerate() {
-                if r < at.len() {
-                    let d = res.add(at[r]);
-                    for (v, acc) in row.iter_mut().enumerate() {
-                        *acc = _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
-                    }
+            for (row, &at) in acc.iter_mut().zip(at) {
+                let d = res.add(at);
+                for (v, acc) in row.iter_mut().enumerate() {
+                    *acc = _mm512_add_ps(*acc, _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
                 }
             }
         } else if self.from_out {
-            for (r, row) in acc.iter_mut().enumerate() {
-                if r < at.len() {
-                    let d = self.op.add(at[r] + self.j0);
-                    *row = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
-                }
+            for (row, &at) in acc.iter_mut().zip(at) {
+                let d = self.op.add(at + self.j0);
+                *row = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], d.add(v * LANES)));
             }
         }
-        let last = at.len() - 1;
-        let x: [*const f32; MR] = std::array::from_fn(|r| a.add(r.min(last) * self.lda));
+        let x: [*const f32; MR] = std::array::from_fn(|r| a.add(r * self.lda));
         for p in 0..self.k {
             let w = self.b.add(p * PANEL);
             let w: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(v * LANES)));
@@ -303,13 +304,8 @@ impl Tile {
             }
         }
         let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        // Rows by index up to the constant `MR` (a loop bounded by
-        // `at.len()` kept the sums in memory, stored at every step).
-        for (r, row) in acc.iter().enumerate() {
-            if r >= at.len() {
-                break;
-            }
-            let d = self.op.add(at[r] + self.j0);
+        for (row, &at) in acc.iter().zip(at) {
+            let d = self.op.add(at + self.j0);
             for (v, &s) in row.iter().enumerate() {
                 let s = if self.relu6 { _mm512_min_ps(_mm512_max_ps(s, zero), six) } else { s };
                 _mm512_mask_storeu_ps(d.add(v * LANES), masks[v], s);

@@ -11,7 +11,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use imgsearch::duplicates::{groups, pair_scores, DEFAULT_MAX_DISTANCE};
+use imgsearch::backbone::Backbone;
+use imgsearch::duplicates::{default_max_distance, groups, pair_scores};
 use imgsearch::metadata::PhotoMeta;
 use imgsearch::store::{ImageStore, NewImage, NewVector, Store};
 
@@ -87,16 +88,17 @@ fn main() {
         all.iter().map(|r| r.key).collect()
     };
     let family_keys: HashMap<i64, i64> = family.iter().map(|(&c, &o)| (keys[c], keys[o])).collect();
+    let max_distance = default_max_distance(Backbone::Lite0);
     let mut times = Vec::new();
     for run in 0..3 {
         let t = Instant::now();
-        let found = groups(&store, DEFAULT_MAX_DISTANCE).unwrap();
+        let found = groups(&store, max_distance).unwrap();
         let s = t.elapsed().as_secs_f64();
         times.push(s);
         if run == 0 {
             let (precision, recall) = pair_scores(&found, &family_keys);
             println!(
-                "duplicates at max distance {DEFAULT_MAX_DISTANCE}: {} groups, pair precision {precision:.3}, recall {recall:.3}",
+                "duplicates at max distance {max_distance}: {} groups, pair precision {precision:.3}, recall {recall:.3}",
                 found.len()
             );
         }

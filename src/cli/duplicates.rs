@@ -6,9 +6,10 @@ use super::*;
 #[derive(Debug, clap::Args)]
 pub struct DuplicatesArgs {
     /// Images within this distance (`sqrt(2 - 2 cos)`) of each other are
-    /// copies; the default is measured by `imgsearch eval`.
-    #[arg(long, default_value_t = crate::duplicates::DEFAULT_MAX_DISTANCE)]
-    pub max_distance: f32,
+    /// copies; the default is measured by `imgsearch eval` for each
+    /// backbone (Lite0 0.65, Lite2 0.55).
+    #[arg(long)]
+    pub max_distance: Option<f32>,
     /// Backbone network of the index.
     #[arg(long, value_enum, default_value_t)]
     pub backbone: Backbone,
@@ -37,13 +38,13 @@ pub(super) struct MemberOut {
 }
 
 pub(super) fn duplicates(models_dir: &std::path::Path, db: &std::path::Path, a: DuplicatesArgs) -> anyhow::Result<()> {
+    let max_distance = a.max_distance.unwrap_or(crate::duplicates::default_max_distance(a.backbone));
     anyhow::ensure!(
-        (0.0..=2.0).contains(&a.max_distance),
-        "--max-distance must be between 0 and 2 (angular distance), got {}",
-        a.max_distance
+        (0.0..=2.0).contains(&max_distance),
+        "--max-distance must be between 0 and 2 (angular distance), got {max_distance}"
     );
     let library = open_library(models_dir, db, a.backbone, None, Access::Read)?;
-    let groups = crate::duplicates::groups(library.store(), a.max_distance)?;
+    let groups = crate::duplicates::groups(library.store(), max_distance)?;
     let out: Vec<GroupOut> = groups
         .iter()
         .map(|g| GroupOut {
@@ -83,7 +84,7 @@ pub(super) fn duplicates(models_dir: &std::path::Path, db: &std::path::Path, a: 
         "{} groups, {:.1} MB in copies (max distance {}); `imgsearch` never deletes files itself",
         out.len(),
         total as f64 / 1e6,
-        a.max_distance
+        max_distance
     );
     Ok(())
 }

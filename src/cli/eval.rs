@@ -95,8 +95,11 @@ pub(super) fn eval(models_dir: &std::path::Path, db: &std::path::Path, a: EvalAr
         );
         for s in r["duplicates"]["pairs"].as_array().into_iter().flatten() {
             let d = f(&s["max_distance"]);
-            let default =
-                if (d - crate::duplicates::DEFAULT_MAX_DISTANCE as f64).abs() < 1e-6 { "  (default)" } else { "" };
+            let default = if (d - crate::duplicates::default_max_distance(a.backbone) as f64).abs() < 1e-6 {
+                "  (default)"
+            } else {
+                ""
+            };
             println!("  max distance {d:.2}: {:.3} / {:.3}{default}", f(&s["precision"]), f(&s["recall"]));
         }
         if let Some(s) = r.get("store") {

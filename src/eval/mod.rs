@@ -81,7 +81,7 @@ pub fn images(
         "duplicates": {
             "originals_copied": copied,
             "copies": copied * 3,
-            "default_max_distance": crate::duplicates::DEFAULT_MAX_DISTANCE,
+            "default_max_distance": crate::duplicates::default_max_distance(backbone),
             "pairs": measured
                 .scores
                 .iter()

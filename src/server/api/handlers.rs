@@ -277,7 +277,7 @@ pub(super) async fn duplicates(
     Shared(state): Shared<AppState>,
     Query(p): Query<DuplicateParams>,
 ) -> ApiResult<Json<DuplicatesOut>> {
-    let max_distance = p.max_distance.unwrap_or(crate::duplicates::DEFAULT_MAX_DISTANCE);
+    let max_distance = p.max_distance.unwrap_or(crate::duplicates::default_max_distance(state.options.backbone));
     if !(0.0..=2.0).contains(&max_distance) {
         return Err(ApiError::bad_request(format!("max_distance must be between 0 and 2, got {max_distance}")));
     }

@@ -288,7 +288,7 @@ impl BfMatrix {
         let (op, cp) = (out.as_mut_ptr(), c.as_ptr());
         let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
         let (b0, b1) = match epilogue {
-            Epilogue::BiasRelu6(bias) => {
+            Epilogue::BiasRelu6(bias) | Epilogue::BiasResidual(bias, _) => {
                 assert!(bias.len() >= self.n);
                 (
                     _mm512_maskz_loadu_ps(k0, bias.as_ptr().add(j0)),
@@ -310,6 +310,16 @@ impl BfMatrix {
                 Epilogue::BiasRelu6(_) => {
                     v0 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v0, b0), zero), six);
                     v1 = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v1, b1), zero), six);
+                }
+                Epilogue::BiasResidual(_, residual) => {
+                    v0 = _mm512_add_ps(v0, b0);
+                    v1 = _mm512_add_ps(v1, b1);
+                    if let Some(res) = residual {
+                        assert!(at + j0 + cols <= res.len(), "row {r}'s residual past its end");
+                        let e = res.as_ptr().add(at + j0);
+                        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, e));
+                        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, e.add(NB)));
+                    }
                 }
             }
             _mm512_mask_storeu_ps(d, k0, v0);
@@ -474,6 +484,9 @@ mod tests {
             let bias: Vec<f32> = (0..n).map(|j| j as f32 / 10.0 - 1.0).collect();
             let mut activated = vec![f32::NAN; m * n];
             b.matmul(&x, &mut activated, Epilogue::BiasRelu6(&bias));
+            let residual: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            let mut projected = vec![f32::NAN; m * n];
+            b.matmul(&x, &mut projected, Epilogue::BiasResidual(&bias, Some(&residual)));
             for p in 0..m {
                 for j in 0..n {
                     let exact: f32 = (0..k).map(|i| x[p * k + i] * w[i * n + j]).sum();
@@ -484,6 +497,8 @@ mod tests {
                     assert!((summed[p * n + j] - 1.0 - exact).abs() <= bound, "k {k} ({p}, {j}) accumulated");
                     let relu6 = (exact + bias[j]).clamp(0.0, 6.0);
                     assert!((activated[p * n + j] - relu6).abs() <= bound, "k {k} ({p}, {j}) bias + ReLU6");
+                    let sum = exact + bias[j] + residual[p * n + j];
+                    assert!((projected[p * n + j] - sum).abs() <= bound, "k {k} ({p}, {j}) bias + residual");
                 }
             }
         }

@@ -133,7 +133,10 @@ impl QuantMatrix {
                 let scales = _mm512_loadu_ps(self.scales.as_ptr().add(j0));
                 let sums = _mm512_loadu_si512(self.sums.as_ptr().add(j0) as *const _);
                 let bias = match epilogue {
-                    Epilogue::BiasRelu6(bias) => _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(j0)),
+                    Epilogue::BiasRelu6(bias) | Epilogue::BiasResidual(bias, _) => {
+                        assert!(bias.len() >= n, "int8: bias shorter than {n}");
+                        _mm512_maskz_loadu_ps(mask, bias.as_ptr().add(j0))
+                    }
                     Epilogue::Accumulate | Epilogue::Store => _mm512_setzero_ps(),
                 };
                 for (r, acc) in acc.iter().enumerate() {
@@ -153,6 +156,12 @@ impl QuantMatrix {
                         Epilogue::Accumulate => {
                             _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, _mm512_maskz_loadu_ps(mask, dst))
                         }
+                        Epilogue::BiasResidual(_, None) => _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, bias),
+                        Epilogue::BiasResidual(_, Some(res)) => {
+                            assert!(res.len() >= (p + 1) * n, "int8: residual shorter than the output");
+                            let start = _mm512_add_ps(bias, _mm512_maskz_loadu_ps(mask, res.as_ptr().add(p * n + j0)));
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), scale, start)
+                        }
                         Epilogue::Store => _mm512_mul_ps(_mm512_cvtepi32_ps(exact), scale),
                     };
                     _mm512_mask_storeu_ps(dst, mask, v);
@@ -167,8 +176,12 @@ impl QuantMatrix {
 pub enum Epilogue<'a> {
     /// `out = relu6(x @ w + bias)` (an expansion).
     BiasRelu6(&'a [f32]),
-    /// `out += x @ w` (a projection onto bias + residual).
+    /// `out += x @ w`.
     Accumulate,
+    /// `out = x @ w + bias (+ residual)`, the residual laid out as `out`
+    /// (a projection: its output written once, not filled with bias and
+    /// residual first for the product to add onto).
+    BiasResidual(&'a [f32], Option<&'a [f32]>),
     /// `out = x @ w` (the head: the pooling adds the bias).
     Store,
 }
@@ -296,6 +309,9 @@ mod tests {
         q.matmul(&x, &mut activated, Epilogue::BiasRelu6(&bias), &mut scratch);
         let mut stored = vec![f32::NAN; m * n];
         q.matmul(&x, &mut stored, Epilogue::Store, &mut scratch);
+        let residual: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+        let mut projected = vec![f32::NAN; m * n];
+        q.matmul(&x, &mut projected, Epilogue::BiasResidual(&bias, Some(&residual)), &mut scratch);
         for p in 0..m {
             for j in 0..n {
                 let exact: f32 = (0..k).map(|i| x[p * k + i] * w[i * n + j]).sum::<f32>();
@@ -305,6 +321,8 @@ mod tests {
                 assert!((stored[at] - exact).abs() <= bound, "({p}, {j}) stored");
                 let relu6 = (exact + bias[j]).clamp(0.0, 6.0);
                 assert!((activated[at] - relu6).abs() <= bound, "({p}, {j}): {} vs {relu6}", activated[at]);
+                let sum = exact + bias[j] + residual[at];
+                assert!((projected[at] - sum).abs() <= bound, "({p}, {j}): {} vs {sum}", projected[at]);
             }
         }
     }

@@ -842,8 +842,14 @@ fn mbconv_band(
     // 3. Projection, starting from bias (+ the block's input rows when residual).
     let (p_w, p_b) = weights.project;
     let res = residual.then(|| &x_image[oy0 * width * c_in..][..band_out.len()]);
-    if let Some(f) = weights.project_f {
-        return f.project(dw_out, pixels, band_out, p_b, res);
+    // The tiles, the int8 and the packed products start from bias and
+    // residual in their store; `gemm` adds onto an output filled with them.
+    let epilogue = Epilogue::BiasResidual(p_b, res);
+    match (weights.project_q, weights.project_b, weights.project_f) {
+        (Some(q), _, _) => return q.matmul_quantized(pixels, band_out, epilogue, scratch),
+        (None, Some(b), _) => return b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, epilogue),
+        (None, None, Some(f)) => return f.product(dw_out, pixels, band_out, |p| p * c_out, epilogue),
+        (None, None, None) => {}
     }
     if let Some(res) = res {
         for (d_px, r_px) in band_out.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
@@ -856,11 +862,7 @@ fn mbconv_band(
             d_px.copy_from_slice(p_b);
         }
     }
-    match (weights.project_q, weights.project_b) {
-        (Some(q), _) => q.matmul_quantized(pixels, band_out, Epilogue::Accumulate, scratch),
-        (None, Some(b)) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, Epilogue::Accumulate),
-        (None, None) => matmul_serial(dw_out, c_mid, p_w, band_out, true),
-    }
+    matmul_serial(dw_out, c_mid, p_w, band_out, true)
 }
 
 /// `out (+)= x @ w_t` on one thread (the caller parallelises over bands):

@@ -86,22 +86,12 @@ impl PackedMatrix {
     pub fn product(&self, x: &[f32], m: usize, out: &mut [f32], place: impl Fn(usize) -> usize, epilogue: Epilogue) {
         let (start, relu6) = match epilogue {
             Epilogue::BiasRelu6(bias) => (Start::Bias(bias, None), true),
+            // The sums start from the bias and residual in the registers.
+            Epilogue::BiasResidual(bias, residual) => (Start::Bias(bias, residual), false),
             Epilogue::Accumulate => (Start::Out, false),
             Epilogue::Store => (Start::Zero, false),
         };
         self.run(x, m, out, place, start, relu6)
-    }
-
-    /// A projection: `out = bias (+ residual) + x @ w`, `out` and
-    /// `residual` `[m, n]`. The sums start from the bias and residual in
-    /// the registers, so `out` is written once (filling it first, for
-    /// gemm to add onto, was a pass of its own).
-    pub fn project(&self, x: &[f32], m: usize, out: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
-        if let Some(r) = residual {
-            assert!(r.len() >= m * self.n, "packed: residual shorter than {m} x {}", self.n);
-        }
-        let n = self.n;
-        self.run(x, m, out, |p| p * n, Start::Bias(bias, residual), false)
     }
 
     fn run(&self, x: &[f32], m: usize, out: &mut [f32], place: impl Fn(usize) -> usize, start: Start, relu6: bool) {
@@ -117,11 +107,15 @@ impl PackedMatrix {
             if let Some(p) = at.iter().position(|&at| at + self.n > out.len()) {
                 panic!("packed: row {p} placed past the output");
             }
+            if let Start::Bias(_, Some(res)) = start {
+                if let Some(p) = at.iter().position(|&at| at + self.n > res.len()) {
+                    panic!("packed: row {p}'s residual past its end");
+                }
+            }
             // SAFETY: AVX-512 F is there (`available`), `x` holds `m` rows
             // of `k` (checked above), each panel is `[k, 48]`, the bias
             // (checked above) reaches `n`, every row's `at + n` is inside
-            // `out` (checked above) and the residual, laid out as `out`
-            // with rows `n` apart, holds `m` rows (checked in `project`);
+            // `out` and the residual, laid out as `out` (checked above);
             // loads and stores past `n` are masked off.
             #[cfg(target_arch = "x86_64")]
             unsafe {
@@ -373,8 +367,13 @@ mod tests {
             let packed = PackedMatrix::new(&w_t, k, n);
             // Rows `stride` apart with a sentinel in the gaps.
             let stride = n + 5;
-            let start = values(m * stride, 4);
-            for epilogue in [Epilogue::Store, Epilogue::Accumulate, Epilogue::BiasRelu6(&bias)] {
+            let (start, residual) = (values(m * stride, 4), values(m * stride, 5));
+            for epilogue in [
+                Epilogue::Store,
+                Epilogue::Accumulate,
+                Epilogue::BiasRelu6(&bias),
+                Epilogue::BiasResidual(&bias, Some(&residual)),
+            ] {
                 let mut out = start.clone();
                 packed.product(&x, m, &mut out, |p| p * stride, epilogue);
                 for i in 0..m {
@@ -385,6 +384,9 @@ mod tests {
                             (true, Epilogue::Store) => expect[i * n + j],
                             (true, Epilogue::Accumulate) => start[i * stride + j] + expect[i * n + j],
                             (true, Epilogue::BiasRelu6(b)) => (expect[i * n + j] + b[j]).clamp(0.0, 6.0),
+                            (true, Epilogue::BiasResidual(b, r)) => {
+                                expect[i * n + j] + b[j] + r.map_or(0.0, |r| r[i * stride + j])
+                            }
                         };
                         assert!((got - want).abs() < 1e-4, "m{m} k{k} n{n} row {i} col {j}: {got} against {want}");
                     }
@@ -404,7 +406,8 @@ mod tests {
             let packed = PackedMatrix::new(&w_t, k, n);
             for with_residual in [false, true] {
                 let mut out = vec![f32::NAN; m * n];
-                packed.project(&x, m, &mut out, &bias, with_residual.then_some(&residual[..]));
+                let epilogue = Epilogue::BiasResidual(&bias, with_residual.then_some(&residual[..]));
+                packed.product(&x, m, &mut out, |p| p * n, epilogue);
                 for (i, (got, sum)) in out.iter().zip(&expect).enumerate() {
                     let want = sum + bias[i % n] + if with_residual { residual[i] } else { 0.0 };
                     assert!((got - want).abs() < 1e-3, "m{m} k{k} n{n} at {i}: {got} against {want}");

@@ -846,23 +846,27 @@ fn mbconv_band(
     // residual in their store; `gemm` adds onto an output filled with them.
     let epilogue = Epilogue::BiasResidual(p_b, res);
     match (weights.project_q, weights.project_b, weights.project_f) {
-        (Some(q), _, _) => return q.matmul_quantized(pixels, band_out, epilogue, scratch),
-        (None, Some(b), _) => return b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, epilogue),
-        (None, None, Some(f)) => return f.product(dw_out, pixels, band_out, |p| p * c_out, epilogue),
-        (None, None, None) => {}
-    }
-    if let Some(res) = res {
-        for (d_px, r_px) in band_out.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
-            for ((d, &r), &b) in d_px.iter_mut().zip(r_px).zip(p_b) {
-                *d = r + b;
+        (Some(q), _, _) => q.matmul_quantized(pixels, band_out, epilogue, scratch),
+        (None, Some(b), _) => b.product(Rows::of(&bscratch.mid), pixels, band_out, |p| p * c_out, epilogue),
+        (None, None, Some(f)) => f.product(dw_out, pixels, band_out, |p| p * c_out, epilogue),
+        (None, None, None) => {
+            match res {
+                Some(res) => {
+                    for (d_px, r_px) in band_out.chunks_exact_mut(c_out).zip(res.chunks_exact(c_out)) {
+                        for ((d, &r), &b) in d_px.iter_mut().zip(r_px).zip(p_b) {
+                            *d = r + b;
+                        }
+                    }
+                }
+                None => {
+                    for d_px in band_out.chunks_exact_mut(c_out) {
+                        d_px.copy_from_slice(p_b);
+                    }
+                }
             }
-        }
-    } else {
-        for d_px in band_out.chunks_exact_mut(c_out) {
-            d_px.copy_from_slice(p_b);
+            matmul_serial(dw_out, c_mid, p_w, band_out, true)
         }
     }
-    matmul_serial(dw_out, c_mid, p_w, band_out, true)
 }
 
 /// `out (+)= x @ w_t` on one thread (the caller parallelises over bands):

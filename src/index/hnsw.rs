@@ -132,6 +132,17 @@ impl HnswIndex {
         index
     }
 
+    /// [`Self::build`] on one thread: the same links every time (a
+    /// parallel build's depend on the order concurrent inserts meet in),
+    /// at about half the speed on two cores.
+    pub fn build_on_one_thread(vectors: &[f32], dim: usize, params: HnswParams) -> Self {
+        let build = || Self::build(vectors, dim, params);
+        match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+            Ok(one) => one.install(build),
+            Err(_) => build(),
+        }
+    }
+
     /// Whether every row was linked in a shuffled order; a graph saved by
     /// an earlier imgsearch linked its rows in the order they were stored,
     /// which loses recall when folders follow content (see `insert_rows`).
@@ -1051,8 +1062,7 @@ mod tests {
         let v = clustered(3000, dim, 20, 9);
         // One thread: a parallel build's links depend on the order inserts
         // meet in (under a loaded machine, 1 in ~14 builds found 0.945).
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let mut graph = one.install(|| HnswIndex::build(&v, dim, HnswParams::default()));
+        let mut graph = HnswIndex::build_on_one_thread(&v, dim, HnswParams::default());
         graph.set_ef_search(100);
         let accept = |id: usize| id % 5 == 2;
         let rows: Vec<usize> = (0..3000).filter(|&i| accept(i)).collect();
@@ -1088,9 +1098,7 @@ mod tests {
         // Row i of `mixed` lies in cluster i % 60 and folder i % 10.
         let recall = |order: &[usize]| {
             let v: Vec<f32> = order.iter().flat_map(|&i| mixed[i * dim..(i + 1) * dim].iter().copied()).collect();
-            // One thread: a parallel build's links depend on the order inserts meet in.
-            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-            let graph = one.install(|| HnswIndex::build(&v, dim, HnswParams::default()));
+            let graph = HnswIndex::build_on_one_thread(&v, dim, HnswParams::default());
             let folder = |id: usize| order[id] % 10 == 3;
             let rows: Vec<usize> = (0..n).filter(|&i| folder(i)).collect();
             let exact = ExactIndex::new(&v, dim);
@@ -1123,8 +1131,7 @@ mod tests {
     fn each_row_links_to_other_rows_and_mostly_its_nearest() {
         let dim = 32;
         let v = clustered(2000, dim, 20, 13);
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let graph = one.install(|| HnswIndex::build(&v, dim, HnswParams::default()));
+        let graph = HnswIndex::build_on_one_thread(&v, dim, HnswParams::default());
         let exact = ExactIndex::new(&v, dim);
         let mut nearest_linked = 0;
         for row in (0..2000).step_by(20) {

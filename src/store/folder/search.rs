@@ -117,13 +117,9 @@ impl Store {
                 // copies inserted at the same moment could miss each other:
                 // the Pascal eval's pair recall came out 0.940-0.970 from one
                 // run to the next, and 0.970 in each of 3 runs on one thread.
-                let build = || HnswIndex::build(self.vectors(), self.dim, HnswParams::default());
                 built = match rows <= crate::index::HNSW_MIN_ROWS {
-                    true => match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
-                        Ok(one) => one.install(build),
-                        Err(_) => build(),
-                    },
-                    false => build(),
+                    true => HnswIndex::build_on_one_thread(self.vectors(), self.dim, HnswParams::default()),
+                    false => HnswIndex::build(self.vectors(), self.dim, HnswParams::default()),
                 };
                 &built
             }

@@ -84,6 +84,11 @@ fn main() {
         store.add_batch(&batch).unwrap();
     }
     let graph = store.upkeep().unwrap();
+    // As `serve` does: a database then scores a narrow filter's images in
+    // this process (IMGSEARCH_BENCH_KEEP=0: in SQL, as one-shot commands do).
+    if std::env::var("IMGSEARCH_BENCH_KEEP").map_or(true, |k| k != "0") {
+        store.keep_vectors();
+    }
     println!("{n} images stored and indexed in {:.1} s (HNSW graph: {graph:?} rows)", start.elapsed().as_secs_f64());
     let text = std::env::var("IMGSEARCH_BENCH_KIND").is_ok_and(|k| k == "text");
     let side = TextSide { name: "zero-shot", model_id: None, projection: &Prefix };

@@ -117,6 +117,7 @@ impl State {
         if let Err(e) = library.store().upkeep() {
             eprintln!("note: {e}; searching exactly meanwhile");
         }
+        library.store().keep_vectors();
         let (uploads, thumbs) = match library.store().folder() {
             Some(folder) if !library.store().keeps_uploads() => (Some(folder.join("uploads")), folder.join("thumbs")),
             Some(folder) => (None, folder.join("thumbs")),

@@ -138,6 +138,11 @@ pub trait ImageStore: Send + Sync {
     }
     /// Makes searches scan every vector instead of the store's own index.
     fn set_exact(&self, _exact: bool) {}
+    /// Tells the store that this process is long-lived (the server) and may
+    /// keep vectors in its own memory for searches to come: a database then
+    /// scores a narrow filter's images here instead of row by row in SQL. A
+    /// folder store already reads its vectors from memory.
+    fn keep_vectors(&self) {}
     /// An uploaded original's bytes kept in the store (a database keeps
     /// them; a folder store keeps uploads as files).
     fn blob(&self, _hash: &str) -> Result<Option<Vec<u8>>> {

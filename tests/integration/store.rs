@@ -402,7 +402,12 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
     let same_as_exact = |s: &PgStore, what: &str| {
         for q in 0..20 {
             let query = &vectors[q * 7];
-            for sq in [StoreQuery::Cnn(query), StoreQuery::Weighted { embedding: query, weights: &weights }] {
+            let side = TextSide { name: "zero-shot", model_id: None, projection: &first_two };
+            for sq in [
+                StoreQuery::Cnn(query),
+                StoreQuery::Weighted { embedding: query, weights: &weights },
+                StoreQuery::Text { side, vector: &query[..2] },
+            ] {
                 // k = 3: the half-precision ranking keeps 12 of the 40 passing.
                 let found = s.search(&sq, 3, &few).unwrap();
                 s.set_exact(true);
@@ -419,6 +424,21 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
         }
     };
     same_as_exact(&s, "fresh store");
+    // A server keeps the vectors it scores: the same answers, ranked in
+    // its own int8 copy and scored again by the database.
+    let kept = PgStore::open(&url, "lite0", dim).unwrap();
+    kept.keep_vectors();
+    same_as_exact(&kept, "vectors kept");
+    same_as_exact(&kept, "vectors kept, second round");
+    // Another process adds an image under /few: the next search sees it
+    // (which images pass always comes from the database).
+    let mut other = PgStore::open(&url, "lite0", dim).unwrap();
+    let fresh = vectors[7].iter().map(|x| x * 2.0).collect();
+    let key = other.add_batch(&[image("/few/new.jpg", "fresh", fresh)]).unwrap()[0];
+    let hits = kept.search(&StoreQuery::Cnn(&vectors[7]), 2, &few).unwrap();
+    assert_eq!(hits.iter().map(|(r, _)| r.key).filter(|k| *k == key).count(), 1, "the new image found");
+    other.delete(&[key]).unwrap();
+    assert!(kept.search(&StoreQuery::Cnn(&vectors[7]), 3, &few).unwrap().iter().all(|(r, _)| r.key != key));
     // A store from before schema 6 gets its half-precision column filled
     // (and, at 7, its index built again) when opened.
     drop(s);

@@ -43,6 +43,7 @@ use pgvector::Vector;
 use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 
+mod cache;
 mod text;
 
 pub use text::Project;
@@ -115,7 +116,7 @@ impl r2d2::ManageConnection for Manager {
 }
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -144,6 +145,10 @@ pub struct PgStore {
     /// The share of images each recent filter lets through, and when it
     /// was counted: how a filtered search picks its plan (`text.rs`).
     shares: std::sync::Mutex<Vec<(Filter, f64, std::time::Instant)>>,
+    /// Whether this process keeps the vectors narrow filters score in
+    /// `cache` (a long-lived one: [`ImageStore::keep_vectors`]).
+    keep: std::sync::atomic::AtomicBool,
+    cache: cache::Cache,
 }
 
 fn migrations(dim: usize) -> Vec<String> {
@@ -220,6 +225,13 @@ fn migrations(dim: usize) -> Vec<String> {
         // Version 7: the image index built again with a wider candidate
         // list while linking (see `HNSW_BUILD_LIST`).
         format!("DROP INDEX IF EXISTS vectors_embedding_hnsw; {};", vectors_hnsw()),
+        // Version 8: the paths' index holds each image's key and content
+        // too, so a narrow folder filter's images come from the index alone
+        // (an index-only scan: 3000 of 30k rows in 0.5 ms, where visiting
+        // the 2.5 KB rows took 1.2 ms), for the vectors a server keeps.
+        "CREATE INDEX IF NOT EXISTS images_path_hash ON images ((path COLLATE \"C\")) INCLUDE (path, hash, key);
+         DROP INDEX IF EXISTS images_path_c;"
+            .to_owned(),
     ]
 }
 
@@ -280,6 +292,8 @@ impl PgStore {
             ef_search: DEFAULT_EF_SEARCH,
             exact: Default::default(),
             shares: Default::default(),
+            keep: Default::default(),
+            cache: Default::default(),
         };
         store.migrate(backbone, dim)?;
         Ok(store)
@@ -573,6 +587,10 @@ impl ImageStore for PgStore {
         PgStore::set_exact(self, exact)
     }
 
+    fn keep_vectors(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn blob(&self, hash: &str) -> Result<Option<Vec<u8>>> {
         PgStore::blob(self, hash)
     }
@@ -730,7 +748,11 @@ impl ImageStore for PgStore {
             .collect();
         for table in stale {
             // Not the owner: PostgreSQL skips the table with a warning.
-            self.retry(|c| c.batch_execute(&format!("ANALYZE {table}")))?;
+            // `images` is vacuumed too: pages marked all-visible let a
+            // folder filter read its contents from the paths' index alone
+            // (autovacuum would, a while after an insert-only run).
+            let verb = if table == "images" { "VACUUM (ANALYZE)" } else { "ANALYZE" };
+            self.retry(|c| c.batch_execute(&format!("{verb} {table}")))?;
         }
         Ok(None)
     }
@@ -751,7 +773,14 @@ impl ImageStore for PgStore {
                     want,
                     filter,
                     // Cast once (an init plan), not once a row as a generic plan would.
-                    Some("i.half <=> (SELECT $1::halfvec)"),
+                    text::Narrow {
+                        half: Some("i.half <=> (SELECT $1::halfvec)"),
+                        here: Some(text::Local {
+                            space: "cnn".into(),
+                            query: q.as_slice(),
+                            fetch: "SELECT hash, embedding FROM vectors WHERE hash = ANY($1)".into(),
+                        }),
+                    },
                 )
             }
             StoreQuery::Weighted { embedding, weights } => self.nearest_weighted(embedding, weights, want, filter),

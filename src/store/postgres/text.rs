@@ -293,7 +293,16 @@ impl PgStore {
             &[&q],
             k,
             filter,
-            None,
+            Narrow {
+                half: None,
+                here: Some(Local {
+                    space: format!("text {fingerprint}"),
+                    query: q.as_slice(),
+                    fetch: format!(
+                    "SELECT hash, embedding FROM text_vectors WHERE fingerprint = '{fingerprint}' AND hash = ANY($1)"
+                ),
+                }),
+            },
         )
     }
 
@@ -337,7 +346,14 @@ impl PgStore {
             &[&q],
             k,
             filter,
-            None,
+            Narrow {
+                half: None,
+                here: Some(Local {
+                    space: format!("joint {model_id}"),
+                    query: q.as_slice(),
+                    fetch: format!("SELECT hash, embedding FROM joint WHERE model = {model_id} AND hash = ANY($1)"),
+                }),
+            },
         )
     }
 
@@ -361,7 +377,7 @@ impl PgStore {
             &[&qw, &w],
             k,
             filter,
-            Some("(i.half * (SELECT $2::halfvec)) <=> (SELECT $1::halfvec)"),
+            Narrow { half: Some("(i.half * (SELECT $2::halfvec)) <=> (SELECT $1::halfvec)"), here: None },
         )
     }
 
@@ -374,7 +390,7 @@ impl PgStore {
     /// `ORDER BY`, so it is computed once a row); its hits are joined with
     /// their images, nearest first. `half` is the
     /// same distance over the `images` row's half-precision embedding
-    /// (`i.half`), when `inner` ranks image embeddings.
+    /// (`i.half`), when `inner` ranks image embeddings (`narrow`).
     ///
     /// The plan is picked here, not left to the planner, which guesses a
     /// filter's share (a camera substring: a third) and then walks the
@@ -390,7 +406,13 @@ impl PgStore {
     ///   0.978 instead of 0.970 at 25 %, 0.968 instead of 0.956 at 50 %
     ///   following the content. A walk that ends short of `k` falls back to
     ///   the exact plan.
-    /// - fewer, with `half`: every passing image scored on its own row's
+    /// - fewer, in a process that keeps vectors (`narrow.here`, the
+    ///   server): the database names the passing images and contents (an
+    ///   index-only scan for a folder), this process ranks them in its int8
+    ///   copy (`cache`), and the database scores the best `4 k` in full.
+    ///   A text side's 10 % folder over 10k: 0.95 ms (2.0x) against 2.2 ms
+    ///   in SQL; the image side's over 30k: 2.8 ms (2.3x) against 4.2 ms.
+    /// - fewer, with `narrow.half`: every passing image scored on its own row's
     ///   half-precision embedding (no join, a 2.5 KB read: 1.3-1.8 us a
     ///   row), and the best `4 k` scored again in full precision, so the
     ///   distances returned are the unfiltered search's. A 10 % folder:
@@ -407,7 +429,7 @@ impl PgStore {
         args: &[&(dyn postgres::types::ToSql + Sync)],
         k: usize,
         filter: &Filter,
-        half: Option<&str>,
+        narrow: Narrow<'_>,
     ) -> Result<Vec<(ImageRecord, f32)>> {
         /// From this share of images passing a filter on, the index is walked.
         const WALK_FROM: f64 = 0.2;
@@ -415,6 +437,9 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let ef = self.ef_search.max(k);
+        // The contents a narrow filter's images hold, best first, and those
+        // images, when they are scored here.
+        let (best, passing): (Vec<String>, Vec<i64>);
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = args.to_vec();
         let (conditions, values) = filter_sql(filter, params.len() + 1);
         params.extend(values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)));
@@ -422,8 +447,16 @@ impl PgStore {
             _ if self.exact.load(std::sync::atomic::Ordering::Relaxed) => Plan::Exact,
             _ if conditions.is_empty() => Plan::Walk,
             _ if self.filter_share(filter)? >= WALK_FROM => Plan::FilteredWalk,
-            _ => half.map_or(Plan::Exact, Plan::Half),
+            _ if narrow.here.is_some() && self.keep.load(std::sync::atomic::Ordering::Relaxed) => Plan::Here,
+            _ => narrow.half.map_or(Plan::Exact, Plan::Half),
         };
+        if let (Plan::Here, Some(local)) = (plan, &narrow.here) {
+            (best, passing) = self.nearest_here(local, filter, 4 * k)?;
+            // The filter's own values are not used: its images are named.
+            params.truncate(args.len());
+            params.push(&best);
+            params.push(&passing);
+        }
         let inner_filter = match plan {
             _ if conditions.is_empty() => String::new(),
             Plan::Half(half) => format!(
@@ -437,11 +470,15 @@ impl PgStore {
             // a hash join over the whole table). A text side's 10 % folder
             // at 10k: 1.3 ms where `IN` hashed all 10k rows in 3.1-4.4 ms.
             Plan::Exact => format!("AND hash = ANY(ARRAY(SELECT i.hash FROM images i WHERE {conditions}))"),
+            Plan::Here => format!("AND hash = ANY(${})", params.len() - 1),
             _ => format!("AND hash IN (SELECT i.hash FROM images i WHERE {conditions})"),
         };
-        let outer_filter = match conditions.is_empty() {
-            true => String::new(),
-            false => format!("AND {conditions}"),
+        let outer_filter = match plan {
+            _ if conditions.is_empty() => String::new(),
+            // The passing images named, not the filter again: its range
+            // scan turned the join with the few best into a hash join.
+            Plan::Here => format!("AND i.key = ANY(${})", params.len()),
+            _ => format!("AND {conditions}"),
         };
         let sql = |order: &str| {
             let inner =
@@ -468,7 +505,7 @@ impl PgStore {
         };
         let exact_sql = || sql(&format!("({order}) + 0"));
         let rows = match plan {
-            Plan::Exact | Plan::Half(_) => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
+            Plan::Exact | Plan::Half(_) | Plan::Here => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
             Plan::Walk => run(&sql(order), ef)?,
             Plan::FilteredWalk => {
                 let rows = run(&sql(order), ef)?;
@@ -533,6 +570,9 @@ impl PgStore {
 enum Plan<'a> {
     /// Every passing row scored.
     Exact,
+    /// The passing contents ranked in this process's copy of their
+    /// vectors (`cache`), the best scored again in full.
+    Here,
     /// The passing rows ranked by this distance on their `images` row's
     /// half-precision embedding, the best scored again in full.
     Half(&'a str),
@@ -574,6 +614,60 @@ impl PgStore {
     }
 }
 
+/// How a narrow filter's images may be ranked before the best are scored
+/// in full, other than scoring each in SQL.
+pub(super) struct Narrow<'a> {
+    /// The search's distance over the `images` row's half-precision copy.
+    pub half: Option<&'a str>,
+    /// The search's space in this process's copy, when it keeps one.
+    pub here: Option<Local<'a>>,
+}
+
+/// A search's space in this process's own copy of the vectors (`cache`).
+pub(super) struct Local<'a> {
+    /// The copy's name for the space.
+    pub space: String,
+    /// The query, at unit length.
+    pub query: &'a [f32],
+    /// Selects `hash, embedding` of the space for the hashes in `$1`.
+    pub fetch: String,
+}
+
+impl PgStore {
+    /// The `m` contents nearest to `local.query` among those of the images
+    /// `filter` lets through, scored in this process's copy of their
+    /// vectors; the database names the passing contents and sends the
+    /// vectors the copy lacks.
+    fn nearest_here(&self, local: &Local<'_>, filter: &Filter, m: usize) -> Result<(Vec<String>, Vec<i64>)> {
+        let (conditions, values) = filter_sql(filter, 1);
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+            values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
+        // As two arrays in one row: a row each cost more to decode than the scan.
+        let sql = format!(
+            "SELECT COALESCE(array_agg(i.key), '{{}}'), COALESCE(array_agg(i.hash), '{{}}') FROM images i WHERE {conditions}"
+        );
+        let row = self.retry(|c| {
+            let statement = c.prepared(&sql)?;
+            c.query_one(&statement, &params)
+        })?;
+        let (keys, hashes): (Vec<i64>, Vec<&str>) = (row.get(0), row.get(1));
+        for chunk in self.cache.missing(&local.space, &hashes).chunks(1024) {
+            let got = self.retry(|c| {
+                let statement = c.prepared(&local.fetch)?;
+                c.query(&statement, &[&chunk])
+            })?;
+            let vectors = got.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Vector>(1).to_vec())).collect();
+            self.cache.insert(&local.space, local.query.len(), chunk, vectors);
+        }
+        let best = self.cache.nearest(&local.space, local.query, &hashes, m);
+        let mut wanted: Vec<&str> = best.iter().map(|h| h.as_str()).collect();
+        wanted.sort_unstable();
+        let passing =
+            keys.iter().zip(&hashes).filter(|(_, h)| wanted.binary_search(h).is_ok()).map(|(k, _)| *k).collect();
+        Ok((best, passing))
+    }
+}
+
 pub(super) fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn postgres::types::ToSql + Sync>>) {
     let mut conditions = Vec::new();
     let mut values: Vec<Box<dyn postgres::types::ToSql + Sync>> = Vec::new();
@@ -584,12 +678,16 @@ pub(super) fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn 
     if let Some(under) = &filter.under {
         // The folder itself, or a path in the byte range of "under/": all
         // the paths starting with it, in "C" order, which an index serves
-        // (`images_path_c`; a scan with `left()` cost 1.2 ms per 10k rows).
+        // (`images_path_hash`; a scan with `left()` cost 1.2 ms per 10k rows).
+        // Both bounds on the index's expression, so that a scan for the
+        // passing contents reads the index alone (`images_path_hash`).
         let under = under.trim_end_matches('/');
         let at = next(Box::new(under.to_owned()));
         let (from, to) = (next(Box::new(format!("{under}/"))), next(Box::new(format!("{under}0"))));
-        conditions
-            .push(format!("(i.path = ${at} OR (i.path COLLATE \"C\" >= ${from} AND i.path COLLATE \"C\" < ${to}))"));
+        conditions.push(format!(
+            "(i.path COLLATE \"C\" >= ${at} AND i.path COLLATE \"C\" < ${to} \
+             AND (i.path = ${at} OR i.path COLLATE \"C\" >= ${from}))"
+        ));
     }
     if let Some(label) = &filter.label {
         conditions.push(format!("i.label = ${}", next(Box::new(label.clone()))));

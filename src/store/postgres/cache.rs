@@ -1,0 +1,256 @@
+//! Vectors a long-lived process (`serve`) keeps in its own memory, so that
+//! a narrow filter's images are scored here rather than one by one in SQL.
+//!
+//! pgvector filters after its walk, so a filter that lets a tenth of the
+//! images through either walks ten times as far or scores every passing row
+//! on the server: about 1 us a row for the half-precision distance and the
+//! row's visit, more for a text side, whose rows are looked up by hash. A
+//! search that filters this narrowly asks the database only which contents
+//! pass (their hashes), scores them here on an int8 copy of their vectors,
+//! and has the database score the best few again in full precision, so the
+//! distances returned are the same as without the copy.
+//!
+//! A content's vector never changes under its hash (a `vectors` row is
+//! inserted once per content, a text side's row once per projection
+//! fingerprint, a joint row once per model), so the copy cannot go stale
+//! between processes that share the database: which images exist and pass
+//! still comes from the database on every search. Vectors the copy lacks
+//! are fetched when a search first needs them; one-shot commands (the CLI)
+//! never keep a copy.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// The most the copies may hold, in bytes; past it they are dropped and
+/// filled again as searches need them (a 1280-d vector is 1.3 KB: 400k
+/// images, or 200k with two text sides).
+const CAPACITY: usize = 512 << 20;
+
+/// How long a content with no row in a space (a text side not synced for
+/// it yet) is taken as absent before the database is asked again.
+const ABSENT_FOR: Duration = Duration::from_secs(60);
+
+/// The copies, one per space (`cnn`, a text side's fingerprint, a model).
+#[derive(Default)]
+pub(super) struct Cache {
+    spaces: RwLock<HashMap<String, Space>>,
+}
+
+#[derive(Default)]
+struct Space {
+    dim: usize,
+    /// Each content's row in `data`.
+    rows: Map<Box<str>, u32>,
+    /// Each row's content.
+    hashes: Vec<Box<str>>,
+    /// Unit vectors, `dim` int8 values a row, times the row's `scales`.
+    data: Vec<i8>,
+    scales: Vec<f32>,
+    /// Contents with no row in this space, and since when.
+    absent: Map<Box<str>, Instant>,
+}
+
+/// Maps keyed by content hashes (hex digests, already uniform), hashed
+/// with FxHash's multiply-rotate: SipHash's lookups took longer than
+/// scoring a 384-d text side's vectors.
+type Map<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
+type Set<'a> = std::collections::HashSet<&'a str, std::hash::BuildHasherDefault<Fx>>;
+
+#[derive(Default)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().unwrap()));
+        }
+        for &b in chunks.remainder() {
+            self.add(b as u64);
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.add(b as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Cache {
+    /// The hashes among `hashes` that space `space` holds no vector for
+    /// (nor knows to be absent), each once.
+    pub(super) fn missing<'h>(&self, space: &str, hashes: &[&'h str]) -> Vec<&'h str> {
+        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
+        let space = spaces.get(space);
+        let mut seen = Set::default();
+        hashes
+            .iter()
+            .copied()
+            .filter(|h| match space {
+                Some(s) => !s.rows.contains_key(*h) && s.absent.get(*h).is_none_or(|at| at.elapsed() >= ABSENT_FOR),
+                None => true,
+            })
+            .filter(|h| seen.insert(*h))
+            .collect()
+    }
+
+    /// Keeps `vectors` (hash, vector of `dim`) in space `space`, at unit
+    /// length; `asked` hashes that came back without a vector are absent.
+    pub(super) fn insert(&self, space: &str, dim: usize, asked: &[&str], vectors: Vec<(String, Vec<f32>)>) {
+        let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
+        let held: usize = spaces.values().map(|s| s.data.len()).sum();
+        if held + vectors.len() * dim > CAPACITY {
+            spaces.clear();
+        }
+        let s = spaces.entry(space.to_owned()).or_default();
+        if s.dim != dim {
+            *s = Space { dim, ..Default::default() };
+        }
+        let now = Instant::now();
+        for h in asked {
+            s.absent.insert((*h).into(), now);
+        }
+        for (hash, mut v) in vectors {
+            if v.len() != dim || s.rows.contains_key(hash.as_str()) {
+                continue;
+            }
+            s.absent.remove(hash.as_str());
+            crate::vector::normalize(&mut v);
+            s.rows.insert(hash.as_str().into(), s.hashes.len() as u32);
+            s.hashes.push(hash.into_boxed_str());
+            let top = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let scale = if top > 0.0 { top / 127.0 } else { 1.0 };
+            s.data.extend(v.iter().map(|&x| (x / scale).round() as i8));
+            s.scales.push(scale);
+        }
+    }
+
+    /// The `m` contents among `hashes` nearest to `query` (a unit vector)
+    /// in space `space`, nearest first: those the copy holds; the rest
+    /// (absent from the space) are not ranked.
+    pub(super) fn nearest(&self, space: &str, query: &[f32], hashes: &[&str], m: usize) -> Vec<String> {
+        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = spaces.get(space).filter(|s| s.dim == query.len()) else { return Vec::new() };
+        let mut rows: Vec<u32> = hashes.iter().filter_map(|h| s.rows.get(*h).copied()).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let dim = s.dim;
+        // A plain loop, not an iterator's closure, so that the dot product
+        // is compiled inside `simd`'s wide copy.
+        let mut best: Vec<(f32, u32)> = Vec::with_capacity(rows.len());
+        crate::simd::simd(
+            #[inline(always)]
+            || {
+                for &r in &rows {
+                    let row = &s.data[r as usize * dim..(r as usize + 1) * dim];
+                    best.push((dot_i8(row, query) * s.scales[r as usize], r));
+                }
+            },
+        );
+        let m = m.min(best.len());
+        if m == 0 {
+            return Vec::new();
+        }
+        best.select_nth_unstable_by(m - 1, |a, b| b.0.total_cmp(&a.0));
+        best.truncate(m);
+        best.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect()
+    }
+
+    /// Bytes held, over every space.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.spaces.read().unwrap().values().map(|s| s.data.len()).sum()
+    }
+}
+
+#[inline(always)]
+fn dot_i8(a: &[i8], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(&x, y)| x as f32 * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] as f32 * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vectors(n: usize, dim: usize) -> Vec<Vec<f32>> {
+        let mut state = 0x9E3779B97F4A7C15_u64;
+        (0..n)
+            .map(|_| {
+                (0..dim)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_int8_copy_ranks_as_full_precision_does() {
+        let (n, dim) = (500, 1280);
+        let vs = vectors(n, dim);
+        let hashes: Vec<String> = (0..n).map(|i| format!("{i:064x}")).collect();
+        let cache = Cache::default();
+        let all: Vec<&str> = hashes.iter().map(|h| h.as_str()).collect();
+        // Scaled copies: the copy keeps unit vectors.
+        cache.insert(
+            "cnn",
+            dim,
+            &all,
+            hashes.iter().cloned().zip(vs.iter().map(|v| v.iter().map(|x| x * 3.0).collect())).collect(),
+        );
+        assert_eq!(cache.held(), n * dim);
+        assert!(cache.missing("cnn", &all).is_empty());
+        // Every other content passes; the copy's best 10 hold the true best 5.
+        let passing: Vec<&str> = all.iter().copied().step_by(2).collect();
+        for q in vs.iter().take(20) {
+            let unit = crate::vector::unit(q);
+            let best = cache.nearest("cnn", &unit, &passing, 10);
+            assert_eq!(best.len(), 10);
+            let mut truth: Vec<(f32, usize)> =
+                (0..n).step_by(2).map(|i| (crate::index::dot(&crate::vector::unit(&vs[i]), &unit), i)).collect();
+            truth.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (_, i) in &truth[..5] {
+                assert!(best.contains(&hashes[*i]), "true neighbour {i} kept");
+            }
+            assert_eq!(best[0], hashes[truth[0].1]);
+        }
+    }
+
+    #[test]
+    fn missing_contents_are_named_once_and_absent_ones_not_asked_again() {
+        let cache = Cache::default();
+        let v = vectors(2, 8);
+        cache.insert("text ab", 8, &["a", "b", "c"], vec![("a".into(), v[0].clone()), ("b".into(), v[1].clone())]);
+        // "c" came back without a vector: absent for a while; "d" is new, named once.
+        assert_eq!(cache.missing("text ab", &["a", "d", "c", "d", "b"]), vec!["d"]);
+        // Another space knows none of them.
+        assert_eq!(cache.missing("cnn", &["a", "b"]), vec!["a", "b"]);
+        // A vector of the wrong width is not kept; a query of another width ranks nothing.
+        cache.insert("text ab", 8, &["e"], vec![("e".into(), vec![1.0; 4])]);
+        assert_eq!(cache.held(), 16);
+        assert!(cache.nearest("text ab", &[1.0; 4], &["a", "b"], 2).is_empty());
+        assert_eq!(cache.nearest("text ab", &crate::vector::unit(&v[1]), &["a", "b", "c"], 5)[0], "b");
+    }
+}

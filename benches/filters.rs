@@ -13,6 +13,9 @@
 //! database; `scripts/pg-test-server start DIR` prints a URL).
 //! `IMGSEARCH_BENCH_KIND=text` searches a text side instead (a linear
 //! projection onto the first 384 coordinates, standing in for zero-shot).
+//! The store keeps vectors in memory as `serve` does;
+//! `IMGSEARCH_BENCH_KEEP=0` searches as a one-shot command does (on
+//! PostgreSQL, narrow filters then score in SQL).
 
 use std::time::Instant;
 

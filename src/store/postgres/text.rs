@@ -388,7 +388,7 @@ impl PgStore {
     /// filter's condition on `hash` goes and `{order}` where `order`, the
     /// distance an HNSW index orders by, goes (in the select list and the
     /// `ORDER BY`, so it is computed once a row); its hits are joined with
-    /// their images, nearest first. `half` is the
+    /// their images, nearest first. `narrow.half` is the
     /// same distance over the `images` row's half-precision embedding
     /// (`i.half`), when `inner` ranks image embeddings (`narrow`).
     ///

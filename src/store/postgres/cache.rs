@@ -40,107 +40,98 @@ pub(super) struct Cache {
 #[derive(Default)]
 struct Space {
     dim: usize,
-    /// Each content's row in `data`.
-    rows: Map<Box<str>, u32>,
+    /// Each content's row in `data`, by its [`id`].
+    rows: Map<u32>,
     /// Each row's content.
     hashes: Vec<Box<str>>,
     /// Unit vectors, `dim` int8 values a row, times the row's `scales`.
     data: Vec<i8>,
     scales: Vec<f32>,
     /// Contents with no row in this space, and since when.
-    absent: Map<Box<str>, Instant>,
+    absent: Map<Instant>,
 }
 
-/// Maps keyed by content hashes (hex digests, already uniform), hashed
-/// with FxHash's multiply-rotate: SipHash's lookups took longer than
-/// scoring a 384-d text side's vectors.
-type Map<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
-type Set<'a> = std::collections::HashSet<&'a str, std::hash::BuildHasherDefault<Fx>>;
+/// Maps keyed by a content's [`id`]: a lookup is one probe of a flat
+/// table, where a map keyed by the 64-character strings took 130-180 ns
+/// a lookup (a pointer to follow and 64 bytes to compare), longer than
+/// scoring the vector.
+type Map<V> = HashMap<u128, V, std::hash::BuildHasherDefault<Low64>>;
 
+/// A content hash as 128 bits: its bytes in 16-byte words, each xored in
+/// and multiplied through, then mixed (each step a bijection, so names of
+/// up to 16 bytes never share an id; sha256 hex digests carry 256 bits in). Only the
+/// ranking in the copy leans on it: the database scores the best again.
+fn id(hash: &str) -> u128 {
+    const ODD: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
+    let mut acc = hash.len() as u128;
+    for word in hash.as_bytes().chunks(16) {
+        let mut w = [0u8; 16];
+        w[..word.len()].copy_from_slice(word);
+        acc = (acc ^ u128::from_le_bytes(w)).wrapping_mul(ODD);
+    }
+    // A product's bits depend only on the bits below them: fold the high
+    // half down before each multiplication, and once more after it.
+    for _ in 0..2 {
+        acc ^= acc >> 64;
+        acc = acc.wrapping_mul(ODD);
+    }
+    acc ^ acc >> 64
+}
+
+/// Hashes an [`id`] by its low 64 bits (uniform already).
 #[derive(Default)]
-struct Fx(u64);
+struct Low64(u64);
 
-impl std::hash::Hasher for Fx {
+impl std::hash::Hasher for Low64 {
     fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().unwrap()));
-        }
-        for &b in chunks.remainder() {
-            self.add(b as u64);
+        for c in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..c.len()].copy_from_slice(c);
+            self.0 ^= u64::from_le_bytes(word);
         }
     }
-    fn write_u8(&mut self, b: u8) {
-        self.add(b as u64);
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
     }
     fn finish(&self) -> u64 {
         self.0
     }
 }
 
-impl Fx {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 impl Cache {
-    /// The hashes among `hashes` that space `space` holds no vector for
-    /// (nor knows to be absent), each once.
-    pub(super) fn missing<'h>(&self, space: &str, hashes: &[&'h str]) -> Vec<&'h str> {
-        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
-        let space = spaces.get(space);
-        let mut seen = Set::default();
-        hashes
-            .iter()
-            .copied()
-            .filter(|h| match space {
-                Some(s) => !s.rows.contains_key(*h) && s.absent.get(*h).is_none_or(|at| at.elapsed() >= ABSENT_FOR),
-                None => true,
-            })
-            .filter(|h| seen.insert(*h))
-            .collect()
-    }
-
-    /// Keeps `vectors` (hash, vector of `dim`) in space `space`, at unit
-    /// length; `asked` hashes that came back without a vector are absent.
-    pub(super) fn insert(&self, space: &str, dim: usize, asked: &[&str], vectors: Vec<(String, Vec<f32>)>) {
-        let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
-        let held: usize = spaces.values().map(|s| s.data.len()).sum();
-        if held + vectors.len() * dim > CAPACITY {
-            spaces.clear();
-        }
-        let s = spaces.entry(space.to_owned()).or_default();
-        if s.dim != dim {
-            *s = Space { dim, ..Default::default() };
-        }
-        let now = Instant::now();
-        for h in asked {
-            s.absent.insert((*h).into(), now);
-        }
-        for (hash, mut v) in vectors {
-            if v.len() != dim || s.rows.contains_key(hash.as_str()) {
-                continue;
-            }
-            s.absent.remove(hash.as_str());
-            crate::vector::normalize(&mut v);
-            s.rows.insert(hash.as_str().into(), s.hashes.len() as u32);
-            s.hashes.push(hash.into_boxed_str());
-            let top = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let scale = if top > 0.0 { top / 127.0 } else { 1.0 };
-            s.data.extend(v.iter().map(|&x| (x / scale).round() as i8));
-            s.scales.push(scale);
-        }
-    }
-
     /// The `m` contents among `hashes` nearest to `query` (a unit vector)
-    /// in space `space`, nearest first: those the copy holds; the rest
-    /// (absent from the space) are not ranked.
-    pub(super) fn nearest(&self, space: &str, query: &[f32], hashes: &[&str], m: usize) -> Vec<String> {
+    /// in space `space`, nearest first; contents known to have no vector
+    /// in the space are passed over. `Err` with the hashes the copy lacks
+    /// (each once) when there are any: fetch them ([`Cache::insert`]) and ask again.
+    pub(super) fn nearest<'h>(
+        &self,
+        space: &str,
+        query: &[f32],
+        hashes: &[&'h str],
+        m: usize,
+    ) -> std::result::Result<Vec<String>, Vec<&'h str>> {
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
-        let Some(s) = spaces.get(space).filter(|s| s.dim == query.len()) else { return Vec::new() };
-        let mut rows: Vec<u32> = hashes.iter().filter_map(|h| s.rows.get(*h).copied()).collect();
+        let Some(s) = spaces.get(space).filter(|s| s.dim == query.len()) else {
+            let mut all = hashes.to_vec();
+            all.sort_unstable();
+            all.dedup();
+            return Err(all);
+        };
+        let mut rows = Vec::with_capacity(hashes.len());
+        let mut missing = Vec::new();
+        for h in hashes {
+            let id = id(h);
+            match s.rows.get(&id) {
+                Some(&r) => rows.push(r),
+                None if s.absent.get(&id).is_some_and(|at| at.elapsed() < ABSENT_FOR) => {}
+                None => missing.push(*h),
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            return Err(missing);
+        }
         rows.sort_unstable();
         rows.dedup();
         let dim = s.dim;
@@ -158,12 +149,44 @@ impl Cache {
         );
         let m = m.min(best.len());
         if m == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         best.select_nth_unstable_by(m - 1, |a, b| b.0.total_cmp(&a.0));
         best.truncate(m);
         best.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect()
+        Ok(best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect())
+    }
+
+    /// Keeps `vectors` (hash, vector of `dim`) in space `space`, at unit
+    /// length; `asked` hashes that came back without a vector are absent.
+    pub(super) fn insert(&self, space: &str, dim: usize, asked: &[&str], vectors: Vec<(String, Vec<f32>)>) {
+        let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
+        let held: usize = spaces.values().map(|s| s.data.len()).sum();
+        if held + vectors.len() * dim > CAPACITY {
+            spaces.clear();
+        }
+        let s = spaces.entry(space.to_owned()).or_default();
+        if s.dim != dim {
+            *s = Space { dim, ..Default::default() };
+        }
+        let now = Instant::now();
+        for h in asked {
+            s.absent.insert(id(h), now);
+        }
+        for (hash, mut v) in vectors {
+            let id = id(&hash);
+            if v.len() != dim || s.rows.contains_key(&id) {
+                continue;
+            }
+            s.absent.remove(&id);
+            crate::vector::normalize(&mut v);
+            s.rows.insert(id, s.hashes.len() as u32);
+            s.hashes.push(hash.into_boxed_str());
+            let top = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let scale = if top > 0.0 { top / 127.0 } else { 1.0 };
+            s.data.extend(v.iter().map(|&x| (x / scale).round() as i8));
+            s.scales.push(scale);
+        }
     }
 
     /// Bytes held, over every space.
@@ -221,12 +244,12 @@ mod tests {
             hashes.iter().cloned().zip(vs.iter().map(|v| v.iter().map(|x| x * 3.0).collect())).collect(),
         );
         assert_eq!(cache.held(), n * dim);
-        assert!(cache.missing("cnn", &all).is_empty());
+        assert_eq!(cache.nearest("cnn", &crate::vector::unit(&vs[0]), &all, 1).unwrap()[0], hashes[0]);
         // Every other content passes; the copy's best 10 hold the true best 5.
         let passing: Vec<&str> = all.iter().copied().step_by(2).collect();
         for q in vs.iter().take(20) {
             let unit = crate::vector::unit(q);
-            let best = cache.nearest("cnn", &unit, &passing, 10);
+            let best = cache.nearest("cnn", &unit, &passing, 10).unwrap();
             assert_eq!(best.len(), 10);
             let mut truth: Vec<(f32, usize)> =
                 (0..n).step_by(2).map(|i| (crate::index::dot(&crate::vector::unit(&vs[i]), &unit), i)).collect();
@@ -239,18 +262,30 @@ mod tests {
     }
 
     #[test]
-    fn missing_contents_are_named_once_and_absent_ones_not_asked_again() {
+    fn missing_contents_are_named_once_and_absent_ones_passed_over() {
         let cache = Cache::default();
         let v = vectors(2, 8);
+        let (a, b) = (crate::vector::unit(&v[0]), crate::vector::unit(&v[1]));
         cache.insert("text ab", 8, &["a", "b", "c"], vec![("a".into(), v[0].clone()), ("b".into(), v[1].clone())]);
-        // "c" came back without a vector: absent for a while; "d" is new, named once.
-        assert_eq!(cache.missing("text ab", &["a", "d", "c", "d", "b"]), vec!["d"]);
-        // Another space knows none of them.
-        assert_eq!(cache.missing("cnn", &["a", "b"]), vec!["a", "b"]);
-        // A vector of the wrong width is not kept; a query of another width ranks nothing.
+        // "c" came back without a vector: passed over for a while; "d" is new, named once.
+        assert_eq!(cache.nearest("text ab", &a, &["a", "d", "c", "d", "b"], 2), Err(vec!["d"]));
+        assert_eq!(cache.nearest("text ab", &b, &["a", "c", "b"], 5), Ok(vec!["b".to_owned(), "a".to_owned()]));
+        // Another space knows none of them; a query of another width is another space.
+        assert_eq!(cache.nearest("cnn", &a, &["b", "a", "b"], 2), Err(vec!["a", "b"]));
+        assert_eq!(cache.nearest("text ab", &[0.5; 4], &["a"], 2), Err(vec!["a"]));
+        // A vector of the wrong width is not kept.
         cache.insert("text ab", 8, &["e"], vec![("e".into(), vec![1.0; 4])]);
         assert_eq!(cache.held(), 16);
-        assert!(cache.nearest("text ab", &[1.0; 4], &["a", "b"], 2).is_empty());
-        assert_eq!(cache.nearest("text ab", &crate::vector::unit(&v[1]), &["a", "b", "c"], 5)[0], "b");
+        // Names differing in any one byte, or in order, have ids of their own.
+        let digest = "0123456789abcdef".repeat(4);
+        let ids: std::collections::HashSet<u128> = (0..64)
+            .map(|i| {
+                let mut d = digest.clone().into_bytes();
+                d[i] = b'x';
+                id(std::str::from_utf8(&d).unwrap())
+            })
+            .chain([id(&digest), id("h1"), id("h2"), id("ab"), id("ba"), id("ab\0")])
+            .collect();
+        assert_eq!(ids.len(), 70);
     }
 }

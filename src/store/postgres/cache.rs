@@ -100,16 +100,17 @@ impl std::hash::Hasher for Low64 {
 
 impl Cache {
     /// The `m` contents among `hashes` nearest to `query` (a unit vector)
-    /// in space `space`, nearest first; contents known to have no vector
-    /// in the space are passed over. `Err` with the hashes the copy lacks
-    /// (each once) when there are any: fetch them ([`Cache::insert`]) and ask again.
+    /// in space `space`, nearest first, and the places in `hashes` that
+    /// hold them; contents known to have no vector in the space are passed
+    /// over. `Err` with the hashes the copy lacks (each once) when there
+    /// are any: fetch them ([`Cache::insert`]) and ask again.
     pub(super) fn nearest<'h>(
         &self,
         space: &str,
         query: &[f32],
         hashes: &[&'h str],
         m: usize,
-    ) -> std::result::Result<Vec<String>, Vec<&'h str>> {
+    ) -> std::result::Result<(Vec<String>, Vec<usize>), Vec<&'h str>> {
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
         let Some(s) = spaces.get(space).filter(|s| s.dim == query.len()) else {
             let mut all = hashes.to_vec();
@@ -117,13 +118,14 @@ impl Cache {
             all.dedup();
             return Err(all);
         };
-        let mut rows = Vec::with_capacity(hashes.len());
+        // Each place's row (u32::MAX: absent from the space).
+        let mut row_at = Vec::with_capacity(hashes.len());
         let mut missing = Vec::new();
         for h in hashes {
             let id = id(h);
             match s.rows.get(&id) {
-                Some(&r) => rows.push(r),
-                None if s.absent.get(&id).is_some_and(|at| at.elapsed() < ABSENT_FOR) => {}
+                Some(&r) => row_at.push(r),
+                None if s.absent.get(&id).is_some_and(|at| at.elapsed() < ABSENT_FOR) => row_at.push(u32::MAX),
                 None => missing.push(*h),
             }
         }
@@ -132,6 +134,7 @@ impl Cache {
             missing.dedup();
             return Err(missing);
         }
+        let mut rows: Vec<u32> = row_at.iter().copied().filter(|&r| r != u32::MAX).collect();
         rows.sort_unstable();
         rows.dedup();
         let dim = s.dim;
@@ -141,7 +144,10 @@ impl Cache {
         crate::simd::simd(
             #[inline(always)]
             || {
-                for &r in &rows {
+                for (n, &r) in rows.iter().enumerate() {
+                    if let Some(&ahead) = rows.get(n + PREFETCH_ROWS) {
+                        prefetch(&s.data[ahead as usize * dim..(ahead as usize + 1) * dim]);
+                    }
                     let row = &s.data[r as usize * dim..(r as usize + 1) * dim];
                     best.push((dot_i8(row, query) * s.scales[r as usize], r));
                 }
@@ -149,12 +155,15 @@ impl Cache {
         );
         let m = m.min(best.len());
         if m == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         best.select_nth_unstable_by(m - 1, |a, b| b.0.total_cmp(&a.0));
         best.truncate(m);
         best.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        Ok(best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect())
+        let mut kept: Vec<u32> = best.iter().map(|&(_, r)| r).collect();
+        kept.sort_unstable();
+        let places = (0..hashes.len()).filter(|&i| kept.binary_search(&row_at[i]).is_ok()).collect();
+        Ok((best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect(), places))
     }
 
     /// Keeps `vectors` (hash, vector of `dim`) in space `space`, at unit
@@ -194,6 +203,24 @@ impl Cache {
     fn held(&self) -> usize {
         self.spaces.read().unwrap().values().map(|s| s.data.len()).sum()
     }
+}
+
+/// How many rows ahead the scoring loop asks for the row it will read:
+/// after other searches the rows come from memory, not cache. 3000
+/// 1280-d rows, cache flushed: 1074 -> 846 us in a block, 2141 -> 1527 us
+/// spread over the copy (2 and 8 rows ahead about the same, 16 slower).
+const PREFETCH_ROWS: usize = 4;
+
+/// Asks the CPU to bring `row` into cache (a hint; no effect elsewhere).
+#[inline(always)]
+fn prefetch(row: &[i8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(64) {
+        // SAFETY: a prefetch reads nothing and cannot fault; SSE is baseline on x86_64.
+        unsafe { std::arch::x86_64::_mm_prefetch(line.as_ptr(), std::arch::x86_64::_MM_HINT_T0) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
 }
 
 #[inline(always)]
@@ -244,12 +271,14 @@ mod tests {
             hashes.iter().cloned().zip(vs.iter().map(|v| v.iter().map(|x| x * 3.0).collect())).collect(),
         );
         assert_eq!(cache.held(), n * dim);
-        assert_eq!(cache.nearest("cnn", &crate::vector::unit(&vs[0]), &all, 1).unwrap()[0], hashes[0]);
+        assert_eq!(cache.nearest("cnn", &crate::vector::unit(&vs[0]), &all, 1).unwrap().0[0], hashes[0]);
         // Every other content passes; the copy's best 10 hold the true best 5.
         let passing: Vec<&str> = all.iter().copied().step_by(2).collect();
         for q in vs.iter().take(20) {
             let unit = crate::vector::unit(q);
-            let best = cache.nearest("cnn", &unit, &passing, 10).unwrap();
+            let (best, places) = cache.nearest("cnn", &unit, &passing, 10).unwrap();
+            assert_eq!(places.iter().map(|&i| passing[i]).collect::<std::collections::HashSet<_>>().len(), 10);
+            assert!(places.iter().all(|&i| best.iter().any(|b| b == passing[i])));
             assert_eq!(best.len(), 10);
             let mut truth: Vec<(f32, usize)> =
                 (0..n).step_by(2).map(|i| (crate::index::dot(&crate::vector::unit(&vs[i]), &unit), i)).collect();
@@ -269,7 +298,10 @@ mod tests {
         cache.insert("text ab", 8, &["a", "b", "c"], vec![("a".into(), v[0].clone()), ("b".into(), v[1].clone())]);
         // "c" came back without a vector: passed over for a while; "d" is new, named once.
         assert_eq!(cache.nearest("text ab", &a, &["a", "d", "c", "d", "b"], 2), Err(vec!["d"]));
-        assert_eq!(cache.nearest("text ab", &b, &["a", "c", "b"], 5), Ok(vec!["b".to_owned(), "a".to_owned()]));
+        assert_eq!(
+            cache.nearest("text ab", &b, &["a", "c", "b"], 5),
+            Ok((vec!["b".to_owned(), "a".to_owned()], vec![0, 2]))
+        );
         // Another space knows none of them; a query of another width is another space.
         assert_eq!(cache.nearest("cnn", &a, &["b", "a", "b"], 2), Err(vec!["a", "b"]));
         assert_eq!(cache.nearest("text ab", &[0.5; 4], &["a"], 2), Err(vec!["a"]));

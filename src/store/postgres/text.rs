@@ -653,8 +653,8 @@ impl PgStore {
             c.query_one(&statement, &params)
         })?;
         let (keys, hashes): (Vec<i64>, Vec<&str>) = (row.get(0), row.get(1));
-        let best = match self.cache.nearest(&local.space, local.query, &hashes, m) {
-            Ok(best) => best,
+        let (best, places) = match self.cache.nearest(&local.space, local.query, &hashes, m) {
+            Ok(found) => found,
             Err(missing) => {
                 for chunk in missing.chunks(1024) {
                     let got = self.retry(|c| {
@@ -668,10 +668,7 @@ impl PgStore {
                 self.cache.nearest(&local.space, local.query, &hashes, m).unwrap_or_default()
             }
         };
-        let mut wanted: Vec<&str> = best.iter().map(|h| h.as_str()).collect();
-        wanted.sort_unstable();
-        let passing =
-            keys.iter().zip(&hashes).filter(|(_, h)| wanted.binary_search(h).is_ok()).map(|(k, _)| *k).collect();
+        let passing = places.into_iter().map(|i| keys[i]).collect();
         Ok((best, passing))
     }
 }

@@ -299,8 +299,9 @@ impl PgStore {
                     space: format!("text {fingerprint}"),
                     query: q.as_slice(),
                     fetch: format!(
-                    "SELECT hash, embedding FROM text_vectors WHERE fingerprint = '{fingerprint}' AND hash = ANY($1)"
-                ),
+                        "SELECT hash, embedding FROM text_vectors \
+                         WHERE fingerprint = '{fingerprint}' AND hash = ANY($1)"
+                    ),
                 }),
             },
         )
@@ -443,7 +444,7 @@ impl PgStore {
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = args.to_vec();
         let (conditions, values) = filter_sql(filter, params.len() + 1);
         params.extend(values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)));
-        let plan = match () {
+        let mut plan = match () {
             _ if self.exact.load(std::sync::atomic::Ordering::Relaxed) => Plan::Exact,
             _ if conditions.is_empty() => Plan::Walk,
             _ if self.filter_share(filter)? >= WALK_FROM => Plan::FilteredWalk,
@@ -453,11 +454,16 @@ impl PgStore {
         if let (Plan::Here, Some(local)) = (plan, &narrow.here) {
             // The copy ranks within int8 rounding: twice k covers it (recall
             // 1.000 at 10 of 1000 in the bench; 4 k took the database 0.1 ms more).
-            (best, passing) = self.nearest_here(local, filter, 2 * k)?;
-            // The filter's own values are not used: its images are named.
-            params.truncate(args.len());
-            params.push(&best);
-            params.push(&passing);
+            match self.nearest_here(local, filter, 2 * k)? {
+                Some(found) => {
+                    (best, passing) = found;
+                    // The filter's own values are not used: its images are named.
+                    params.truncate(args.len());
+                    params.push(&best);
+                    params.push(&passing);
+                }
+                None => plan = narrow.half.map_or(Plan::Exact, Plan::Half),
+            }
         }
         let inner_filter = match plan {
             _ if conditions.is_empty() => String::new(),
@@ -638,9 +644,10 @@ pub(super) struct Local<'a> {
 impl PgStore {
     /// The `m` contents nearest to `local.query` among those of the images
     /// `filter` lets through, scored in this process's copy of their
-    /// vectors; the database names the passing contents and sends the
-    /// vectors the copy lacks.
-    fn nearest_here(&self, local: &Local<'_>, filter: &Filter, m: usize) -> Result<(Vec<String>, Vec<i64>)> {
+    /// vectors, and the keys of the passing images that hold them; the
+    /// database names the passing images and sends the vectors the copy lacks.
+    /// `None` when the copy could not hold them all (past its capacity).
+    fn nearest_here(&self, local: &Local<'_>, filter: &Filter, m: usize) -> Result<Option<(Vec<String>, Vec<i64>)>> {
         let (conditions, values) = filter_sql(filter, 1);
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
@@ -664,12 +671,15 @@ impl PgStore {
                     let vectors = got.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Vector>(1).to_vec())).collect();
                     self.cache.insert(&local.space, local.query.len(), chunk, vectors);
                 }
-                // Only a copy dropped meanwhile (over its capacity) lacks any now: rank what it holds.
-                self.cache.nearest(&local.space, local.query, &hashes, m).unwrap_or_default()
+                // Only a copy dropped meanwhile (past its capacity) lacks any now.
+                match self.cache.nearest(&local.space, local.query, &hashes, m) {
+                    Ok(found) => found,
+                    Err(_) => return Ok(None),
+                }
             }
         };
         let passing = places.into_iter().map(|i| keys[i]).collect();
-        Ok((best, passing))
+        Ok(Some((best, passing)))
     }
 }
 
@@ -683,9 +693,9 @@ pub(super) fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn 
     if let Some(under) = &filter.under {
         // The folder itself, or a path in the byte range of "under/": all
         // the paths starting with it, in "C" order, which an index serves
-        // (`images_path_hash`; a scan with `left()` cost 1.2 ms per 10k rows).
-        // Both bounds on the index's expression, so that a scan for the
-        // passing contents reads the index alone (`images_path_hash`).
+        // (`images_path_hash`; a scan with `left()` cost 1.2 ms per 10k rows),
+        // both bounds on its expression, so that a scan for the passing
+        // images and contents reads that index alone.
         let under = under.trim_end_matches('/');
         let at = next(Box::new(under.to_owned()));
         let (from, to) = (next(Box::new(format!("{under}/"))), next(Box::new(format!("{under}0"))));

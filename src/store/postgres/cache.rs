@@ -5,10 +5,11 @@
 //! images through either walks ten times as far or scores every passing row
 //! on the server: about 1 us a row for the half-precision distance and the
 //! row's visit, more for a text side, whose rows are looked up by hash. A
-//! search that filters this narrowly asks the database only which contents
-//! pass (their hashes), scores them here on an int8 copy of their vectors,
-//! and has the database score the best few again in full precision, so the
-//! distances returned are the same as without the copy.
+//! search that filters this narrowly asks the database only which images
+//! pass (their keys and content hashes), scores their contents here on an
+//! int8 copy of their vectors, and has the database score the best few
+//! again in full precision, so the distances returned are the same as
+//! without the copy.
 //!
 //! A content's vector never changes under its hash (a `vectors` row is
 //! inserted once per content, a text side's row once per projection

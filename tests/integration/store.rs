@@ -456,6 +456,17 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
         .unwrap()
         .get(0);
     assert!(index.contains("ef_construction='128'"), "the image index built again: {index}");
+    // At 9, the contents' index covers what filters read (and replaces the plain one).
+    let indexes: Vec<String> = client
+        .query("SELECT indexdef FROM pg_indexes WHERE tablename = 'images' AND indexdef LIKE '%(hash)%'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        indexes.len() == 1 && indexes[0].contains("INCLUDE (path, label, taken, camera)"),
+        "one covering index by content: {indexes:?}"
+    );
     same_as_exact(&s, "migrated store");
 }
 

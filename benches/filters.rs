@@ -64,7 +64,9 @@ fn main() {
                 let v = &vectors[i * dim..(i + 1) * dim];
                 NewImage {
                     path: format!("/photos/{}/{i}.jpg", i % 10),
-                    hash: format!("{i:08x}"),
+                    // A content hash as `index` writes it (64 hex digits):
+                    // the passing images' contents travel in full.
+                    hash: format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(i.to_le_bytes())),
                     size: 1,
                     mtime: 0,
                     label: format!("l{}", i % 200),

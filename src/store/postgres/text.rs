@@ -693,15 +693,16 @@ pub(super) fn filter_sql(filter: &Filter, first: usize) -> (String, Vec<Box<dyn 
     if let Some(under) = &filter.under {
         // The folder itself, or a path in the byte range of "under/": all
         // the paths starting with it, in "C" order, which an index serves
-        // (`images_path_hash`; a scan with `left()` cost 1.2 ms per 10k rows),
-        // both bounds on its expression, so that a scan for the passing
+        // (`images_path_contents`; a scan with `left()` cost 1.2 ms per 10k
+        // rows), every comparison on its expression ("C" equality is byte
+        // equality, as the default's is), so that a scan for the passing
         // images and contents reads that index alone.
         let under = under.trim_end_matches('/');
         let at = next(Box::new(under.to_owned()));
         let (from, to) = (next(Box::new(format!("{under}/"))), next(Box::new(format!("{under}0"))));
         conditions.push(format!(
             "(i.path COLLATE \"C\" >= ${at} AND i.path COLLATE \"C\" < ${to} \
-             AND (i.path = ${at} OR i.path COLLATE \"C\" >= ${from}))"
+             AND (i.path COLLATE \"C\" = ${at} OR i.path COLLATE \"C\" >= ${from}))"
         ));
     }
     if let Some(label) = &filter.label {

@@ -809,7 +809,7 @@ impl ImageStore for PgStore {
                         here: Some(text::Local {
                             space: "cnn".into(),
                             query: q.as_slice(),
-                            fetch: "SELECT hash, embedding FROM vectors WHERE hash = ANY($1)".into(),
+                            fetch: text::fetch_sql("vectors v ON"),
                         }),
                     },
                 )

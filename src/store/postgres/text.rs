@@ -298,10 +298,7 @@ impl PgStore {
                 here: Some(Local {
                     space: format!("text {fingerprint}"),
                     query: q.as_slice(),
-                    fetch: format!(
-                        "SELECT hash, embedding FROM text_vectors \
-                         WHERE fingerprint = '{fingerprint}' AND hash = ANY($1)"
-                    ),
+                    fetch: fetch_sql(&format!("text_vectors v ON v.fingerprint = '{fingerprint}' AND")),
                 }),
             },
         )
@@ -352,7 +349,7 @@ impl PgStore {
                 here: Some(Local {
                     space: format!("joint {model_id}"),
                     query: q.as_slice(),
-                    fetch: format!("SELECT hash, embedding FROM joint WHERE model = {model_id} AND hash = ANY($1)"),
+                    fetch: fetch_sql(&format!("joint v ON v.model = {model_id} AND")),
                 }),
             },
         )
@@ -637,8 +634,18 @@ pub(super) struct Local<'a> {
     pub space: String,
     /// The query, at unit length.
     pub query: &'a [f32],
-    /// Selects `hash, embedding` of the space for the hashes in `$1`.
+    /// Selects each content's id, hash and vector in the space (NULL when
+    /// it has none) for the images of keys `$1` ([`fetch_sql`]).
     pub fetch: String,
+}
+
+/// [`Local::fetch`] for a space's table joined as `v` `ON` `join` (which
+/// ends in `AND`, or is the table alone with `ON`) its hash.
+pub(super) fn fetch_sql(join: &str) -> String {
+    format!(
+        "SELECT hashtextextended(i.hash, 0), i.hash, v.embedding
+         FROM images i LEFT JOIN {join} v.hash = i.hash WHERE i.key = ANY($1)"
+    )
 }
 
 impl PgStore {
@@ -651,28 +658,36 @@ impl PgStore {
         let (conditions, values) = filter_sql(filter, 1);
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
-        // As two arrays in one row: a row each cost more to decode than the scan.
+        // As two arrays in one row: a row each cost more to decode than the
+        // scan. Each content as a 64-bit id (see `cache`), not its hash.
         let sql = format!(
-            "SELECT COALESCE(array_agg(i.key), '{{}}'), COALESCE(array_agg(i.hash), '{{}}') FROM images i WHERE {conditions}"
+            "SELECT COALESCE(array_agg(i.key), '{{}}'), COALESCE(array_agg(hashtextextended(i.hash, 0)), '{{}}')
+             FROM images i WHERE {conditions}"
         );
         let row = self.retry(|c| {
             let statement = c.prepared(&sql)?;
             c.query_one(&statement, &params)
         })?;
-        let (keys, hashes): (Vec<i64>, Vec<&str>) = (row.get(0), row.get(1));
-        let (best, places) = match self.cache.nearest(&local.space, local.query, &hashes, m) {
+        let (keys, ids): (Vec<i64>, Vec<i64>) = (row.get(0), row.get(1));
+        let (best, places) = match self.cache.nearest(&local.space, local.query, &ids, m) {
             Ok(found) => found,
             Err(missing) => {
+                // Asked by image: a content whose image went meanwhile is
+                // not taken for one the space lacks.
                 for chunk in missing.chunks(1024) {
+                    let asked: Vec<i64> = chunk.iter().map(|&i| keys[i]).collect();
                     let got = self.retry(|c| {
                         let statement = c.prepared(&local.fetch)?;
-                        c.query(&statement, &[&chunk])
+                        c.query(&statement, &[&asked])
                     })?;
-                    let vectors = got.iter().map(|r| (r.get::<_, String>(0), r.get::<_, Vector>(1).to_vec())).collect();
-                    self.cache.insert(&local.space, local.query.len(), chunk, vectors);
+                    let vectors = got
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get::<_, Option<Vector>>(2).map(|v| v.to_vec())))
+                        .collect();
+                    self.cache.insert(&local.space, local.query.len(), vectors);
                 }
                 // Only a copy dropped meanwhile (past its capacity) lacks any now.
-                match self.cache.nearest(&local.space, local.query, &hashes, m) {
+                match self.cache.nearest(&local.space, local.query, &ids, m) {
                     Ok(found) => found,
                     Err(_) => return Ok(None),
                 }

@@ -84,9 +84,9 @@ impl std::hash::Hasher for Low64 {
 }
 
 impl Cache {
-    /// The `m` contents among `ids` nearest to `query` (a unit vector)
-    /// in space `space`, nearest first (by hash), and the places in `ids`
-    /// that hold them; contents known to have no vector in the space are
+    /// The hashes of the `m` contents among `ids` nearest to `query` (a
+    /// unit vector) in space `space`, nearest first, and the places in
+    /// `ids` that hold them; contents known to have no vector in the space are
     /// passed over. `Err` with places of the contents the copy lacks (one
     /// place each) when there are any: fetch them ([`Cache::insert`]) and
     /// ask again.

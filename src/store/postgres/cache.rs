@@ -105,6 +105,7 @@ impl Cache {
         let Some(s) = spaces.get(space).filter(|s| s.dim == query.len()) else {
             return Err(missing(&|_| true));
         };
+        let absent = |id: &u64| s.absent.get(id).is_some_and(|at| at.elapsed() < ABSENT_FOR);
         // Each place's row (u32::MAX: absent from the space).
         let mut row_at = Vec::with_capacity(ids.len());
         let mut lacking = false;
@@ -112,14 +113,12 @@ impl Cache {
             let id = id as u64;
             match s.rows.get(&id) {
                 Some(&r) => row_at.push(r),
-                None if s.absent.get(&id).is_some_and(|at| at.elapsed() < ABSENT_FOR) => row_at.push(u32::MAX),
+                None if absent(&id) => row_at.push(u32::MAX),
                 None => lacking = true,
             }
         }
         if lacking {
-            return Err(missing(&|id| {
-                !s.rows.contains_key(&id) && !s.absent.get(&id).is_some_and(|at| at.elapsed() < ABSENT_FOR)
-            }));
+            return Err(missing(&|id| !s.rows.contains_key(&id) && !absent(&id)));
         }
         let mut rows: Vec<u32> = row_at.iter().copied().filter(|&r| r != u32::MAX).collect();
         rows.sort_unstable();

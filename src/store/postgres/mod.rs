@@ -242,10 +242,15 @@ fn migrations(dim: usize) -> Vec<String> {
         // filter reads: by content, the filters' columns, so the
         // iterative walk checks each candidate in the index alone (5 us a
         // probe where the row took 10 us: a 25 % camera filter over 10k,
-        // 1.5 -> 1.3 ms); by path, date and label, the images' contents
-        // and keys, which a server names from the index alone.
+        // 1.5 -> 1.3 ms); by path, date and label, the images' keys and
+        // contents, as hashes and as 64-bit ids (`content`), which a
+        // server names from the index alone (`cache`: 3000 images' in
+        // 0.55 ms, where computing the ids took 1.1 ms and sending the
+        // 64-digit hashes 1.9 ms).
         "ALTER TABLE images ALTER COLUMN path SET STORAGE MAIN, ALTER COLUMN hash SET STORAGE MAIN,
              ALTER COLUMN label SET STORAGE MAIN, ALTER COLUMN camera SET STORAGE MAIN;
+         ALTER TABLE images ADD COLUMN IF NOT EXISTS content BIGINT
+             GENERATED ALWAYS AS (hashtextextended(hash, 0)) STORED;
          DROP INDEX IF EXISTS images_hash;
          DROP INDEX IF EXISTS images_path_hash;
          DROP INDEX IF EXISTS images_taken;
@@ -255,9 +260,9 @@ fn migrations(dim: usize) -> Vec<String> {
              IF EXISTS (SELECT FROM images) THEN CLUSTER images USING images_pkey; END IF;
          END $$;
          CREATE INDEX IF NOT EXISTS images_hash_filters ON images(hash) INCLUDE (path, label, taken, camera);
-         CREATE INDEX IF NOT EXISTS images_path_contents ON images ((path COLLATE \"C\")) INCLUDE (hash, key);
-         CREATE INDEX IF NOT EXISTS images_taken_contents ON images(taken) INCLUDE (hash, key);
-         CREATE INDEX IF NOT EXISTS images_label_contents ON images(label) INCLUDE (hash, key);"
+         CREATE INDEX IF NOT EXISTS images_path_contents ON images ((path COLLATE \"C\")) INCLUDE (hash, content, key);
+         CREATE INDEX IF NOT EXISTS images_taken_contents ON images(taken) INCLUDE (hash, content, key);
+         CREATE INDEX IF NOT EXISTS images_label_contents ON images(label) INCLUDE (hash, content, key);"
             .to_owned(),
     ]
 }

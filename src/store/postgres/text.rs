@@ -644,7 +644,7 @@ pub(super) struct Local<'a> {
 /// ends in `AND`, or is the table alone with `ON`) its hash.
 pub(super) fn fetch_sql(join: &str) -> String {
     format!(
-        "SELECT hashtextextended(i.hash, 0), i.hash, v.embedding
+        "SELECT i.content, i.hash, v.embedding
          FROM images i LEFT JOIN {join} v.hash = i.hash WHERE i.key = ANY($1)"
     )
 }
@@ -660,10 +660,9 @@ impl PgStore {
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
             values.iter().map(|v| v.as_ref() as &(dyn postgres::types::ToSql + Sync)).collect();
         // As two arrays in one row: a row each cost more to decode than the
-        // scan. Each content as a 64-bit id (see `cache`), not its hash.
+        // scan. Each content as its 64-bit id (see `cache`), not its hash.
         let sql = format!(
-            "SELECT COALESCE(array_agg(i.key), '{{}}'), COALESCE(array_agg(hashtextextended(i.hash, 0)), '{{}}')
-             FROM images i WHERE {conditions}"
+            "SELECT COALESCE(array_agg(i.key), '{{}}'), COALESCE(array_agg(i.content), '{{}}') FROM images i WHERE {conditions}"
         );
         let row = self.retry(|c| {
             let statement = c.prepared(&sql)?;

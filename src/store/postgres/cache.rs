@@ -85,8 +85,7 @@ impl std::hash::Hasher for Low64 {
 
 impl Cache {
     /// The hashes of the `m` contents among `ids` nearest to `query` (a
-    /// unit vector) in space `space`, nearest first, and the places in
-    /// `ids` that hold them; contents known to have no vector in the space are
+    /// unit vector) in space `space`, nearest first; contents known to have no vector in the space are
     /// passed over. `Err` with places of the contents the copy lacks (one
     /// place each) when there are any: fetch them ([`Cache::insert`]) and
     /// ask again.
@@ -96,7 +95,7 @@ impl Cache {
         query: &[f32],
         ids: &[i64],
         m: usize,
-    ) -> std::result::Result<(Vec<String>, Vec<usize>), Vec<usize>> {
+    ) -> std::result::Result<Vec<String>, Vec<usize>> {
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
         let missing = |lacks: &dyn Fn(u64) -> bool| {
             let mut seen = std::collections::HashSet::new();
@@ -106,21 +105,20 @@ impl Cache {
             return Err(missing(&|_| true));
         };
         let absent = |id: &u64| s.absent.get(id).is_some_and(|at| at.elapsed() < ABSENT_FOR);
-        // Each place's row (u32::MAX: absent from the space).
-        let mut row_at = Vec::with_capacity(ids.len());
+        // Each passing content's row (those absent from the space passed over).
+        let mut rows = Vec::with_capacity(ids.len());
         let mut lacking = false;
         for &id in ids {
             let id = id as u64;
             match s.rows.get(&id) {
-                Some(&r) => row_at.push(r),
-                None if absent(&id) => row_at.push(u32::MAX),
+                Some(&r) => rows.push(r),
+                None if absent(&id) => {}
                 None => lacking = true,
             }
         }
         if lacking {
             return Err(missing(&|id| !s.rows.contains_key(&id) && !absent(&id)));
         }
-        let mut rows: Vec<u32> = row_at.iter().copied().filter(|&r| r != u32::MAX).collect();
         rows.sort_unstable();
         rows.dedup();
         let dim = s.dim;
@@ -141,15 +139,12 @@ impl Cache {
         );
         let m = m.min(best.len());
         if m == 0 {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Vec::new());
         }
         best.select_nth_unstable_by(m - 1, |a, b| b.0.total_cmp(&a.0));
         best.truncate(m);
         best.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        let mut kept: Vec<u32> = best.iter().map(|&(_, r)| r).collect();
-        kept.sort_unstable();
-        let places = (0..ids.len()).filter(|&i| kept.binary_search(&row_at[i]).is_ok()).collect();
-        Ok((best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect(), places))
+        Ok(best.into_iter().map(|(_, r)| s.hashes[r as usize].to_string()).collect())
     }
 
     /// Keeps `vectors` (id, hash, vector of `dim`) in space `space`, at
@@ -258,15 +253,13 @@ mod tests {
             (0..n).map(|i| (ids[i], hashes[i].clone(), Some(vs[i].iter().map(|x| x * 3.0).collect()))).collect(),
         );
         assert_eq!(cache.held(), n * dim);
-        assert_eq!(cache.nearest("cnn", &crate::vector::unit(&vs[0]), &ids, 1).unwrap().0[0], hashes[0]);
+        assert_eq!(cache.nearest("cnn", &crate::vector::unit(&vs[0]), &ids, 1).unwrap()[0], hashes[0]);
         // Every other content passes; the copy's best 10 hold the true best 5.
         let passing: Vec<i64> = ids.iter().copied().step_by(2).collect();
         for q in vs.iter().take(20) {
             let unit = crate::vector::unit(q);
-            let (best, places) = cache.nearest("cnn", &unit, &passing, 10).unwrap();
-            assert_eq!(places.iter().map(|&i| passing[i]).collect::<std::collections::HashSet<_>>().len(), 10);
-            assert!(places.iter().all(|&i| best.contains(&hashes[2 * i])));
-            assert_eq!(best.len(), 10);
+            let best = cache.nearest("cnn", &unit, &passing, 10).unwrap();
+            assert_eq!(best.iter().collect::<std::collections::HashSet<_>>().len(), 10);
             let mut truth: Vec<(f32, usize)> =
                 (0..n).step_by(2).map(|i| (crate::index::dot(&crate::vector::unit(&vs[i]), &unit), i)).collect();
             truth.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -290,10 +283,7 @@ mod tests {
         );
         // "c" came back without a vector: passed over for a while; "d" is new, named once.
         assert_eq!(cache.nearest("text ab", &a, &[ia, id, ic, id, ib], 2), Err(vec![1]));
-        assert_eq!(
-            cache.nearest("text ab", &b, &[ia, ic, ib], 5),
-            Ok((vec!["b".to_owned(), "a".to_owned()], vec![0, 2]))
-        );
+        assert_eq!(cache.nearest("text ab", &b, &[ia, ic, ib], 5), Ok(vec!["b".to_owned(), "a".to_owned()]));
         // Another space knows none of them; a query of another width is another space.
         assert_eq!(cache.nearest("cnn", &a, &[ib, ia, ib], 2), Err(vec![0, 1]));
         assert_eq!(cache.nearest("text ab", &[0.5; 4], &[ia], 2), Err(vec![0]));

@@ -57,10 +57,10 @@ struct Space {
 /// Maps keyed by a content's id, the database's 64-bit hash of its hash:
 /// a lookup is one probe of a flat table, where a map keyed by the
 /// 64-character strings took 130-180 ns a lookup (a pointer to follow and
-/// 64 bytes to compare), longer than scoring the vector. Two contents of
-/// one id (about n^2 / 2^65: 3e-8 at a million) would share a vector
-/// here; only the ranking in the copy leans on it, the database scores
-/// the best again.
+/// 64 bytes to compare), longer than scoring the vector. Of two contents
+/// of one id (about n^2 / 2^65: 3e-8 at a million) the copy would know
+/// only the first, and a search whose filter passes only the other could
+/// miss it; the distances returned are the database's all the same.
 type Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<Low64>>;
 
 /// Hashes an id as it is (uniform already).

@@ -480,12 +480,15 @@ impl PgStore {
             true => String::new(),
             false => format!("AND {conditions}"),
         };
-        // The images that hold the best contents, the filter checked on
-        // them alone (planned on its own: flattened, the planner also
-        // scanned a folder's whole range of the paths' index to intersect).
+        // For the best contents of the copy, their images that pass, one
+        // probe by hash each (0.13 ms for 10 of them; joined to a subquery
+        // for the best, the filter checked there, 0.45 ms; flattened, the
+        // planner also scanned a folder's whole range of the paths' index).
         let images = match plan {
-            Plan::Here => format!("(SELECT * FROM images WHERE hash = ANY(${}) OFFSET 0)", params.len()),
-            _ => "images".to_owned(),
+            Plan::Here => format!(
+                "nn CROSS JOIN LATERAL (SELECT * FROM images i WHERE i.hash = nn.hash {outer_filter} OFFSET 0) i"
+            ),
+            _ => format!("nn JOIN images i ON i.hash = nn.hash {outer_filter}"),
         };
         let sql = |order: &str| {
             let inner =
@@ -494,7 +497,7 @@ impl PgStore {
                 "WITH nn AS ({inner})
                  SELECT nn.d, i.key, i.path, i.hash, i.size, i.mtime, i.label, nn.id, nn.norm,
                         i.taken, i.camera, i.width, i.height
-                 FROM nn JOIN {images} i ON i.hash = nn.hash {outer_filter} ORDER BY nn.d, i.key"
+                 FROM {images} ORDER BY nn.d, i.key"
             )
         };
         let run = |sql: &str, ef: usize| {

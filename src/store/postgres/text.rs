@@ -408,8 +408,8 @@ impl PgStore {
     ///   server): the database names the passing images and contents (an
     ///   index-only scan for a folder), this process ranks them in its int8
     ///   copy (`cache`), and the database scores the best `2 k` in full.
-    ///   A text side's 10 % folder over 10k: 1.2 ms (1.65x) against 3.2 ms
-    ///   in SQL; the image side's over 30k: 2.15 ms (2.0x) against 4.8 ms
+    ///   A text side's 10 % folder over 10k: 0.74 ms (1.3x) against 3.0 ms
+    ///   in SQL; the image side's over 30k: 1.55 ms (1.4x) against 4.3 ms
     ///   (64-digit hashes, each query's filters in turn from a new one).
     /// - fewer, with `narrow.half`: every passing image scored on its own row's
     ///   half-precision embedding (no join, a 2.5 KB read: 1.3-1.8 us a

@@ -85,10 +85,10 @@ impl std::hash::Hasher for Low64 {
 
 impl Cache {
     /// The hashes of the `m` contents among `ids` nearest to `query` (a
-    /// unit vector) in space `space`, nearest first; contents known to have no vector in the space are
-    /// passed over. `Err` with places of the contents the copy lacks (one
-    /// place each) when there are any: fetch them ([`Cache::insert`]) and
-    /// ask again.
+    /// unit vector) in space `space`, nearest first; contents known to
+    /// have no vector in the space are passed over. `Err` with places in
+    /// `ids` of the contents the copy lacks (one place each) when there
+    /// are any: fetch them ([`Cache::insert`]) and ask again.
     pub(super) fn nearest(
         &self,
         space: &str,

@@ -439,12 +439,33 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
     assert_eq!(hits.iter().map(|(r, _)| r.key).filter(|k| *k == key).count(), 1, "the new image found");
     other.delete(&[key]).unwrap();
     assert!(kept.search(&StoreQuery::Cnn(&vectors[7]), 3, &few).unwrap().iter().all(|(r, _)| r.key != key));
+    // A store from before schema 9 kept a 64-digit hash out of line (a
+    // TOAST read each time); the migration brings it back into the row.
+    // These rows are narrow (16-d): a 2 KB label kept in the row makes
+    // this one as wide as a 1280-d row is to PostgreSQL.
+    client
+        .batch_execute(
+            "ALTER TABLE images ALTER COLUMN hash SET STORAGE EXTENDED, ALTER COLUMN label SET STORAGE PLAIN",
+        )
+        .unwrap();
+    let long = NewImage {
+        label: "x".repeat(2100),
+        ..image("/many/long.jpg", &"0123456789abcdef".repeat(4), vectors[9].clone())
+    };
+    s.add_batch(&[long]).unwrap();
+    let out_of_line = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT COUNT(*) FROM images WHERE pg_column_toast_chunk_id(hash) IS NOT NULL", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(out_of_line(&mut client), 1, "a long hash in a wide row goes out of line");
     // A store from before schema 6 gets its half-precision column filled
     // (and, at 7, its index built again) when opened.
     drop(s);
     client
         .batch_execute(
-            "ALTER TABLE images DROP COLUMN half; DROP INDEX IF EXISTS images_label;
+            "ALTER TABLE images DROP COLUMN half, DROP COLUMN content; DROP INDEX IF EXISTS images_label;
              DELETE FROM schema_version WHERE version >= 6;",
         )
         .unwrap();
@@ -477,6 +498,7 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
         .unwrap()
         .get(0);
     assert_eq!(main, 4, "path, hash, label and camera kept in the row");
+    assert_eq!(out_of_line(&mut client), 0, "the rows stored before brought back in");
     same_as_exact(&s, "migrated store");
 }
 

@@ -5,10 +5,10 @@
 //! images through either walks ten times as far or scores every passing row
 //! on the server: about 1 us a row for the half-precision distance and the
 //! row's visit, more for a text side, whose rows are looked up by hash. A
-//! search that filters this narrowly asks the database only which images
-//! pass (their keys, and a 64-bit id of each content, `images.content`,
-//! `hashtextextended` of its hash: 3000 images' from the index in 0.55 ms
-//! where the 64-digit hashes took 1.9), scores their contents here on an
+//! search that filters this narrowly asks the database only which contents
+//! pass (a 64-bit id of each, `images.content`, `hashtextextended` of its
+//! hash: 3000 images' from the index in 0.56 ms, where their keys and
+//! 64-digit hashes took 1.9), scores them here on an
 //! int8 copy of their vectors, and has the database score the best few
 //! again in full precision, so the distances returned are the same as
 //! without the copy.
@@ -86,20 +86,20 @@ impl std::hash::Hasher for Low64 {
 impl Cache {
     /// The hashes of the `m` contents among `ids` nearest to `query` (a
     /// unit vector) in space `space`, nearest first; contents known to
-    /// have no vector in the space are passed over. `Err` with places in
-    /// `ids` of the contents the copy lacks (one place each) when there
-    /// are any: fetch them ([`Cache::insert`]) and ask again.
+    /// have no vector in the space are passed over. `Err` with the ids the
+    /// copy lacks (each once) when there are any: fetch them
+    /// ([`Cache::insert`]) and ask again.
     pub(super) fn nearest(
         &self,
         space: &str,
         query: &[f32],
         ids: &[i64],
         m: usize,
-    ) -> std::result::Result<Vec<String>, Vec<usize>> {
+    ) -> std::result::Result<Vec<String>, Vec<i64>> {
         let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
         let missing = |lacks: &dyn Fn(u64) -> bool| {
             let mut seen = std::collections::HashSet::new();
-            (0..ids.len()).filter(|&i| lacks(ids[i] as u64) && seen.insert(ids[i])).collect()
+            ids.iter().copied().filter(|&id| lacks(id as u64) && seen.insert(id)).collect()
         };
         let Some(s) = spaces.get(space).filter(|s| s.dim == query.len()) else {
             return Err(missing(&|_| true));
@@ -282,11 +282,11 @@ mod tests {
             vec![(ia, "a".into(), Some(v[0].clone())), (ib, "b".into(), Some(v[1].clone())), (ic, "c".into(), None)],
         );
         // "c" came back without a vector: passed over for a while; "d" is new, named once.
-        assert_eq!(cache.nearest("text ab", &a, &[ia, id, ic, id, ib], 2), Err(vec![1]));
+        assert_eq!(cache.nearest("text ab", &a, &[ia, id, ic, id, ib], 2), Err(vec![id]));
         assert_eq!(cache.nearest("text ab", &b, &[ia, ic, ib], 5), Ok(vec!["b".to_owned(), "a".to_owned()]));
         // Another space knows none of them; a query of another width is another space.
-        assert_eq!(cache.nearest("cnn", &a, &[ib, ia, ib], 2), Err(vec![0, 1]));
-        assert_eq!(cache.nearest("text ab", &[0.5; 4], &[ia], 2), Err(vec![0]));
+        assert_eq!(cache.nearest("cnn", &a, &[ib, ia, ib], 2), Err(vec![ib, ia]));
+        assert_eq!(cache.nearest("text ab", &[0.5; 4], &[ia], 2), Err(vec![ia]));
         // A vector of the wrong width is not kept.
         cache.insert("text ab", 8, vec![(9, "e".into(), Some(vec![1.0; 4]))]);
         assert_eq!(cache.held(), 16);

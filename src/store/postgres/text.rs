@@ -677,7 +677,6 @@ impl PgStore {
                 // Asked through the filter again: a content whose images
                 // went meanwhile is not taken for one the space lacks.
                 let fetch = format!("{} {conditions} AND i.content = ANY(${})", local.fetch, values.len() + 1);
-                let missing: Vec<i64> = missing.iter().map(|&i| ids[i]).collect();
                 for chunk in missing.chunks(1024) {
                     let mut asked = params.clone();
                     asked.push(&chunk);

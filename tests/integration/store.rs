@@ -398,6 +398,7 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
         .get(0);
     assert_eq!(stats, 1, "text side analyzed (its row count alone comes with its index)");
     let few = Filter { under: Some("/few".into()), ..Default::default() };
+    let many = Filter { under: Some("/many".into()), ..Default::default() };
     let weights: Vec<f32> = (0..dim).map(|d| 0.5 + d as f32 / dim as f32).collect();
     let same_as_exact = |s: &PgStore, what: &str| {
         for q in 0..20 {
@@ -420,6 +421,22 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
                     assert!((d - t).abs() < 1e-6, "{what}: full-precision distances ({d} vs {t})");
                 }
                 assert!(found.iter().all(|(r, _)| r.path.starts_with("/few/")));
+            }
+            // A broad filter walks the index (the images' own, for the
+            // image side, checked on each row it reaches); at 400 rows
+            // the walk's list of 100 finds the true nearest.
+            let side = TextSide { name: "zero-shot", model_id: None, projection: &first_two };
+            for sq in [StoreQuery::Cnn(query), StoreQuery::Text { side, vector: &query[..2] }] {
+                let found = s.search(&sq, 5, &many).unwrap();
+                s.set_exact(true);
+                let truth = s.search(&sq, 5, &many).unwrap();
+                s.set_exact(false);
+                assert_eq!(found.len(), 5, "{what}: query {q}");
+                for ((r, d), (t, e)) in found.iter().zip(&truth) {
+                    assert_eq!(r.key, t.key, "{what}: query {q}, walked");
+                    assert!((d - e).abs() < 1e-6, "{what}: full-precision distances ({d} vs {e})");
+                    assert!(r.path.starts_with("/many/"));
+                }
             }
         }
     };
@@ -472,11 +489,22 @@ fn postgres_narrow_filters_rank_on_half_precision_and_answer_exactly() {
     let s = PgStore::open(&url, "lite0", dim).unwrap();
     let missing: i64 = client.query_one("SELECT COUNT(*) FROM images WHERE half IS NULL", &[]).unwrap().get(0);
     assert_eq!(missing, 0, "every row migrated");
-    let index: String = client
-        .query_one("SELECT indexdef FROM pg_indexes WHERE indexname = 'vectors_embedding_hnsw'", &[])
+    // At 10, the image search's index is over the images' own rows (and
+    // the one over `vectors`, built again at 7, is gone).
+    let index: Vec<(String, String)> = client
+        .query("SELECT indexname::text, indexdef FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%'", &[])
         .unwrap()
-        .get(0);
-    assert!(index.contains("ef_construction='128'"), "the image index built again: {index}");
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get(1)))
+        .filter(|(name, _)| !name.starts_with("text_hnsw"))
+        .collect();
+    assert!(
+        index.len() == 1
+            && index[0].0 == "images_half_hnsw"
+            && index[0].1.contains("halfvec_cosine_ops")
+            && index[0].1.contains("ef_construction='128'"),
+        "one HNSW index for images, over their rows: {index:?}"
+    );
     // At 9, the contents' index covers what filters read (and replaces the plain one).
     let indexes: Vec<String> = client
         .query("SELECT indexdef FROM pg_indexes WHERE tablename = 'images' AND indexdef LIKE '%(hash)%'", &[])
@@ -1177,6 +1205,10 @@ fn a_postgres_database_from_before_centred_embeddings_is_moved_on_open() {
         .unwrap()
         .get(0);
     assert_eq!(stale, 0);
+    // ... and their index, dropped for the move, is built again.
+    let index: i64 =
+        client.query_one("SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'images_half_hnsw'", &[]).unwrap().get(0);
+    assert_eq!(index, 1, "the images' HNSW index built again");
     let mut q = pooled(1);
     imgsearch::backbone::centre_in_place(imgsearch::backbone::Backbone::Lite0, &mut q);
     let hits = s.search(&StoreQuery::Cnn(&q), 1, &Filter::default()).unwrap();

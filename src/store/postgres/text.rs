@@ -295,6 +295,7 @@ impl PgStore {
             filter,
             Narrow {
                 half: None,
+                half_indexed: false,
                 here: Some(Local {
                     space: format!("text {fingerprint}"),
                     query: q.as_slice(),
@@ -346,6 +347,7 @@ impl PgStore {
             filter,
             Narrow {
                 half: None,
+                half_indexed: false,
                 here: Some(Local {
                     space: format!("joint {model_id}"),
                     query: q.as_slice(),
@@ -375,7 +377,11 @@ impl PgStore {
             &[&qw, &w],
             k,
             filter,
-            Narrow { half: Some("(i.half * (SELECT $2::halfvec)) <=> (SELECT $1::halfvec)"), here: None },
+            Narrow {
+                half: Some("(i.half * (SELECT $2::halfvec)) <=> (SELECT $1::halfvec)"),
+                half_indexed: false,
+                here: None,
+            },
         )
     }
 
@@ -403,7 +409,11 @@ impl PgStore {
     ///   `enable_sort` off, in a transaction) took 2.2-3.2 ms for recall
     ///   0.978 instead of 0.970 at 25 %, 0.968 instead of 0.956 at 50 %
     ///   following the content. A walk that ends short of `k` falls back to
-    ///   the exact plan.
+    ///   the exact plan. The image side walks the images' own index
+    ///   (`narrow.half_indexed`), each row it reaches checked in place:
+    ///   a 50 % filter that follows the content, 10k rows, 0.92 ms (1.48x)
+    ///   against 1.62 ms (2.13x) through `vectors`' index and a probe of
+    ///   `images` per candidate.
     /// - fewer, in a process that keeps vectors (`narrow.here`, the
     ///   server): the database names the passing contents by id (an
     ///   index-only scan for a folder, dates or a label), this process ranks
@@ -515,11 +525,27 @@ impl PgStore {
             })
         };
         let exact_sql = || sql(&format!("({order}) + 0"));
+        // A walk of the images' own index (`narrow.half_indexed`): the
+        // nearest `k` images whose rows pass, then the distance in full
+        // (`order`, over `vectors`), by which they are returned.
+        let walk_sql = || {
+            match (narrow.half, narrow.half_indexed) {
+            (Some(half), true) => format!(
+                "WITH nn AS (SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, i.taken, i.camera, i.width, i.height
+                             FROM images i WHERE {} ORDER BY {half} LIMIT {k})
+                 SELECT {order} AS d, nn.key, nn.path, nn.hash, nn.size, nn.mtime, nn.label, v.id, v.norm,
+                        nn.taken, nn.camera, nn.width, nn.height
+                 FROM nn JOIN vectors v ON v.hash = nn.hash ORDER BY d, nn.key",
+                if conditions.is_empty() { "TRUE" } else { &conditions }
+            ),
+            _ => sql(order),
+        }
+        };
         let rows = match plan {
             Plan::Exact | Plan::Half(_) | Plan::Here => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
-            Plan::Walk => run(&sql(order), ef)?,
+            Plan::Walk => run(&walk_sql(), ef)?,
             Plan::FilteredWalk => {
-                let rows = run(&sql(order), ef)?;
+                let rows = run(&walk_sql(), ef)?;
                 match rows.len() < k {
                     true => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
                     false => rows,
@@ -630,6 +656,10 @@ impl PgStore {
 pub(super) struct Narrow<'a> {
     /// The search's distance over the `images` row's half-precision copy.
     pub half: Option<&'a str>,
+    /// Whether `half` is what the images' own HNSW index orders by
+    /// (`images_half_hnsw`): then the index walks go there, and a filter
+    /// is checked on each row the walk reaches.
+    pub half_indexed: bool,
     /// The search's space in this process's copy, when it keeps one.
     pub here: Option<Local<'a>>,
 }

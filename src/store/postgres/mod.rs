@@ -398,7 +398,10 @@ impl PgStore {
     fn migrate(&self, backbone: &str, dim: usize) -> Result<()> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
-        // One migrator at a time, across processes.
+        // One migrator at a time, across processes. A migration may build
+        // an HNSW index over every image (minutes for millions), past the
+        // statement timeout searches have, and so may the wait for it.
+        tx.batch_execute("SET LOCAL statement_timeout = 0").map_err(|e| self.pg_err(e))?;
         tx.execute("SELECT pg_advisory_xact_lock(7355608)", &[]).map_err(|e| self.pg_err(e))?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version(version INTEGER NOT NULL)")
             .map_err(|e| self.pg_err(e))?;

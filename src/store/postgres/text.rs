@@ -52,7 +52,10 @@ impl PgStore {
         let mut tx = conn.transaction().map_err(|e| self.pg_err(e))?;
         let run = |tx: &mut postgres::Transaction| -> std::result::Result<(i64, usize), Error> {
             let pg = |e: postgres::Error| self.pg_err(e);
-            // One trainer at a time.
+            // One trainer at a time. Writing and indexing every content's
+            // row may take longer than a search's statement timeout
+            // (100k contents: the index alone took over a minute).
+            tx.batch_execute("SET LOCAL statement_timeout = 0").map_err(pg)?;
             tx.execute("SELECT pg_advisory_xact_lock(7355609)", &[]).map_err(pg)?;
             let id: i64 = tx
                 .query_one(
@@ -189,7 +192,9 @@ impl PgStore {
             let index = text_index(fingerprint);
             self.retry(|c| {
                 let mut tx = c.transaction()?;
-                // One index builder at a time; the others find it there.
+                // One index builder at a time; the others find it there
+                // (however long the build, past a search's statement timeout).
+                tx.batch_execute("SET LOCAL statement_timeout = 0")?;
                 tx.execute("SELECT pg_advisory_xact_lock(7355610)", &[])?;
                 tx.batch_execute(&format!(
                     "CREATE INDEX IF NOT EXISTS {index} ON text_vectors
@@ -526,17 +531,18 @@ impl PgStore {
         };
         let exact_sql = || sql(&format!("({order}) + 0"));
         // A walk of the images' own index (`narrow.half_indexed`): the
-        // nearest `k` images whose rows pass, then the distance in full
-        // (`order`, over `vectors`), by which they are returned.
+        // nearest `2 k` images whose rows pass, then the distance in full
+        // (`order`, over `vectors`), by which the best `k` are returned.
         let walk_sql = || {
             match (narrow.half, narrow.half_indexed) {
             (Some(half), true) => format!(
                 "WITH nn AS (SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, i.taken, i.camera, i.width, i.height
-                             FROM images i WHERE {} ORDER BY {half} LIMIT {k})
+                             FROM images i WHERE {} ORDER BY {half} LIMIT {})
                  SELECT {order} AS d, nn.key, nn.path, nn.hash, nn.size, nn.mtime, nn.label, v.id, v.norm,
                         nn.taken, nn.camera, nn.width, nn.height
                  FROM nn JOIN vectors v ON v.hash = nn.hash ORDER BY d, nn.key",
-                if conditions.is_empty() { "TRUE" } else { &conditions }
+                if conditions.is_empty() { "TRUE" } else { &conditions },
+                2 * k
             ),
             _ => sql(order),
         }

@@ -830,7 +830,9 @@ impl ImageStore for PgStore {
                     &[&q],
                     want,
                     filter,
-                    // Cast once (an init plan), not once a row as a generic plan would.
+                    // Cast once (an init plan), not once a row as a generic plan
+                    // would; `$1` named a vector here, since a walk's statement
+                    // meets this expression first.
                     text::Narrow {
                         half: Some("i.half <=> (SELECT $1::vector::halfvec)"),
                         half_indexed: true,

@@ -536,19 +536,20 @@ impl PgStore {
         // A walk of the images' own index (`narrow.half_indexed`): the
         // nearest `2 k` images whose rows pass, then the distance in full
         // (`order`, over `vectors`), by which the best `k` are returned.
-        let walk_sql = || {
-            match (narrow.half, narrow.half_indexed) {
-            (Some(half), true) => format!(
-                "WITH nn AS (SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label, i.taken, i.camera, i.width, i.height
-                             FROM images i WHERE {} ORDER BY {half} LIMIT {})
-                 SELECT {order} AS d, nn.key, nn.path, nn.hash, nn.size, nn.mtime, nn.label, v.id, v.norm,
-                        nn.taken, nn.camera, nn.width, nn.height
-                 FROM nn JOIN vectors v ON v.hash = nn.hash ORDER BY d, nn.key",
-                if conditions.is_empty() { "TRUE" } else { &conditions },
-                2 * k
-            ),
+        let walk_sql = || match (narrow.half, narrow.half_indexed) {
+            (Some(half), true) => {
+                let passing = if conditions.is_empty() { "TRUE" } else { &conditions };
+                format!(
+                    "WITH nn AS (SELECT i.key, i.path, i.hash, i.size, i.mtime, i.label,
+                                        i.taken, i.camera, i.width, i.height
+                                 FROM images i WHERE {passing} ORDER BY {half} LIMIT {limit})
+                     SELECT {order} AS d, nn.key, nn.path, nn.hash, nn.size, nn.mtime, nn.label, v.id, v.norm,
+                            nn.taken, nn.camera, nn.width, nn.height
+                     FROM nn JOIN vectors v ON v.hash = nn.hash ORDER BY d, nn.key",
+                    limit = 2 * k
+                )
+            }
             _ => sql(order),
-        }
         };
         let rows = match plan {
             Plan::Exact | Plan::Half(_) | Plan::Here => run(&exact_sql(), DEFAULT_EF_SEARCH)?,
